@@ -1,0 +1,341 @@
+"""The attack contract: one template ``__call__``, a frozen result, the common verified ending.
+
+Every attack subclasses :class:`Attack` and implements ``_run``, which returns a transport plan in
+the local layout (preferred) or an image. ``__call__`` then, for every attack alike
+(``../shared/THREAT_MODEL.md``, Exactness):
+
+1. validates the inputs and puts the model in eval mode (restoring its mode afterwards);
+2. repairs the plan: exact row sums ``x``; where the box or the cost does not hold, moves back along
+   the plan toward the identity plan until they do (``result.repair`` says how far: 1 = untouched);
+3. takes the adversarial image to BE the plan's column sums, certifies it in float64, and
+   re-evaluates the model on exactly that image. An uncertified example is never a success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .. import transport as T
+from ..exact import exact_plan
+from ..threat import WassersteinBall, check_images, check_labels
+
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "RunOutput",
+    "eval_mode",
+    "example_seeds",
+    "example_generators",
+    "loss_per_example",
+    "predict",
+    "repair_plan",
+    "register",
+    "get",
+    "available",
+]
+
+_REGISTRY: dict[str, type[Attack]] = {}
+
+
+def register(name: str):
+    """Class decorator: make an attack available as ``get(name)`` (and set its ``name``)."""
+
+    def deco(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"attack name {name!r} is already registered by {_REGISTRY[name].__name__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available() -> list[str]:
+    """Names of the registered attacks, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **kwargs) -> Attack:
+    """Instantiate the registered attack ``name`` with keyword arguments ``kwargs``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attack {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name](**kwargs)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run ``model`` in eval mode, warn if it was in train mode, restore every submodule's mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    if model.training:
+        warnings.warn("model was in train mode: evaluating in eval mode and restoring train mode afterwards",
+                      stacklevel=3)
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def example_seeds(seed: int, indices: torch.Tensor) -> list[int]:
+    """Per-example seeds derived from the run seed and each example's dataset index (stable across batching)."""
+    out = []
+    for i in indices.tolist():
+        h = hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()
+        out.append(int.from_bytes(h, "little") & ((1 << 63) - 1))
+    return out
+
+
+def example_generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU ``torch.Generator`` per example (draw per example, then stack, so batching does not matter)."""
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes ``[B]`` (no grad), in chunks of ``batch_size``."""
+    with torch.no_grad():
+        return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)])
+
+
+def loss_per_example(logits: torch.Tensor, labels: torch.Tensor, loss: str, targets: torch.Tensor | None = None):
+    """Per-example loss to MAXIMISE, ``[B]``.
+
+    ``loss="ce"``: cross-entropy of the true class (untargeted) or minus that of the target.
+    ``loss="margin"``: best other logit minus the true logit (untargeted; > 0 means fooled), or target
+    logit minus best other logit (targeted), as the difference-of-logits margin of AutoAttack's DLR
+    without its scale normalisation.
+    """
+    if loss == "ce":
+        return -F.cross_entropy(logits, targets, reduction="none") if targets is not None else F.cross_entropy(
+            logits, labels, reduction="none"
+        )
+    if loss == "margin":
+        cls = targets if targets is not None else labels
+        own = logits.gather(1, cls[:, None])[:, 0]
+        other = logits.masked_fill(F.one_hot(cls, logits.shape[1]).bool(), float("-inf")).amax(1)
+        return own - other if targets is not None else other - own
+    raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
+
+
+def repair_plan(x: torch.Tensor, plan: torch.Tensor, threat: WassersteinBall) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make ``plan`` feasible for ``threat`` around ``x`` by moving back toward the identity plan.
+
+    Args:
+        x: ``[B, C, H, W]`` clean images.
+        plan: ``[B, C, H*W, k*k]``, any non-negative-ish plan (NaN, negative and out-of-image entries are
+            dropped; rows are rescaled to sum to ``x``; a row with no mass gets ``x`` on "stay").
+
+    Returns:
+        ``(plan, scale)``: float64 plan ``I + s (P - I)`` with ``s in [0, 1]`` the largest step keeping
+        the produced image in the box and the cost ``<= eps``; ``scale`` is ``s`` per example ``[B]``.
+    """
+    b, c, h, w = x.shape
+    k = threat.kernel_size
+    X = x.detach().to(plan.device, torch.float64)
+    P = torch.nan_to_num(plan.detach().to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
+    P = P * T.valid_mask(h, w, k, device=P.device)
+    rows = P.sum(-1)
+    xf = X.reshape(b, c, h * w)
+    P = torch.where((rows > 0)[..., None], P * (xf / rows.clamp_min(1e-300))[..., None], 0.0)
+    ident = T.identity_plan(X, k)
+    P = torch.where((rows > 0)[..., None], P, ident)
+    n = X.sum(dim=(1, 2, 3))
+    eps = threat.eps_for(b).to(P.device)
+    cost = T.plan_cost(P, threat.p, mass=n)
+    # Aim just inside the radius so that float32 rounding of the image cannot push it out.
+    s = torch.where(cost > 0, (eps * (1 - 1e-6) / cost.clamp_min(1e-300)).clamp(max=1.0), torch.ones_like(cost))
+    if threat.box is not None:
+        Y = T.column_sums(P, h, w)
+        over = Y > 1
+        ratio = torch.where(over, (1 - X) / (Y - X).clamp_min(1e-300), torch.ones_like(Y))
+        s = torch.minimum(s, ratio.flatten(1).amin(1) * (1 - 1e-7))
+    s = s.clamp(0, 1)
+    P = ident + s[:, None, None, None] * (P - ident)
+    return P, s
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What an attack's ``_run`` returns.
+
+    Attributes:
+        plan: ``[B, C, H*W, k*k]`` local plan from ``x`` (preferred), or ``None``.
+        adversarial: ``[B, C, H, W]`` image when the attack has no plan; the common ending then solves
+            an exact plan to it (each channel's mass rescaled to ``x``'s).
+        iterations: long ``[B]`` iterations used per example.
+        info: anything else worth reporting (JSON-ready values).
+    """
+
+    plan: torch.Tensor | None
+    adversarial: torch.Tensor | None
+    iterations: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Outcome of an attack on a batch. Tensors are ``[B, ...]`` on the input's device.
+
+    Attributes:
+        adversarial: ``[B, C, H, W]`` images, every row certified inside ``threat`` around the input
+            (the clean image where the attack found nothing certifiable).
+        success: bool ``[B]``: certified and the model misclassifies (or hits the target).
+        plan: ``[B, C, H*W, k*k]`` the plan that certifies ``adversarial`` (float32 unless the input is
+            float64).
+        cost: float64 ``[B]``: certified cost ``sum(P*c)/N`` (units of eps).
+        certified: bool ``[B]``: the certificate of ``plan`` holds.
+        iterations: long ``[B]``.
+        repair: float64 ``[B]``: step kept along the plan by the common ending (1 = no repair needed).
+        clean_correct: bool ``[B]``: the model classifies the clean input correctly.
+        threat: the ball.
+        attack: registry name.
+        seconds: wall time of the call.
+        info: attack-specific diagnostics (e.g. gradient-masking checks).
+    """
+
+    adversarial: torch.Tensor
+    success: torch.Tensor
+    plan: torch.Tensor
+    cost: torch.Tensor
+    certified: torch.Tensor
+    iterations: torch.Tensor
+    repair: torch.Tensor
+    clean_correct: torch.Tensor
+    threat: WassersteinBall
+    attack: str
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def robust(self) -> torch.Tensor:
+        """Bool ``[B]``: correct on the clean input and not broken by this attack."""
+        return self.clean_correct & ~self.success
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Fraction of the batch classified correctly and not broken (clean errors count as broken)."""
+        return float(self.robust.float().mean())
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of the batch with a certified successful adversarial example."""
+        return float(self.success.float().mean())
+
+
+class Attack:
+    """Base class: subclasses set hyperparameters in a keyword-only ``__init__`` and implement ``_run``.
+
+    Call as ``attack(model, images, labels, threat=WassersteinBall(eps=0.1))``. Randomness is seeded
+    per example from ``seed`` and the example's dataset index, and stopping is per example, so a batch
+    gives the same result as its examples one by one.
+    """
+
+    name: ClassVar[str] = "attack"
+    #: Whether the attack needs local plans (``threat.kernel_size`` not None).
+    needs_window: ClassVar[bool] = True
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        threat: WassersteinBall,
+        targets: torch.Tensor | None = None,
+        seed: int = 0,
+        indices: torch.Tensor | None = None,
+    ) -> AttackResult:
+        """Attack ``model`` on ``images [B,C,H,W]`` in ``[0,1]`` with true ``labels [B]`` inside ``threat``.
+
+        Args:
+            targets: optional target classes ``[B]`` (targeted attack).
+            seed: run seed; per-example seeds derive from it and ``indices``.
+            indices: dataset index of each example ``[B]`` (default ``arange(B)``).
+        """
+        start = time.perf_counter()
+        if not isinstance(threat, WassersteinBall):
+            raise ValueError(f"threat must be a WassersteinBall, got {type(threat).__name__}")
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
+        check_images(images, "images")
+        b = images.shape[0]
+        check_labels(labels, b, "labels")
+        if targets is not None:
+            check_labels(targets, b, "targets")
+        if threat.kernel_size is None:
+            raise ValueError("attacks need local plans: threat.kernel_size must be an odd int, not None")
+        threat.eps_for(b)
+        if indices is None:
+            indices = torch.arange(b)
+        elif not isinstance(indices, torch.Tensor) or indices.shape != (b,):
+            raise ValueError(f"indices must be a tensor [B] = [{b}] of dataset indices")
+        x = images.detach()
+        labels = labels.to(x.device)
+        targets = targets.to(x.device) if targets is not None else None
+        with eval_mode(model):
+            clean_pred = predict(model, x)
+            out = self._run(model, x, labels, threat=threat, targets=targets, seeds=example_seeds(seed, indices))
+            result = self._finish(model, x, labels, targets, clean_pred, threat, out)
+        return AttackResult(**result, threat=threat, attack=self.name, seconds=time.perf_counter() - start)
+
+    def _finish(self, model, x, labels, targets, clean_pred, threat, out: RunOutput) -> dict:
+        b, c, h, w = x.shape
+        plan = out.plan
+        if plan is None:
+            if out.adversarial is None:
+                raise RuntimeError(f"{type(self).__name__}._run returned neither a plan nor an image")
+            adv = out.adversarial.detach().to(torch.float64).clamp_min(0)
+            # Rescale each channel to the source mass, then solve the exact plan to the attack's image.
+            scale = x.to(torch.float64).sum((2, 3), keepdim=True) / adv.sum((2, 3), keepdim=True).clamp_min(1e-300)
+            plan, ok = exact_plan(x, adv * scale, kernel_size=threat.kernel_size, p=threat.p, mass_tol=1e-6)
+            plan = plan.to(x.device)
+        plan64, s = repair_plan(x, plan, threat)
+        plan_out = plan64.to(x.dtype)
+        adv = T.column_sums(plan_out, h, w).clamp(0, 1) if threat.box is not None else T.column_sums(plan_out, h, w)
+        cert = threat.certify(x, adv, plan_out)
+        certified = cert.feasible.to(x.device)
+        # An example whose certificate fails (numerically) falls back to the clean image.
+        if not bool(certified.all()):
+            ident = T.identity_plan(x, threat.kernel_size)
+            m = certified[:, None, None, None]
+            plan_out = torch.where(m, plan_out, ident)
+            adv = torch.where(m, adv, x)
+        with torch.no_grad():
+            pred = predict(model, adv)
+        fooled = (pred == targets) if targets is not None else (pred != labels)
+        success = fooled & certified
+        return dict(
+            adversarial=adv,
+            success=success,
+            plan=plan_out,
+            cost=cert.cost.to(x.device),
+            certified=certified,
+            iterations=out.iterations.to(x.device),
+            repair=s.to(x.device),
+            clean_correct=(clean_pred == labels),
+            info=dict(out.info),
+        )
+
+    def _run(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        threat: WassersteinBall,
+        targets: torch.Tensor | None,
+        seeds: list[int],
+    ) -> RunOutput:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,256 @@
+"""The Wasserstein threat model ("W1, local 5x5, box [0,1]"), implemented once.
+
+See ``../shared/THREAT_MODEL.md`` for the definition. In short, for images ``x, x'`` of shape
+``[C, H, W]`` with values in ``[0, 1]``::
+
+    W(x, x') = min_P sum(P * c) / N(x),   N(x) = sum(x) over all channels,
+
+over non-negative plans supported on ``k x k`` windows, one block per channel, with row sums ``x``
+and column sums ``x'``; ``c = ||d||_2 ** p`` in pixels. ``eps = 0.1`` is moving 10 % of the mass by
+one pixel (Hu et al. report ``eps * C*H*W``: convert with :meth:`WassersteinBall.from_hu_units`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from . import transport as T
+from .exact import exact_distance
+
+__all__ = ["WassersteinBall", "Certificate", "check_images", "check_labels"]
+
+
+def check_images(images: torch.Tensor, name: str = "images", box: tuple[float, float] | None = (0.0, 1.0)) -> None:
+    """Raise ``ValueError`` naming ``name`` unless it is a finite float ``[B, C, H, W]`` tensor in the box."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape [B, C, H, W], got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must have shape [B, C, H, W] (rank 4), got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor with values in [0, 1], got dtype {images.dtype}")
+    if images.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    if box is not None:
+        lo, hi = box
+        mn, mx = images.min().item(), images.max().item()
+        if mn < lo or mx > hi:
+            raise ValueError(f"{name} must lie in [{lo}, {hi}] (pixel space, before normalization); got [{mn}, {mx}]")
+
+
+def check_labels(labels: torch.Tensor, batch: int, name: str = "labels") -> None:
+    """Raise ``ValueError`` unless ``labels`` is an integer ``[B]`` tensor."""
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != batch:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{name} must be an integer tensor of shape [{batch}], got {shape}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Per-example outcome of :meth:`WassersteinBall.certify` (all tensors ``[B]``, on CPU).
+
+    Attributes:
+        feasible: the plan proves ``W(x, x_adv) <= eps`` within the ball's tolerances and ``x_adv`` is
+            in the box.
+        cost: certified transport cost ``sum(P * c) / N`` (float64, units of ``eps``); an upper bound
+            on the exact distance whenever the plan is feasible.
+        negative: most negative plan entry (<= 0) / N.
+        row_error, column_error: max absolute marginal error, relative to ``N``.
+        outside_mass: mass on out-of-image entries, relative to ``N``.
+        box_violation: how far ``x_adv`` leaves the box (0 if inside).
+        mass_error: max per-channel ``|N_c(x) - N_c(x_adv)| / N``.
+    """
+
+    feasible: torch.Tensor
+    cost: torch.Tensor
+    negative: torch.Tensor
+    row_error: torch.Tensor
+    column_error: torch.Tensor
+    outside_mass: torch.Tensor
+    box_violation: torch.Tensor
+    mass_error: torch.Tensor
+
+
+@dataclass(frozen=True)
+class WassersteinBall:
+    """The ball ``{x' in box : W(x, x') <= eps}`` of ``../shared/THREAT_MODEL.md``.
+
+    Args:
+        eps: radius, a scalar or a per-example tensor ``[B]``, in units of "fraction of the image's
+            total mass times pixel distance ** p" (``eps = 0.1``: 10 % of the mass moved one pixel).
+        p: ground-cost exponent, 1 (default, Euclidean pixel distance) or 2 (squared Euclidean, what
+            Wong et al.'s code bounds; the value is then the squared-distance cost, not its root).
+        kernel_size: odd window size ``k`` (default 5) or ``None`` for dense plans (exact solver only).
+        box: ``(0.0, 1.0)`` (default) or ``None`` (no box, as Wu et al. return).
+        mass_tol: per-channel mass tolerance relative to ``N(x)`` (float32 default 1e-5).
+        cost_tol: relative cost tolerance: certified iff ``cost <= eps * (1 + cost_tol)``.
+        box_tol: absolute tolerance on the box (float32 rounding of column sums).
+    """
+
+    eps: float | torch.Tensor
+    p: int = 1
+    kernel_size: int | None = 5
+    box: tuple[float, float] | None = (0.0, 1.0)
+    mass_tol: float = 1e-5
+    cost_tol: float = 1e-4
+    box_tol: float = 1e-6
+    _eps_cache: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        eps = self.eps
+        if isinstance(eps, torch.Tensor):
+            if eps.dim() > 1:
+                raise ValueError(f"eps must be a scalar or a per-example tensor [B], got shape {tuple(eps.shape)}")
+            e = eps.detach().to("cpu", torch.float64).reshape(-1)
+        elif isinstance(eps, (int, float)) and not isinstance(eps, bool):
+            e = torch.tensor([float(eps)], dtype=torch.float64)
+        else:
+            raise ValueError(f"eps must be a non-negative float or a tensor [B] of them, got {eps!r}")
+        if not torch.isfinite(e).all() or (e < 0).any():
+            raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+        object.__setattr__(self, "_eps_cache", e)
+        if self.p not in (1, 2):
+            raise ValueError(f"p must be 1 or 2, got {self.p!r}")
+        if self.kernel_size is not None:
+            T.check_kernel_size(self.kernel_size)
+        if self.box is not None and tuple(self.box) != (0.0, 1.0):
+            raise ValueError(f"box must be (0.0, 1.0) or None, got {self.box!r}")
+        for name in ("mass_tol", "cost_tol", "box_tol"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite float >= 0, got {v!r}")
+
+    # ------------------------------------------------------------------ helpers
+    @classmethod
+    def from_hu_units(cls, eps_times_pixels: float, n_pixels: int, **kwargs) -> WassersteinBall:
+        """Ball from Hu et al.'s units ``eps * C*H*W`` (784 for MNIST, 3072 for CIFAR-10)."""
+        return cls(eps=eps_times_pixels / n_pixels, **kwargs)
+
+    def eps_for(self, batch: int) -> torch.Tensor:
+        """Radius per example, float64 ``[B]`` on CPU (a scalar ``eps`` is broadcast)."""
+        e = self._eps_cache
+        if e.numel() == 1:
+            return e.expand(batch).clone()
+        if e.numel() != batch:
+            raise ValueError(f"eps has {e.numel()} entries but the batch has {batch} examples")
+        return e.clone()
+
+    def with_eps(self, eps: float | torch.Tensor) -> WassersteinBall:
+        """Same ball with another radius."""
+        return WassersteinBall(eps, self.p, self.kernel_size, self.box, self.mass_tol, self.cost_tol, self.box_tol)
+
+    def describe(self) -> dict:
+        """The threat model's parameters as recorded with every result (JSON-ready)."""
+        e = self._eps_cache
+        return {
+            "name": f"W{self.p}, {'local ' + str(self.kernel_size) + 'x' + str(self.kernel_size) if self.kernel_size else 'dense'}, "
+            f"box {'[0,1]' if self.box else 'none'}",
+            "p": self.p,
+            "kernel_size": self.kernel_size,
+            "box": list(self.box) if self.box is not None else None,
+            "eps": float(e.item()) if e.numel() == 1 else e.tolist(),
+            "eps_units": "fraction of total image mass x pixel distance^p (Hu et al.'s units / (C*H*W))",
+            "mass_normalisation": "total over channels",
+            "tolerances": {"mass_rel": self.mass_tol, "cost_rel": self.cost_tol, "box_abs": self.box_tol},
+        }
+
+    def _check_pair(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+        check_images(x, "x")
+        check_images(x_adv, "x_adv", box=None)
+        if x.shape != x_adv.shape:
+            raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, got {tuple(x_adv.shape)}")
+        if (x_adv < 0).any():
+            raise ValueError("x_adv must be non-negative (it is a mass distribution)")
+        self.eps_for(x.shape[0])
+
+    # ------------------------------------------------------------------ checks
+    def certify(self, x: torch.Tensor, x_adv: torch.Tensor, plan: torch.Tensor) -> Certificate:
+        """Check that ``plan`` proves ``x_adv`` inside the ball around ``x``, in float64.
+
+        Args:
+            x, x_adv: ``[B, C, H, W]``; ``x`` in ``[0, 1]``.
+            plan: ``[B, C, H*W, k*k]`` local plan (layout in :mod:`wasserstein_attacks.transport`).
+
+        Returns:
+            A :class:`Certificate`; cost O(B*C*H*W*k*k).
+        """
+        self._check_pair(x, x_adv)
+        if self.kernel_size is None:
+            raise ValueError("certify needs local plans: kernel_size=None (dense) is for distance() only")
+        b, c, h, w = x.shape
+        kk = self.kernel_size**2
+        if not isinstance(plan, torch.Tensor) or tuple(plan.shape) != (b, c, h * w, kk):
+            got = tuple(plan.shape) if isinstance(plan, torch.Tensor) else type(plan).__name__
+            raise ValueError(f"plan must have shape [B, C, H*W, k*k] = {(b, c, h * w, kk)}, got {got}")
+        dev = plan.device
+        P = plan.detach().to(torch.float64)
+        X = x.detach().to(dev, torch.float64)
+        Y = x_adv.detach().to(dev, torch.float64)
+        n = X.sum(dim=(1, 2, 3))
+        scale = n.clamp_min(1e-300)
+        valid = T.valid_mask(h, w, self.kernel_size, device=dev)
+        finite = torch.isfinite(P).flatten(1).all(1)
+        P = torch.nan_to_num(P, nan=0.0, posinf=0.0, neginf=0.0)
+        negative = P.amin(dim=(1, 2, 3)).clamp_max(0) / scale
+        outside = (P * (~valid)).abs().sum(dim=(1, 2, 3)) / scale
+        P_in = P * valid
+        row_err = (T.row_sums(P_in, h, w) - X).abs().flatten(1).amax(1) / scale
+        col_err = (T.column_sums(P_in, h, w) - Y).abs().flatten(1).amax(1) / scale
+        mass_err = (X.sum(dim=(2, 3)) - Y.sum(dim=(2, 3))).abs().amax(1) / scale
+        if self.box is not None:
+            box_v = torch.maximum((Y - 1).clamp_min(0), (-Y).clamp_min(0)).flatten(1).amax(1)
+        else:
+            box_v = (-Y).clamp_min(0).flatten(1).amax(1)
+        cost = T.plan_cost(P_in, self.p, mass=n)
+        eps = self.eps_for(b).to(dev)
+        zero = n <= 0
+        # An all-zero image's ball is {x}: only the zero image (and the zero plan) qualifies.
+        cost = torch.where(zero, torch.where(Y.flatten(1).abs().amax(1) > 0, torch.inf, 0.0), cost)
+        tol = self.mass_tol
+        feasible = (
+            finite
+            & (negative >= -tol)
+            & (outside <= tol)
+            & (row_err <= tol)
+            & (col_err <= tol)
+            & (mass_err <= tol)
+            & (box_v <= self.box_tol)
+            & (cost <= eps * (1 + self.cost_tol))
+        )
+        cpu = lambda t: t.detach().cpu()  # noqa: E731
+        return Certificate(
+            cpu(feasible), cpu(cost), cpu(negative), cpu(row_err), cpu(col_err), cpu(outside), cpu(box_v), cpu(mass_err)
+        )
+
+    def distance(self, x: torch.Tensor, x_adv: torch.Tensor, *, workers: int | None = None) -> torch.Tensor:
+        """Exact ``W(x, x_adv)`` per example, float64 ``[B]`` on CPU (``+inf`` if infeasible).
+
+        Solves the transport LP exactly (see :mod:`wasserstein_attacks.exact`). The box is not part
+        of the distance: :meth:`contains` checks it.
+
+        Properties: symmetric for equal masses; the triangle inequality holds only for ``p = 1`` with
+        dense plans (``kernel_size=None``): with windows a long move can be two legal short ones, and
+        with ``p = 2`` the cost is a squared distance.
+        """
+        self._check_pair(x, x_adv)
+        return exact_distance(x, x_adv, kernel_size=self.kernel_size, p=self.p, mass_tol=self.mass_tol, workers=workers)
+
+    def contains(self, x: torch.Tensor, x_adv: torch.Tensor, tol: float | None = None) -> torch.Tensor:
+        """Bool ``[B]``: ``x_adv`` in the box and ``W(x, x_adv) <= eps * (1 + tol)`` by the exact solver.
+
+        ``tol`` defaults to the ball's ``cost_tol``.
+        """
+        tol = self.cost_tol if tol is None else tol
+        d = self.distance(x, x_adv)
+        b = x.shape[0]
+        inside = d <= self.eps_for(b) * (1 + tol)
+        if self.box is not None:
+            y = x_adv.detach().cpu().to(torch.float64)
+            inside &= ((y >= -self.box_tol) & (y <= 1 + self.box_tol)).flatten(1).all(1)
+        return inside
