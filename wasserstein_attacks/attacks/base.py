@@ -18,7 +18,7 @@ import hashlib
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ __all__ = [
     "loss_per_example",
     "predict",
     "repair_plan",
+    "iterate",
     "register",
     "get",
     "available",
@@ -125,28 +126,52 @@ def loss_per_example(logits: torch.Tensor, labels: torch.Tensor, loss: str, targ
     raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
 
 
-def repair_plan(x: torch.Tensor, plan: torch.Tensor, threat: WassersteinBall) -> tuple[torch.Tensor, torch.Tensor]:
-    """Make ``plan`` feasible for ``threat`` around ``x`` by moving back toward the identity plan.
+def repair_plan(
+    x: torch.Tensor, plan: torch.Tensor, threat: WassersteinBall, *, max_rounds: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make ``plan`` feasible for ``threat`` around ``x``; only ever moves mass back to where it came from.
+
+    1. Clean-up: NaN, negative and out-of-image entries are dropped; rows are rescaled to sum to ``x``
+       (a row with no mass gets ``x`` on "stay").
+    2. Box (local): a pixel that would exceed 1 keeps only the share of its incoming moved mass that
+       fits; the rest returns to its sources' "stay" entries. Repeated until no pixel overflows (a
+       source that receives mass back can overflow in turn); cost only decreases. Pixels of ``x`` at
+       exactly 1 make a global scaling useless (any inflow overflows them), hence the local step.
+    3. Cost and any remaining overflow (global): ``P <- I + s (P - I)`` with the largest ``s in [0, 1]``
+       that keeps cost ``<= eps`` and the box.
 
     Args:
-        x: ``[B, C, H, W]`` clean images.
-        plan: ``[B, C, H*W, k*k]``, any non-negative-ish plan (NaN, negative and out-of-image entries are
-            dropped; rows are rescaled to sum to ``x``; a row with no mass gets ``x`` on "stay").
+        x: ``[B, C, H, W]`` clean images in ``[0, 1]``.
+        plan: ``[B, C, H*W, k*k]`` local plan.
 
     Returns:
-        ``(plan, scale)``: float64 plan ``I + s (P - I)`` with ``s in [0, 1]`` the largest step keeping
-        the produced image in the box and the cost ``<= eps``; ``scale`` is ``s`` per example ``[B]``.
+        ``(plan, kept)``: float64 feasible plan and, per example ``[B]``, the fraction of the moved
+        (off-"stay") mass that survived the repair (1 = untouched).
     """
     b, c, h, w = x.shape
     k = threat.kernel_size
+    stay = k * k // 2
     X = x.detach().to(plan.device, torch.float64)
     P = torch.nan_to_num(plan.detach().to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
     P = P * T.valid_mask(h, w, k, device=P.device)
     rows = P.sum(-1)
     xf = X.reshape(b, c, h * w)
-    P = torch.where((rows > 0)[..., None], P * (xf / rows.clamp_min(1e-300))[..., None], 0.0)
     ident = T.identity_plan(X, k)
-    P = torch.where((rows > 0)[..., None], P, ident)
+    P = torch.where((rows > 0)[..., None], P * (xf / rows.clamp_min(1e-300))[..., None], ident)
+    moved_before = (P.sum(-1) - P[..., stay]).sum(dim=(1, 2))
+    if threat.box is not None:
+        for _ in range(max_rounds):
+            Y = T.column_sums(P, h, w)
+            over = Y > 1
+            if not bool(over.any()):
+                break
+            inflow = Y - P[..., stay].reshape(b, c, h, w)  # moved mass arriving at each pixel
+            keep = torch.where(over, (1 - (Y - 1) / inflow.clamp_min(1e-300)).clamp(0, 1), torch.ones_like(Y))
+            factor = T.gather_neighbours(keep, k)  # per entry: the keep factor of its target
+            factor[..., stay] = 1.0
+            back = (P * (1 - factor)).sum(-1)
+            P = P * factor
+            P[..., stay] += back
     n = X.sum(dim=(1, 2, 3))
     eps = threat.eps_for(b).to(P.device)
     cost = T.plan_cost(P, threat.p, mass=n)
@@ -154,12 +179,77 @@ def repair_plan(x: torch.Tensor, plan: torch.Tensor, threat: WassersteinBall) ->
     s = torch.where(cost > 0, (eps * (1 - 1e-6) / cost.clamp_min(1e-300)).clamp(max=1.0), torch.ones_like(cost))
     if threat.box is not None:
         Y = T.column_sums(P, h, w)
-        over = Y > 1
-        ratio = torch.where(over, (1 - X) / (Y - X).clamp_min(1e-300), torch.ones_like(Y))
+        ratio = torch.where(Y > 1, (1 - X) / (Y - X).clamp_min(1e-300), torch.ones_like(Y))
         s = torch.minimum(s, ratio.flatten(1).amin(1) * (1 - 1e-7))
     s = s.clamp(0, 1)
     P = ident + s[:, None, None, None] * (P - ident)
-    return P, s
+    moved_after = (P.sum(-1) - P[..., stay]).sum(dim=(1, 2))
+    kept = torch.where(moved_before > 0, moved_after / moved_before.clamp_min(1e-300), torch.ones_like(moved_before))
+    return P, kept
+
+
+def iterate(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor | None,
+    *,
+    steps: int,
+    loss: str,
+    state: dict[str, torch.Tensor],
+    image: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    step: Callable[[dict[str, torch.Tensor], torch.Tensor, int, torch.Tensor], dict[str, torch.Tensor]],
+    stop_on_success: bool = True,
+) -> torch.Tensor:
+    """The one iterative loop shared by every gradient attack (PGD, Frank-Wolfe, Sinkhorn PGD).
+
+    Per-example logic: each iteration evaluates the current iterate of the examples still active;
+    with ``stop_on_success`` an example whose iterate fools the model is frozen there (the authors'
+    whole-batch stopping is replaced by this, so a batch equals its examples one by one). Only
+    active examples go through the model, so fooled examples cost nothing.
+
+    Args:
+        state: per-example tensors with leading dim ``B``; ``state["var"]`` is the variable the
+            gradient is taken with respect to (a plan ``[B,C,H*W,k*k]`` or an image ``[B,C,H,W]``).
+            Updated in place for the active examples.
+        image: ``sub_state -> [b, C, H, W]`` differentiable image of the (sub-)state.
+        step: ``(sub_state, grad, t, idx) -> new sub_state`` for the examples ``idx`` (dataset
+            positions in the batch) that are still active and not fooled; ``grad`` is the gradient of
+            the loss (to maximise) w.r.t. ``sub_state["var"]``.
+
+    Returns:
+        long ``[B]``: iterations run per example.
+    """
+    b = x.shape[0]
+    active = torch.ones(b, dtype=torch.bool, device=x.device)
+    iters = torch.zeros(b, dtype=torch.long, device=x.device)
+    for t in range(steps):
+        idx = active.nonzero()[:, 0]
+        if idx.numel() == 0:
+            break
+        sub = {k: v[idx] for k, v in state.items()}
+        var = sub["var"].detach().requires_grad_(True)
+        sub["var"] = var
+        with torch.enable_grad():
+            logits = model(image(sub))
+            obj = loss_per_example(logits, labels[idx], loss, None if targets is None else targets[idx])
+            (grad,) = torch.autograd.grad(obj.sum(), var)
+        with torch.no_grad():
+            pred = logits.argmax(1)
+            fooled = (pred == targets[idx]) if targets is not None else (pred != labels[idx])
+            if stop_on_success:
+                active[idx[fooled]] = False
+                upd = ~fooled
+            else:
+                upd = torch.ones_like(fooled)
+            if not bool(upd.any()):
+                continue
+            iters[idx[upd]] += 1
+            sub = {k: v.detach()[upd] for k, v in sub.items()}
+            new = step(sub, grad[upd], t, idx[upd])
+            for k, v in new.items():
+                state[k][idx[upd]] = v.to(state[k].dtype)
+    return iters
 
 
 @dataclass(frozen=True)
@@ -193,7 +283,7 @@ class AttackResult:
         cost: float64 ``[B]``: certified cost ``sum(P*c)/N`` (units of eps).
         certified: bool ``[B]``: the certificate of ``plan`` holds.
         iterations: long ``[B]``.
-        repair: float64 ``[B]``: step kept along the plan by the common ending (1 = no repair needed).
+        repair: float64 ``[B]``: fraction of the moved mass kept by the common ending's repair (1 = no repair needed).
         clean_correct: bool ``[B]``: the model classifies the clean input correctly.
         threat: the ball.
         attack: registry name.
@@ -252,6 +342,7 @@ class Attack:
         targets: torch.Tensor | None = None,
         seed: int = 0,
         indices: torch.Tensor | None = None,
+        gradient_model: torch.nn.Module | None = None,
     ) -> AttackResult:
         """Attack ``model`` on ``images [B,C,H,W]`` in ``[0,1]`` with true ``labels [B]`` inside ``threat``.
 
@@ -259,6 +350,9 @@ class Attack:
             targets: optional target classes ``[B]`` (targeted attack).
             seed: run seed; per-example seeds derive from it and ``indices``.
             indices: dataset index of each example ``[B]`` (default ``arange(B)``).
+            gradient_model: model whose gradients the attack follows (default ``model``), e.g. the same
+                network with a straight-through (BPDA) input transform; success is always judged on
+                ``model``.
         """
         start = time.perf_counter()
         if not isinstance(threat, WassersteinBall):
@@ -280,9 +374,10 @@ class Attack:
         x = images.detach()
         labels = labels.to(x.device)
         targets = targets.to(x.device) if targets is not None else None
-        with eval_mode(model):
+        gm = model if gradient_model is None else gradient_model
+        with eval_mode(model), eval_mode(gm):
             clean_pred = predict(model, x)
-            out = self._run(model, x, labels, threat=threat, targets=targets, seeds=example_seeds(seed, indices))
+            out = self._run(gm, x, labels, threat=threat, targets=targets, seeds=example_seeds(seed, indices))
             result = self._finish(model, x, labels, targets, clean_pred, threat, out)
         return AttackResult(**result, threat=threat, attack=self.name, seconds=time.perf_counter() - start)
 
