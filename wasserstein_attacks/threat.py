@@ -51,6 +51,37 @@ def check_labels(labels: torch.Tensor, batch: int, name: str = "labels") -> None
         raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
 
 
+# Plan entries per chunk in certify (1 MiB of float64): temporaries stay in cache.
+_CERTIFY_CHUNK = 1 << 17
+
+
+def _plan_statistics(
+    plan: torch.Tensor, height: int, width: int, weights: torch.Tensor, inv_i: torch.Tensor, inv_o: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The sums certify needs from a chunk of plans ``[b, C, H*W, k*k]``, in float64.
+
+    ``weights [k*k, 2]`` holds ones and the offset costs; ``inv_i, inv_o`` list the out-of-image
+    entries. Returns ``finite [b]``, most negative entry ``[b]``, absolute mass on out-of-image
+    entries ``[b]``, row sums ``[b, C, H*W]`` and column sums ``[b, C, H, W]`` of the in-image entries,
+    and their unnormalised cost ``sum(P * c)`` ``[b]``. Non-finite entries count as zero in the sums.
+    """
+    P = plan.detach().to(torch.float64)
+    bb, c, hw, kk = P.shape
+    # One matrix product gives every row's sum and cost without a plan-sized temporary; a NaN or inf
+    # entry makes its row's result non-finite.
+    sums = (P.reshape(-1, kk) @ weights).reshape(bb, c * hw * 2)
+    finite = torch.isfinite(sums).all(1)
+    if not bool(finite.all()):
+        P = torch.nan_to_num(P, nan=0.0, posinf=0.0, neginf=0.0)
+        sums = (P.reshape(-1, kk) @ weights).reshape(bb, c * hw * 2)
+    sums = sums.reshape(bb, c, hw, 2)
+    off_image = P[:, :, inv_i, inv_o]  # [b, C, n_invalid]: entries that would leave the image
+    rows = sums[..., 0].index_add(2, inv_i, off_image, alpha=-1)
+    total = sums[..., 1].sum(dim=(1, 2)) - (off_image * weights[inv_o, 1]).sum(dim=(1, 2))
+    cols = T.column_sums(P, height, width)  # drops the off-image entries
+    return finite, P.amin(dim=(1, 2, 3)), off_image.abs().sum(dim=(1, 2)), rows, cols, total
+
+
 @dataclass(frozen=True)
 class Certificate:
     """Per-example outcome of :meth:`WassersteinBall.certify` (all tensors ``[B]``, on CPU).
@@ -189,29 +220,31 @@ class WassersteinBall:
             got = tuple(plan.shape) if isinstance(plan, torch.Tensor) else type(plan).__name__
             raise ValueError(f"plan must have shape [B, C, H*W, k*k] = {(b, c, h * w, kk)}, got {got}")
         dev = plan.device
-        P = plan.detach().to(torch.float64)
         X = x.detach().to(dev, torch.float64)
         Y = x_adv.detach().to(dev, torch.float64)
         n = X.sum(dim=(1, 2, 3))
         scale = n.clamp_min(1e-300)
-        valid = T.valid_mask(h, w, self.kernel_size, device=dev)
-        finite = torch.isfinite(P).flatten(1).all(1)
-        P = torch.nan_to_num(P, nan=0.0, posinf=0.0, neginf=0.0)
-        negative = P.amin(dim=(1, 2, 3)).clamp_max(0) / scale
-        outside = (P * (~valid)).abs().sum(dim=(1, 2, 3)) / scale
-        P_in = P * valid
-        row_err = (T.row_sums(P_in, h, w) - X).abs().flatten(1).amax(1) / scale
-        col_err = (T.column_sums(P_in, h, w) - Y).abs().flatten(1).amax(1) / scale
+        # Chunks of examples keep every temporary small (no page faults on plan-sized buffers) and let
+        # a float32 plan be widened to float64 piece by piece.
+        costs = T.offset_costs(self.kernel_size, self.p, device=dev)
+        weights = torch.stack([torch.ones_like(costs), costs], dim=1)  # [k*k, 2]: row sum, row cost
+        inv_i, inv_o = (~T.valid_mask(h, w, self.kernel_size, device=dev)).nonzero(as_tuple=True)
+        step = max(1, _CERTIFY_CHUNK // (c * h * w * kk))
+        parts = [_plan_statistics(plan[s : s + step], h, w, weights, inv_i, inv_o) for s in range(0, b, step)]
+        finite, negative, outside, rows, cols, total = (torch.cat(t) for t in zip(*parts, strict=True))
+        negative = negative.clamp_max(0) / scale
+        outside = outside / scale
+        row_err = (rows.reshape(b, c, h, w) - X).abs().flatten(1).amax(1) / scale
+        col_err = (cols - Y).abs().flatten(1).amax(1) / scale
         mass_err = (X.sum(dim=(2, 3)) - Y.sum(dim=(2, 3))).abs().amax(1) / scale
         if self.box is not None:
             box_v = torch.maximum((Y - 1).clamp_min(0), (-Y).clamp_min(0)).flatten(1).amax(1)
         else:
             box_v = (-Y).clamp_min(0).flatten(1).amax(1)
-        cost = T.plan_cost(P_in, self.p, mass=n)
-        eps = self.eps_for(b).to(dev)
         zero = n <= 0
         # An all-zero image's ball is {x}: only the zero image (and the zero plan) qualifies.
-        cost = torch.where(zero, torch.where(Y.flatten(1).abs().amax(1) > 0, torch.inf, 0.0), cost)
+        cost = torch.where(zero, torch.where(Y.flatten(1).abs().amax(1) > 0, torch.inf, 0.0), total / scale)
+        eps = self.eps_for(b).to(dev)
         tol = self.mass_tol
         feasible = (
             finite

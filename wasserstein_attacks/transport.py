@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "check_kernel_size",
+    "check_p",
+    "squared_to_cost",
     "window_offsets",
     "offset_costs",
     "valid_mask",
@@ -31,6 +33,7 @@ __all__ = [
     "column_sums",
     "plan_cost",
     "gather_neighbours",
+    "window_targets",
 ]
 
 
@@ -59,10 +62,26 @@ def stay_index(kernel_size: int) -> int:
     return check_kernel_size(kernel_size) ** 2 // 2
 
 
+def check_p(p: int, name: str = "p") -> int:
+    """Return ``p`` if it is 1 or 2 (the ground-cost exponents of the threat model), else raise ``ValueError``."""
+    if isinstance(p, bool) or p not in (1, 2):
+        raise ValueError(f"{name} must be 1 or 2 (ground cost ||d||_2 ** p in pixels), got {p!r}")
+    return int(p)
+
+
+def squared_to_cost(d2, p: int):
+    """Ground cost ``||d||_2 ** p`` from the squared pixel distance ``d2`` (tensor or numpy array).
+
+    ``p = 2`` returns ``d2`` itself so that integer distances stay exact (``sqrt(2) ** 2`` is not 2
+    in floating point).
+    """
+    return d2 if check_p(p) == 2 else d2**0.5
+
+
 def offset_costs(kernel_size: int, p: int = 1, *, dtype=torch.float64, device=None) -> torch.Tensor:
     """Ground cost of each offset, ``||(dh, dw)||_2 ** p`` in pixel units, shape ``[k*k]``."""
     off = _offsets_cpu(check_kernel_size(kernel_size)).to(torch.float64)
-    c = off.pow(2).sum(1).sqrt().pow(p)
+    c = squared_to_cost(off.pow(2).sum(1), p)
     return c.to(dtype=dtype, device=device)
 
 
@@ -77,7 +96,19 @@ def _valid_cpu(height: int, width: int, kernel_size: int) -> torch.Tensor:
 
 def valid_mask(height: int, width: int, kernel_size: int, *, device=None) -> torch.Tensor:
     """Bool ``[H*W, k*k]``: True where pixel ``i`` moved by offset ``o`` stays inside the image."""
-    return _valid_cpu(height, width, check_kernel_size(kernel_size)).to(device)
+    return _valid_cpu(height, width, check_kernel_size(kernel_size)).to(device, copy=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _targets_cpu(height: int, width: int, kernel_size: int) -> torch.Tensor:
+    off = _offsets_cpu(kernel_size)
+    target = torch.arange(height * width)[:, None] + off[:, 0] * width + off[:, 1]
+    return torch.where(_valid_cpu(height, width, kernel_size), target, -1)
+
+
+def window_targets(height: int, width: int, kernel_size: int, *, device=None) -> torch.Tensor:
+    """Target pixel of each plan entry, long ``[H*W, k*k]``: ``i + dh*W + dw``, or -1 outside the image."""
+    return _targets_cpu(height, width, check_kernel_size(kernel_size)).to(device, copy=True)
 
 
 def identity_plan(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -95,12 +126,34 @@ def row_sums(plan: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return plan.sum(-1).reshape(b, c, height, width)
 
 
+@functools.lru_cache(maxsize=64)
+def _scatter_index_cpu(height: int, width: int, kernel_size: int) -> torch.Tensor:
+    """Target of every plan entry, flattened ``[H*W*k*k]``, with ``H*W`` (a discard slot) outside the image."""
+    t = _targets_cpu(height, width, kernel_size)
+    return torch.where(t < 0, height * width, t).reshape(-1)
+
+
 def column_sums(plan: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Mass each pixel receives: ``[B,C,H*W,k*k]`` -> produced image ``[B,C,H,W]``.
 
     Mass on out-of-image entries is dropped (such entries must be zero in a valid plan).
     Differentiable; its adjoint is :func:`gather_neighbours`.
     """
+    b, c, hw, kk = plan.shape
+    k = math.isqrt(kk)
+    if hw != height * width or k * k != kk:
+        raise ValueError(f"plan must have shape [B, C, {height * width}, k*k], got {tuple(plan.shape)}")
+    check_kernel_size(k, "the plan's window (sqrt of its last dimension)")
+    if plan.device.type == "cpu":
+        # A scatter-add along precomputed targets is ~20x faster than F.fold on CPU; on GPUs fold
+        # stays, as its scatter-add alternative uses atomics (summation order not reproducible).
+        index = _scatter_index_cpu(height, width, k)
+        out = plan.new_zeros(b * c, hw + 1).index_add_(1, index, plan.reshape(b * c, hw * kk))
+        return out[:, :hw].reshape(b, c, height, width)
+    return _column_sums_fold(plan, height, width)
+
+
+def _column_sums_fold(plan: torch.Tensor, height: int, width: int) -> torch.Tensor:
     b, c, hw, kk = plan.shape
     k = math.isqrt(kk)
     cols = plan.reshape(b * c, hw, kk).transpose(1, 2)
@@ -124,12 +177,13 @@ def plan_cost(plan: torch.Tensor, p: int = 1, mass: torch.Tensor | None = None) 
     """Transport cost per example: ``sum(P * c) / N``, shape ``[B]``, in units of ``eps``.
 
     ``mass`` is ``N`` per example ``[B]`` (the source image's total over channels); by default the
-    plan's own total. Examples with ``N = 0`` get cost 0 (nothing moves).
+    plan's own total. Examples with ``N = 0`` get cost 0 (nothing moves). Differentiable.
     """
-    kk = plan.shape[-1]
+    b, kk = plan.shape[0], plan.shape[-1]
     cost = offset_costs(math.isqrt(kk), p, dtype=plan.dtype, device=plan.device)
-    total = (plan * cost).sum(dim=(1, 2, 3))
+    # A matrix-vector product instead of ``(plan * cost).sum()``: no plan-sized temporary.
+    total = (plan.reshape(-1, kk) @ cost).reshape(b, -1).sum(1)
     if mass is None:
-        mass = plan.sum(dim=(1, 2, 3))
+        mass = plan.reshape(b, -1).sum(1)
     mass = mass.to(total.dtype)
     return torch.where(mass > 0, total / mass.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))

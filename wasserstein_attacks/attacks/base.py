@@ -37,6 +37,7 @@ __all__ = [
     "loss_per_example",
     "predict",
     "repair_plan",
+    "return_overflow",
     "iterate",
     "register",
     "get",
@@ -126,6 +127,49 @@ def loss_per_example(logits: torch.Tensor, labels: torch.Tensor, loss: str, targ
     raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
 
 
+def return_overflow(
+    plan: torch.Tensor,
+    columns: Callable[[torch.Tensor], torch.Tensor],
+    at_targets: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    max_rounds: int = 200,
+) -> torch.Tensor:
+    """Local box repair: the share of moved mass that overflows a pixel (above 1) returns to its sources.
+
+    A pixel ``j`` with column sum ``Y_j > 1`` keeps the fraction ``1 - (Y_j - 1) / inflow_j`` of the
+    moved mass it receives (``inflow_j``: column sum without the "stay" entries); the rest goes back to
+    the "stay" entry of the rows that sent it. Repeated, since a source that gets mass back can overflow
+    in turn. Row sums are kept and the cost only decreases. Works on any plan layout whose last dim is
+    the ``k*k`` window ("stay" = ``k*k // 2``): the full layout ``[B, C, H*W, k*k]`` or a compact
+    ``[M, k*k]`` view of some rows.
+
+    Args:
+        plan: non-negative plan, last dim ``k*k``.
+        columns: plan -> pixel masses it produces (any shape, e.g. ``[B, C, H, W]`` or flat).
+        at_targets: pixel masses of that shape -> per-entry value at each entry's target (plan shape).
+
+    Returns:
+        the repaired plan (new tensor); pixels may still exceed 1 only if ``max_rounds`` ran out.
+    """
+    stay = plan.shape[-1] // 2
+    P = plan
+    not_stay = torch.ones(plan.shape[-1], dtype=plan.dtype, device=plan.device)
+    not_stay[stay] = 0
+    for _ in range(max_rounds):
+        Y = columns(P)
+        over = Y > 1
+        if not bool(over.any()):
+            break
+        inflow = columns(P * not_stay)  # moved mass arriving at each pixel
+        keep = torch.where(over, (1 - (Y - 1) / inflow.clamp_min(1e-300)).clamp(0, 1), torch.ones_like(Y))
+        factor = at_targets(keep)  # per entry: the keep factor of its target
+        factor[..., stay] = 1.0
+        back = (P * (1 - factor)).sum(-1)
+        P = P * factor
+        P[..., stay] += back
+    return P
+
+
 def repair_plan(
     x: torch.Tensor, plan: torch.Tensor, threat: WassersteinBall, *, max_rounds: int = 200
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,18 +204,9 @@ def repair_plan(
     P = torch.where((rows > 0)[..., None], P * (xf / rows.clamp_min(1e-300))[..., None], ident)
     moved_before = (P.sum(-1) - P[..., stay]).sum(dim=(1, 2))
     if threat.box is not None:
-        for _ in range(max_rounds):
-            Y = T.column_sums(P, h, w)
-            over = Y > 1
-            if not bool(over.any()):
-                break
-            inflow = Y - P[..., stay].reshape(b, c, h, w)  # moved mass arriving at each pixel
-            keep = torch.where(over, (1 - (Y - 1) / inflow.clamp_min(1e-300)).clamp(0, 1), torch.ones_like(Y))
-            factor = T.gather_neighbours(keep, k)  # per entry: the keep factor of its target
-            factor[..., stay] = 1.0
-            back = (P * (1 - factor)).sum(-1)
-            P = P * factor
-            P[..., stay] += back
+        P = return_overflow(
+            P, lambda q: T.column_sums(q, h, w), lambda m: T.gather_neighbours(m, k), max_rounds=max_rounds
+        )
     n = X.sum(dim=(1, 2, 3))
     eps = threat.eps_for(b).to(P.device)
     cost = T.plan_cost(P, threat.p, mass=n)

@@ -1,3 +1,275 @@
-"""Placeholder: filled in by the attacks work."""
+"""Gradient-masking checks to run before attacking, and straight-through (BPDA) gradient models.
 
-__all__: list[str] = []
+A gradient attack is only as good as the gradients it follows. :func:`check_model` spends a couple
+of forward/backward passes on a few examples to flag the usual reasons an attack silently fails
+(Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018):
+
+- the model was left in train mode (dropout / batch-norm statistics change the function);
+- the forward pass is random (two passes on the same input differ), e.g. a noise defense;
+- the outputs look like probabilities instead of logits (softmax saturates the gradients);
+- input gradients are zero or vanishing, e.g. a thresholding (binarize) input transform;
+- the outputs are not finite.
+
+For an input transform with no useful gradient, build a BPDA gradient model with
+:class:`StraightThrough` (forward = the transform, backward = identity) and pass it as
+``gradient_model=`` to any attack; success is still judged on the real model::
+
+    model = torch.nn.Sequential(binarize, net)                      # what is evaluated
+    bpda = torch.nn.Sequential(StraightThrough(binarize), net)      # what gradients are taken on
+    result = get("frank_wolfe", steps=300)(model, x, y, threat=ball, gradient_model=bpda)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from ..threat import check_images, check_labels
+from .base import eval_mode, loss_per_example
+
+__all__ = ["ModelChecks", "check_model", "StraightThrough", "straight_through"]
+
+
+@dataclass(frozen=True)
+class ModelChecks:
+    """Outcome of :func:`check_model` (all values JSON-ready).
+
+    Attributes:
+        n_examples: examples the checks used.
+        was_training: the model (or one of its submodules) was in train mode; the checks ran in eval
+            mode and the modes were restored.
+        stochastic: two forward passes on the same input (eval mode) differ.
+        max_output_difference: largest absolute difference between those two passes (logit units).
+        probabilities: the outputs look like probabilities (rows non-negative summing to 1, or all
+            values in ``[0, 1]``) rather than logits.
+        zero_gradient_fraction: fraction of examples whose input gradient of the loss has every
+            entry of absolute value ``<= tiny`` (exactly zero for a thresholding transform).
+        nonfinite: some output or input gradient is NaN or infinite.
+        loss: the loss whose input gradient was checked (``"margin"`` or ``"ce"``).
+        tiny: the vanishing-gradient threshold (loss units per unit of pixel value).
+        warnings: one human-readable line per problem found (empty when none).
+    """
+
+    n_examples: int
+    was_training: bool
+    stochastic: bool
+    max_output_difference: float
+    probabilities: bool
+    zero_gradient_fraction: float
+    nonfinite: bool
+    loss: str
+    tiny: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no check raised a warning."""
+        return not self.warnings
+
+    def as_dict(self) -> dict:
+        """The checks as a JSON-ready dict (plain floats, bools, ints, strings)."""
+        d = asdict(self)
+        d["warnings"] = list(self.warnings)
+        d["ok"] = self.ok
+        return d
+
+
+def _finite_max(t: torch.Tensor) -> float:
+    t = t[torch.isfinite(t)]
+    return float(t.abs().max()) if t.numel() else 0.0
+
+
+def check_model(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    seed: int = 0,
+    max_examples: int = 8,
+    loss: str = "margin",
+    tiny: float = 1e-10,
+) -> ModelChecks:
+    """Cheap gradient-masking checks: two forward passes and one backward pass on a few examples.
+
+    Runs the model in eval mode and restores every submodule's mode afterwards. Each problem found
+    is raised as a ``UserWarning`` and listed in ``ModelChecks.warnings``.
+
+    Args:
+        model: classifier returning logits ``[B, K]`` for images ``[B, C, H, W]`` in ``[0, 1]``.
+        images: ``[B, C, H, W]`` images in ``[0, 1]``; the first ``max_examples`` are used.
+        labels: integer ``[B]`` true classes.
+        seed: seeds the global RNG (inside a fork, so the caller's RNG state is untouched) before
+            the first pass, so the stochasticity check is reproducible; the second pass continues
+            the same stream, so a random model gives a different output.
+        max_examples: how many examples to use (the cost is linear in it).
+        loss: ``"margin"`` (default: best other logit minus the true logit; its gradient is zero
+            only when the logits are locally constant in the input, as behind a threshold) or
+            ``"ce"`` (also flags softmax saturation on very confident examples).
+        tiny: an example's gradient counts as vanishing when all its entries have absolute value
+            ``<= tiny`` (loss units per unit of pixel value).
+
+    Returns:
+        :class:`ModelChecks`.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
+    check_images(images, "images")
+    check_labels(labels, images.shape[0], "labels")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be an int >= 1, got {max_examples!r}")
+    if loss not in ("margin", "ce"):
+        raise ValueError(f"loss must be 'margin' or 'ce', got {loss!r}")
+    if not (isinstance(tiny, (int, float)) and math.isfinite(tiny) and tiny >= 0):
+        raise ValueError(f"tiny must be a finite float >= 0, got {tiny!r}")
+
+    x = images[:max_examples].detach().clone()
+    y = labels[:max_examples].to(x.device)
+    found: list[str] = []
+
+    def flag(msg: str, warn: bool = True) -> None:
+        found.append(msg)
+        if warn:
+            warnings.warn(msg, stacklevel=3)
+
+    was_training = any(m.training for m in model.modules())
+    if was_training:
+        # eval_mode (below) already warns about a top-level module in train mode; a submodule left in
+        # train mode is as bad and gets its own warning.
+        where = "model" if model.training else "a submodule of the model"
+        flag(f"{where} was in train mode: checks ran in eval mode and the modes were restored", not model.training)
+
+    devices = [x.device] if x.device.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        xg = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out1 = model(xg)
+            if not isinstance(out1, torch.Tensor) or out1.dim() != 2 or out1.shape[0] != x.shape[0]:
+                shape = tuple(out1.shape) if isinstance(out1, torch.Tensor) else type(out1).__name__
+                raise ValueError(f"model must return logits [B, num_classes] = [{x.shape[0]}, K], got {shape}")
+            k = out1.shape[1]
+            if int(y.min()) < 0 or int(y.max()) >= k:
+                raise ValueError(f"labels must be class indices in [0, {k - 1}] for a model with {k} outputs")
+            obj = loss_per_example(out1, y, loss)
+            # A graph cut inside the model (e.g. ``(x > 0.5).float()`` before frozen weights) leaves
+            # nothing to differentiate: that is a zero input gradient, not an error.
+            grad = torch.autograd.grad(obj.sum(), xg, allow_unused=True)[0] if obj.requires_grad else None
+        with torch.no_grad():
+            out2 = model(x)
+    out1 = out1.detach()
+    grad = torch.zeros_like(x) if grad is None else grad.detach()
+
+    nonfinite = not (bool(torch.isfinite(out1).all()) and bool(torch.isfinite(out2).all()))
+    nonfinite = nonfinite or not bool(torch.isfinite(grad).all())
+    if nonfinite:
+        flag("model outputs or input gradients are NaN/inf on clean images")
+
+    diff = (out1 - out2).abs()
+    max_diff = float(diff.max()) if bool(torch.isfinite(diff).all()) else math.inf
+    stochastic = max_diff > 0
+    if stochastic:
+        flag(
+            f"forward pass is random (two passes on the same input differ by up to {max_diff:.3g}): "
+            "attack the expectation (EOT) or fix the randomness; single-sample results are not worst case"
+        )
+
+    fin = out1[torch.isfinite(out1).all(1)]
+    simplex = bool(fin.numel()) and bool((fin >= 0).all()) and bool(((fin.sum(1) - 1).abs() <= 1e-3).all())
+    unit = bool(fin.numel()) and bool(((fin >= 0) & (fin <= 1)).all())
+    probabilities = simplex or unit
+    if probabilities:
+        what = "rows are non-negative and sum to 1" if simplex else "all outputs lie in [0, 1]"
+        flag(
+            f"outputs look like probabilities, not logits ({what}): pass the model without its final "
+            "softmax/sigmoid, whose saturation hides the gradients"
+        )
+
+    per_example = grad.flatten(1).abs().nan_to_num(nan=0.0).amax(1)
+    zero_fraction = float((per_example <= tiny).float().mean())
+    if zero_fraction > 0:
+        flag(
+            f"input gradient of the {loss} loss vanishes (all |grad| <= {tiny:g}) on {zero_fraction:.0%} of the "
+            "examples: gradient masking (e.g. a thresholding input transform); use a straight-through "
+            "gradient model (StraightThrough) as gradient_model="
+        )
+    return ModelChecks(
+        n_examples=int(x.shape[0]),
+        was_training=was_training,
+        stochastic=stochastic,
+        max_output_difference=max_diff if math.isfinite(max_diff) else _finite_max(diff),
+        probabilities=probabilities,
+        zero_gradient_fraction=zero_fraction,
+        nonfinite=nonfinite,
+        loss=loss,
+        tiny=float(tiny),
+        warnings=found,
+    )
+
+
+class _StraightThroughFn(torch.autograd.Function):
+    """Forward: the precomputed transform output; backward: the incoming gradient unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, transformed: torch.Tensor) -> torch.Tensor:
+        ctx.dtype = x.dtype
+        return transformed.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.to(ctx.dtype), None
+
+
+def straight_through(transform: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap an input transform so that its forward value is kept and its gradient is the identity (BPDA).
+
+    Backward Pass Differentiable Approximation (Athalye et al. 2018, Sec. 4.1): for a transform
+    ``g`` with ``g(x) ~ x`` whose gradient is useless (zero almost everywhere, like a threshold),
+    use ``g(x)`` in the forward pass and ``d g / d x = I`` in the backward pass.
+
+    Args:
+        transform: maps ``[B, C, H, W]`` to a tensor of the same shape (e.g. binarisation).
+
+    Returns:
+        A function ``x -> transform(x)`` whose backward pass is the identity.
+    """
+    if not callable(transform):
+        raise ValueError(f"transform must be a callable [B,C,H,W] -> [B,C,H,W], got {type(transform).__name__}")
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = transform(x.detach())
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"transform must return a tensor of the input's shape {tuple(x.shape)} for a straight-through "
+                f"gradient, got {got}"
+            )
+        return _StraightThroughFn.apply(x, out)
+
+    return apply
+
+
+class StraightThrough(torch.nn.Module):
+    """Module form of :func:`straight_through`: forward = ``transform``, backward = identity.
+
+    Put it in front of the classifier to build a BPDA gradient model, then pass that model as
+    ``gradient_model=`` to an attack (the attack follows its gradients; success is judged on the
+    real model): ``Sequential(StraightThrough(binarize), net)``. A transform that is a module is
+    registered as a submodule, so ``.eval()``, ``.to()`` reach it.
+
+    Args:
+        transform: ``[B, C, H, W] -> [B, C, H, W]`` callable or module.
+    """
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self._apply_st = straight_through(transform)
+        self.transform = transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``transform(x)`` with identity gradient; ``x`` is ``[B, C, H, W]``."""
+        return self._apply_st(x)

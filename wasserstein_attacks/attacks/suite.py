@@ -1,3 +1,330 @@
-"""Placeholder: filled in by the attacks work."""
+"""Attack ensembles: the worst case per example over attacks and radii, AutoAttack style.
 
-__all__: list[str] = []
+A :class:`Suite` runs its attacks at each radius of a grid, smallest radius first; at each radius the
+attacks run in order, each only on the examples that are still robust. Every adversarial example is
+certified by the common ending of :class:`~wasserstein_attacks.attacks.base.Attack`; one with certified
+cost ``c`` lies inside every ball of radius ``>= c``, so it breaks the example at all those radii:
+
+    robust at r  <=>  clean-correct and no verified adversarial example of cost <= r * (1 + cost_tol).
+
+``cost_tol`` is the threat model's relative cost tolerance (the one the certificate uses). Clean errors
+are broken at radius 0. Because an example broken at radius ``r`` is never attacked again, each example
+is broken at most once, by one attack: that attack, its radius and its certified cost describe it.
+
+Named, versioned suites live in ``conf/suite/<name>.yaml`` (:func:`load_suite`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..threat import WassersteinBall, check_images, check_labels
+from .base import Attack, eval_mode, predict
+
+__all__ = ["Suite", "SuiteResult", "load_suite", "suite_from_config", "check_radii", "in_exact_sample"]
+
+
+def check_radii(radii, name: str = "radii") -> tuple[float, ...]:
+    """Radii as an ascending tuple of distinct floats ``>= 0`` (units of eps), or ``ValueError`` naming ``name``."""
+    if isinstance(radii, (int, float)) and not isinstance(radii, bool):
+        radii = [radii]
+    try:
+        values = [float(r) for r in radii]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a list of radii >= 0, e.g. [0.01, 0.05], got {radii!r}") from None
+    if not values:
+        raise ValueError(f"{name} must hold at least one radius >= 0, got an empty list")
+    bad = [r for r in values if not np.isfinite(r) or r < 0]
+    if bad:
+        raise ValueError(f"{name} must be finite and >= 0, got {bad[0]!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not repeat a radius, got {values}")
+    return tuple(sorted(values))
+
+
+def in_exact_sample(indices: torch.Tensor | np.ndarray, fraction: float) -> np.ndarray:
+    """Bool ``[B]``: whether each dataset index falls in the exact-LP sample of size ``fraction``.
+
+    Depends only on the index (a hash), so shards, resumed runs and batch sizes pick the same examples.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"exact_fraction must be in [0, 1], got {fraction!r}")
+    out = []
+    for i in np.asarray(indices).tolist():
+        h = hashlib.blake2b(f"exact-check:{int(i)}".encode(), digest_size=8).digest()
+        out.append(int.from_bytes(h, "little") / 2.0**64 < fraction)
+    return np.array(out, dtype=bool)
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """Per-example outcome of :meth:`Suite.run` (all tensors on CPU, ``[B]`` unless stated).
+
+    Attributes:
+        radii: the grid, ascending (units of eps).
+        attacks: labels of the suite's attacks, in order.
+        indices: long, dataset index of each example.
+        labels: long, true classes.
+        clean_correct: bool, the model classifies the clean image correctly.
+        broken_cost: float64, certified cost of the verified adversarial example that broke the example
+            (units of eps); 0 for clean errors, ``+inf`` if no attack broke it.
+        broken_attack: long, position in ``attacks`` of the attack that broke it, -1 if none (or a clean error).
+        broken_radius: float64, grid radius at which it was broken; 0 for clean errors, ``+inf`` if never.
+        adversarial: ``[B, C, H, W]``, the verified adversarial example (the clean image if none).
+        exact_distance: float64, exact LP distance of the adversarial example for the sampled successes,
+            NaN elsewhere (see :func:`in_exact_sample`).
+        cost_tol: relative cost tolerance (from the threat model) used to decide "broken at radius r".
+        timings: one dict per (radius, attack) call: radius, attack, attacked, broken, seconds.
+    """
+
+    radii: tuple[float, ...]
+    attacks: tuple[str, ...]
+    indices: torch.Tensor
+    labels: torch.Tensor
+    clean_correct: torch.Tensor
+    broken_cost: torch.Tensor
+    broken_attack: torch.Tensor
+    broken_radius: torch.Tensor
+    adversarial: torch.Tensor
+    exact_distance: torch.Tensor
+    cost_tol: float
+    timings: list[dict] = field(default_factory=list)
+
+    @property
+    def broken_by(self) -> list[str | None]:
+        """Label of the attack that broke each example, ``None`` where none did (and for clean errors)."""
+        return [self.attacks[j] if j >= 0 else None for j in self.broken_attack.tolist()]
+
+    def robust(self, radius: float, upto: int | None = None) -> torch.Tensor:
+        """Bool ``[B]``: robust at ``radius``, counting only attacks ``0..upto`` (default: all)."""
+        broken = self.broken_cost <= float(radius) * (1.0 + self.cost_tol)
+        if upto is not None:
+            # A clean error (broken_attack -1, cost 0) stays broken whatever the attack prefix.
+            by_prefix = (self.broken_attack <= upto) | ~self.clean_correct
+            broken &= by_prefix
+        return self.clean_correct & ~broken
+
+    def robust_accuracy(self, radius: float) -> float:
+        """Fraction of examples clean-correct with no verified adversarial of certified cost ``<= radius``."""
+        return float(self.robust(radius).double().mean())
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Fraction of examples classified correctly without attack."""
+        return float(self.clean_correct.double().mean())
+
+    def cumulative_robust_accuracy(self) -> dict[str, dict[float, float]]:
+        """Robust accuracy per radius after attacks ``1..j`` for each attack ``j`` of the suite, in order.
+
+        Later attacks ran only on what earlier ones left robust, so the curve of attack ``j`` is the
+        suite's worst case restricted to its first ``j`` attacks; the last curve is the suite's.
+        """
+        return {
+            a: {r: float(self.robust(r, upto=j).double().mean()) for r in self.radii}
+            for j, a in enumerate(self.attacks)
+        }
+
+    @staticmethod
+    def concatenate(parts: list[SuiteResult]) -> SuiteResult:
+        """Join results of consecutive batches (same grid, attacks and tolerance) into one."""
+        if not parts:
+            raise ValueError("parts must hold at least one SuiteResult")
+        head = parts[0]
+        for p in parts[1:]:
+            if (p.radii, p.attacks, p.cost_tol) != (head.radii, head.attacks, head.cost_tol):
+                raise ValueError("parts must share radii, attacks and cost_tol")
+        cat = {
+            name: torch.cat([getattr(p, name) for p in parts])
+            for name in ("indices", "labels", "clean_correct", "broken_cost", "broken_attack", "broken_radius",
+                         "adversarial", "exact_distance")
+        }
+        return SuiteResult(radii=head.radii, attacks=head.attacks, cost_tol=head.cost_tol,
+                           timings=[t for p in parts for t in p.timings], **cat)
+
+
+class Suite:
+    """A named, versioned, ordered ensemble of attacks.
+
+    Args:
+        name: suite name (e.g. ``"standard"``).
+        version: integer version; changing the attacks or their settings means a new version.
+        attacks: the attacks, in the order they run at each radius.
+        labels: one distinct label per attack (default: the attacks' registry names, which must then be
+            distinct).
+    """
+
+    def __init__(self, name: str, version: int, attacks: list[Attack], *, labels: list[str] | None = None):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"version must be an integer >= 1, got {version!r}")
+        attacks = list(attacks)
+        if not attacks or not all(isinstance(a, Attack) for a in attacks):
+            raise ValueError("attacks must be a non-empty list of Attack instances")
+        labels = [a.name for a in attacks] if labels is None else [str(s) for s in labels]
+        if len(labels) != len(attacks) or len(set(labels)) != len(labels):
+            raise ValueError(f"labels must give one distinct label per attack, got {labels}")
+        self.name, self.version, self.attacks, self.labels = name, version, attacks, labels
+
+    def __repr__(self) -> str:
+        return f"Suite(name={self.name!r}, version={self.version}, attacks={self.labels})"
+
+    def run(
+        self,
+        model: torch.nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        radii,
+        *,
+        threat: WassersteinBall,
+        seed: int = 0,
+        indices: torch.Tensor | None = None,
+        exact_fraction: float = 0.0,
+        progress: bool = True,
+    ) -> SuiteResult:
+        """Worst case over the suite's attacks at each radius of ``radii``, per example.
+
+        Args:
+            model: classifier returning logits.
+            images: ``[B, C, H, W]`` in ``[0, 1]``.
+            labels: long ``[B]`` true classes.
+            radii: radii (units of eps), run in ascending order.
+            threat: the ball's convention (``p``, ``kernel_size``, box, tolerances); its ``eps`` is ignored.
+            seed: run seed; each attack call derives per-example seeds from it and ``indices``.
+            indices: long ``[B]`` dataset indices (default ``arange(B)``): a shard reproduces the full run.
+            exact_fraction: fraction of examples (chosen by index hash) whose adversarial example is
+                re-checked with the exact LP solver (``threat.distance``).
+            progress: show a tqdm bar per (radius, attack) with the examples still robust.
+
+        Returns:
+            A :class:`SuiteResult` on CPU.
+        """
+        radii = check_radii(radii)
+        if not isinstance(threat, WassersteinBall):
+            raise ValueError(f"threat must be a WassersteinBall, got {type(threat).__name__}")
+        check_images(images, "images")
+        b = images.shape[0]
+        check_labels(labels, b, "labels")
+        if indices is None:
+            indices = torch.arange(b)
+        if not isinstance(indices, torch.Tensor) or tuple(indices.shape) != (b,):
+            raise ValueError(f"indices must be a long tensor [B] = [{b}] of dataset indices")
+        indices = indices.detach().cpu().long()
+        sample = in_exact_sample(indices, exact_fraction)
+        x = images.detach()
+        labels = labels.to(x.device)
+        with eval_mode(model):
+            clean_correct = (predict(model, x) == labels).cpu()
+        tol = threat.cost_tol
+        broken_cost = torch.where(clean_correct, torch.inf, 0.0).double()
+        broken_radius = broken_cost.clone()
+        broken_attack = torch.full((b,), -1, dtype=torch.long)
+        adversarial = x.clone()
+        timings = []
+        start = time.perf_counter()
+        for r in radii:
+            ball = threat.with_eps(r)
+            for j, (label, attack) in enumerate(zip(self.labels, self.attacks, strict=True)):
+                todo = clean_correct & ~(broken_cost <= r * (1.0 + tol))
+                n = int(todo.sum())
+                if n == 0:
+                    continue
+                with tqdm(total=n, desc=f"r={r:g} {label}", unit="ex", leave=False, disable=not progress) as bar:
+                    idx = todo.nonzero()[:, 0]
+                    dev_idx = idx.to(x.device)
+                    res = attack(model, x[dev_idx], labels[dev_idx], threat=ball, seed=seed, indices=indices[idx])
+                    won = res.success.cpu()
+                    hit = idx[won]
+                    broken_cost[hit] = res.cost.cpu()[won]
+                    broken_attack[hit] = j
+                    broken_radius[hit] = r
+                    adversarial[hit.to(x.device)] = res.adversarial[won.to(x.device)].to(adversarial.dtype)
+                    bar.update(n)
+                    still = int((clean_correct & ~(broken_cost <= r * (1.0 + tol))).sum())
+                    bar.set_postfix(robust=f"{still}/{b}", elapsed=f"{time.perf_counter() - start:.1f}s")
+                timings.append(dict(radius=r, attack=label, attacked=n, broken=int(won.sum()), seconds=res.seconds))
+        exact = torch.full((b,), float("nan"), dtype=torch.float64)
+        check = torch.from_numpy(sample) & (broken_attack >= 0)
+        if bool(check.any()):
+            sel = check.nonzero()[:, 0]
+            exact[sel] = threat.distance(x[sel.to(x.device)].cpu(), adversarial[sel.to(x.device)].cpu())
+        return SuiteResult(
+            radii=radii,
+            attacks=tuple(self.labels),
+            indices=indices,
+            labels=labels.detach().cpu().long(),
+            clean_correct=clean_correct,
+            broken_cost=broken_cost,
+            broken_attack=broken_attack,
+            broken_radius=broken_radius,
+            adversarial=adversarial.detach().cpu(),
+            exact_distance=exact,
+            cost_tol=float(tol),
+            timings=timings,
+        )
+
+
+def _conf_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+def suite_from_config(cfg) -> Suite:
+    """Build a :class:`Suite` from a composed suite config (``name``, ``version``, ``attacks`` mapping).
+
+    ``cfg.attacks`` maps a label to an attack config (``_target_`` plus the constructor's keyword
+    arguments), in run order. Raises ``ValueError`` naming the failing field.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    for key in ("name", "version", "attacks"):
+        if key not in cfg or cfg[key] is None:
+            raise ValueError(f"suite.{key} is missing: a suite config needs name, version and attacks")
+    if not OmegaConf.is_dict(cfg.attacks) or len(cfg.attacks) == 0:
+        raise ValueError("suite.attacks must map labels to attack configs (conf/attack/<name>.yaml)")
+    attacks = []
+    for label, acfg in cfg.attacks.items():
+        try:
+            attack = instantiate(acfg, _convert_="all")
+        except Exception as exc:  # noqa: BLE001 - Hydra wraps import and argument errors alike
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ValueError(f"suite.attacks.{label}: cannot build the attack: {reason}") from exc
+        if not isinstance(attack, Attack):
+            raise ValueError(f"suite.attacks.{label}: _target_ must build an Attack, got {type(attack).__name__}")
+        attacks.append(attack)
+    return Suite(str(cfg.name), int(cfg.version), attacks, labels=[str(k) for k in cfg.attacks])
+
+
+def load_suite(name: str, conf_dir: str | Path | None = None) -> Suite:
+    """The named, versioned suite of ``conf/suite/<name>.yaml`` (e.g. ``load_suite("standard-v1")``).
+
+    Args:
+        name: file name without ``.yaml``.
+        conf_dir: config root (default: the project's ``conf/``).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = Path(conf_dir) if conf_dir is not None else _conf_dir()
+    if not (root / "suite" / f"{name}.yaml").is_file():
+        names = sorted(p.stem for p in (root / "suite").glob("*.yaml"))
+        raise ValueError(f"suite: unknown suite {name!r}; available: {', '.join(names)}")
+    # Composing needs Hydra's global state; keep a running application's state intact.
+    gh = GlobalHydra.instance()
+    saved = gh.hydra if gh.is_initialized() else None
+    gh.clear()
+    try:
+        with initialize_config_dir(config_dir=str(root.resolve()), version_base="1.3"):
+            cfg = compose(config_name=f"suite/{name}")
+    finally:
+        GlobalHydra.instance().clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
+    return suite_from_config(cfg.suite if "suite" in cfg and "attacks" not in cfg else cfg)
