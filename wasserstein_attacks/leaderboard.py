@@ -158,8 +158,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _json_text(value, depth: int = 0) -> str:
+    """Indented JSON with arrays of scalars kept on one line (short files, readable diffs)."""
+    pad = "  " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_json_text(v, depth + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(pad + _json_text(v, depth + 1) for v in value) + "\n" + "  " * depth + "]"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
 def _json_bytes(data) -> bytes:
-    return (json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+    return (_json_text(data) + "\n").encode("utf-8")
 
 
 def _sha256(data: bytes) -> str:
@@ -1020,7 +1031,7 @@ def _status(e: Entry) -> str:
 def _md(text: str) -> str:
     """Markdown-safe cell text: HTML-escaped, markdown syntax characters backslash-escaped."""
     s = html.escape(str(text), quote=False)
-    return re.sub(r"([\\`*_\[\]|#!{}()~])", r"\\\1", s)
+    return re.sub(r"([\\`*_\[\]|])", r"\\\1", s)
 
 
 def _md_url(url: str) -> str:
@@ -1039,7 +1050,7 @@ _MD_INTRO = """# Wasserstein robustness leaderboard
 
 Robust accuracy under one exactly defined Wasserstein threat model (see `THREAT_MODEL.md` of the
 project): every adversarial example counted was verified inside the ball, and every entry commits
-100 of them so anyone can re-check them exactly. Rows are ranked by robust accuracy at the headline
+up to 100 of them so anyone can re-check them exactly. Rows are ranked by robust accuracy at the headline
 radius, then by clean accuracy; entries that failed verification are listed last, unranked.
 Accuracies are percentages of the evaluated examples; clean errors count as broken at radius 0.
 
@@ -1115,7 +1126,7 @@ _JS = """
       if (x !== y) {
         if (x === null) { return 1; }
         if (y === null) { return -1; }
-        return x < y ? -sign : sign;
+        return 0;
       }
       return Number(a.getAttribute("data-order")) - Number(b.getAttribute("data-order"));
     });

@@ -13,6 +13,7 @@ one pixel (Hu et al. report ``eps * C*H*W``: convert with :meth:`WassersteinBall
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -56,30 +57,29 @@ _CERTIFY_CHUNK = 1 << 17
 
 
 def _plan_statistics(
-    plan: torch.Tensor, height: int, width: int, weights: torch.Tensor, inv_i: torch.Tensor, inv_o: torch.Tensor
+    plan: torch.Tensor, height: int, width: int, costs: torch.Tensor, inv_i: torch.Tensor, inv_o: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
     """The sums certify needs from a chunk of plans ``[b, C, H*W, k*k]``, in float64.
 
-    ``weights [k*k, 2]`` holds ones and the offset costs; ``inv_i, inv_o`` list the out-of-image
-    entries. Returns ``finite [b]``, most negative entry ``[b]``, absolute mass on out-of-image
-    entries ``[b]``, row sums ``[b, C, H*W]`` and column sums ``[b, C, H, W]`` of the in-image entries,
-    and their unnormalised cost ``sum(P * c)`` ``[b]``. Non-finite entries count as zero in the sums.
+    ``costs [k*k]`` are the offset costs; ``inv_i, inv_o`` list the out-of-image entries. Returns
+    ``finite [b]``, the most negative entry ``[b]``, the absolute mass on out-of-image entries ``[b]``,
+    row sums ``[b, C, H*W]``, column sums ``[b, C, H, W]`` (in-image entries only, as the plan's
+    image) and the unnormalised cost ``sum(P * c)`` ``[b]``. Non-finite entries count as zero.
     """
     P = plan.detach().to(torch.float64)
     bb, c, hw, kk = P.shape
-    # One matrix product gives every row's sum and cost without a plan-sized temporary; a NaN or inf
-    # entry makes its row's result non-finite.
-    sums = (P.reshape(-1, kk) @ weights).reshape(bb, c * hw * 2)
-    finite = torch.isfinite(sums).all(1)
+    # Row sums and a matrix-vector product for the cost: neither makes a plan-sized temporary, and a
+    # NaN or inf entry makes its row's results non-finite (cheaper than isfinite on every entry).
+    rows = P.sum(-1)
+    row_cost = P.reshape(-1, kk).mv(costs).reshape(bb, c * hw)
+    finite = torch.isfinite(rows).flatten(1).all(1) & torch.isfinite(row_cost).all(1)
     if not bool(finite.all()):
         P = torch.nan_to_num(P, nan=0.0, posinf=0.0, neginf=0.0)
-        sums = (P.reshape(-1, kk) @ weights).reshape(bb, c * hw * 2)
-    sums = sums.reshape(bb, c, hw, 2)
-    off_image = P[:, :, inv_i, inv_o]  # [b, C, n_invalid]: entries that would leave the image
-    rows = sums[..., 0].index_add(2, inv_i, off_image, alpha=-1)
-    total = sums[..., 1].sum(dim=(1, 2)) - (off_image * weights[inv_o, 1]).sum(dim=(1, 2))
-    cols = T.column_sums(P, height, width)  # drops the off-image entries
-    return finite, P.amin(dim=(1, 2, 3)), off_image.abs().sum(dim=(1, 2)), rows, cols, total
+        rows = P.sum(-1)
+        row_cost = P.reshape(-1, kk).mv(costs).reshape(bb, c * hw)
+    outside = P[:, :, inv_i, inv_o].abs().sum(dim=(1, 2))
+    cols = T.column_sums(P, height, width)
+    return finite, P.amin(dim=(1, 2, 3)), outside, rows, cols, row_cost.sum(1)
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,14 @@ class Certificate:
     Attributes:
         feasible: the plan proves ``W(x, x_adv) <= eps`` within the ball's tolerances and ``x_adv`` is
             in the box.
-        cost: certified transport cost ``sum(P * c) / N`` (float64, units of ``eps``); an upper bound
-            on the exact distance whenever the plan is feasible.
+        cost: certified transport cost ``sum(P * c) / N`` over every entry (float64, units of ``eps``);
+            an upper bound on the exact distance whenever the plan is feasible; non-finite entries
+            count as zero (``feasible`` is then False).
         negative: most negative plan entry (<= 0) / N.
-        row_error, column_error: max absolute marginal error, relative to ``N``.
-        outside_mass: mass on out-of-image entries, relative to ``N``.
+        row_error: max absolute error of the row sums (every entry counted), relative to ``N``.
+        column_error: max absolute error of the column sums (the in-image entries' targets, i.e. the
+            image the plan produces), relative to ``N``.
+        outside_mass: absolute mass on out-of-image entries, relative to ``N``.
         box_violation: how far ``x_adv`` leaves the box (0 if inside).
         mass_error: max per-channel ``|N_c(x) - N_c(x_adv)| / N``.
     """
@@ -139,18 +142,17 @@ class WassersteinBall:
             if eps.dim() > 1:
                 raise ValueError(f"eps must be a scalar or a per-example tensor [B], got shape {tuple(eps.shape)}")
             e = eps.detach().to("cpu", torch.float64).reshape(-1)
-        elif isinstance(eps, (int, float)) and not isinstance(eps, bool):
+        elif isinstance(eps, numbers.Real) and not isinstance(eps, bool):
             e = torch.tensor([float(eps)], dtype=torch.float64)
         else:
             raise ValueError(f"eps must be a non-negative float or a tensor [B] of them, got {eps!r}")
         if not torch.isfinite(e).all() or (e < 0).any():
             raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
         object.__setattr__(self, "_eps_cache", e)
-        if self.p not in (1, 2):
-            raise ValueError(f"p must be 1 or 2, got {self.p!r}")
+        T.check_p(self.p)
         if self.kernel_size is not None:
             T.check_kernel_size(self.kernel_size)
-        if self.box is not None and tuple(self.box) != (0.0, 1.0):
+        if self.box is not None and (not isinstance(self.box, (tuple, list)) or tuple(self.box) != (0.0, 1.0)):
             raise ValueError(f"box must be (0.0, 1.0) or None, got {self.box!r}")
         for name in ("mass_tol", "cost_tol", "box_tol"):
             v = getattr(self, name)
@@ -227,10 +229,9 @@ class WassersteinBall:
         # Chunks of examples keep every temporary small (no page faults on plan-sized buffers) and let
         # a float32 plan be widened to float64 piece by piece.
         costs = T.offset_costs(self.kernel_size, self.p, device=dev)
-        weights = torch.stack([torch.ones_like(costs), costs], dim=1)  # [k*k, 2]: row sum, row cost
         inv_i, inv_o = (~T.valid_mask(h, w, self.kernel_size, device=dev)).nonzero(as_tuple=True)
         step = max(1, _CERTIFY_CHUNK // (c * h * w * kk))
-        parts = [_plan_statistics(plan[s : s + step], h, w, weights, inv_i, inv_o) for s in range(0, b, step)]
+        parts = [_plan_statistics(plan[s : s + step], h, w, costs, inv_i, inv_o) for s in range(0, b, step)]
         finite, negative, outside, rows, cols, total = (torch.cat(t) for t in zip(*parts, strict=True))
         negative = negative.clamp_max(0) / scale
         outside = outside / scale

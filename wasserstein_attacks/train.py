@@ -75,6 +75,7 @@ def train_model(
     optimizer: str = "adam",
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    schedule: str = "cosine",
     progress: bool = True,
 ) -> dict:
     """Train ``model`` in place with cross-entropy; it is left in eval mode.
@@ -83,12 +84,13 @@ def train_model(
         model: maps ``[B, C, H, W]`` in [0, 1] to logits ``[B, num_classes]``.
         dataset: the training set (images float32 ``[N, C, H, W]``).
         epochs: passes over the data; each pass is shuffled with a seed derived from ``seed``.
-        lr: learning rate; with ``optimizer="sgd"`` it follows a cosine decay to 0 over the run.
+        lr: initial learning rate.
         batch_size: examples per step (the last, smaller batch is kept).
         seed: seeds the shuffles and any randomness in the model's forward pass (global RNG state is
             restored afterwards). Same seed, data, model and thread count -> identical weights.
         optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``, Nesterov).
         weight_decay: L2 penalty coefficient (coupled, as in ``torch.optim``).
+        schedule: ``"cosine"`` (the learning rate decays to 0 over the run, per step) or ``"constant"``.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -101,6 +103,8 @@ def train_model(
         raise ValueError(f"lr must be a positive float, got {lr!r}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     if len(dataset) == 0:
         raise ValueError("dataset is empty")
     device = _model_device(model)
@@ -111,7 +115,7 @@ def train_model(
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(dataset) / batch_size)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1)) if optimizer == "sgd" else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1)) if schedule == "cosine" else None
     shuffle_rng = torch.Generator().manual_seed(int(seed))
     history, start, step = [], time.perf_counter(), 0
     model.train()

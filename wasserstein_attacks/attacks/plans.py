@@ -155,8 +155,9 @@ def _check_solver(solver: str) -> str:
     return solver
 
 
-def _find_multiplier(
-    evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+def _search(
+    rows: _Rows,
+    evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     budget: torch.Tensor,
     upper: torch.Tensor,
     *,
@@ -164,25 +165,33 @@ def _find_multiplier(
     steps: int,
     tol: float,
     start: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Per-example multiplier ``lambda >= 0`` with ``cost(lambda) <= budget``, as close to it as possible.
+    width: float = 0.0,
+    log_scale: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Rows of a plan with cost ``<= budget`` from the family ``S(lambda)``, ``lambda >= 0`` per example.
 
-    ``cost`` is non-increasing in ``lambda`` and ``cost(upper) <= budget`` is assumed. Each example stops
-    on its own (a batch gives the same multipliers as its examples one by one).
+    ``cost(S(lambda))`` is non-increasing in ``lambda``; ``S(upper)`` is taken to be (close to) the
+    identity plan. Each example stops on its own (a batch gives its examples' results one by one).
 
     Args:
-        evaluate: ``lambda [B] -> (cost [B], slope [B])``, ``slope = d cost / d lambda <= 0``.
+        evaluate: ``lambda [B] -> (S [M, k*k], cost [B], slope [B])``, ``slope = d cost / d lambda <= 0``.
         budget: ``[B]`` the cost allowed (``eps * N``, unnormalised).
-        solver: ``"bisection"``: Wu et al.'s search on ``[0, upper]``; an example stops when
-            ``|cost - budget| < tol`` or its bracket is narrower than ``tol``; the feasible end is returned.
-            ``"newton"``: Newton steps on ``cost(lambda) = budget`` from ``start`` (a warm start), kept
-            inside the bracket by bisection; an example stops at ``|cost - budget| <= tol * budget`` or on
-            reaching ``lambda = 0`` with the cost under budget.
+        solver: ``"bisection"``, Wu et al.'s search on ``[0, upper]``: an example stops when
+            ``|cost - budget| < tol`` or its bracket is narrower than ``tol``, and gets ``S`` at the bracket's
+            feasible end. ``"newton"`` (ours): a Newton step from ``start`` (the previous multiplier), then
+            regula falsi (Illinois) on the bracket, bisection as the fallback; an example stops at
+            ``|cost - budget| <= tol * budget`` (or at ``lambda = 0`` under budget). If ``steps`` run out
+            first, it gets the mix of the bracket's two ends whose cost is exactly the budget (a point of the
+            feasible set; on a piecewise-linear or nearly discontinuous cost curve this is what the exact
+            solution is made of).
         steps: maximum evaluations.
+        width: ``"newton"`` also stops an example whose bracket is narrower than this (then mixes the ends).
+        log_scale: regula falsi on ``log(cost)`` instead of ``cost`` (for costs that decay exponentially in
+            ``lambda``, as the entropic oracle's).
 
     Returns:
-        ``(lambda [B], evaluations)``. With ``"newton"`` the cost at ``lambda`` may exceed the budget by the
-        tolerance (callers then shrink the plan toward the identity).
+        ``(S [M, k*k], lambda [B], evaluations)``; ``S`` may exceed the budget by the tolerance
+        (:func:`_shrink_to_budget` then makes it exact).
     """
     lo = torch.zeros_like(budget)
     hi = upper.clone()
@@ -193,64 +202,95 @@ def _find_multiplier(
             if bool(done.all()):
                 break
             mid = (lo + hi) / 2
-            cost, _ = evaluate(mid)
+            _, cost, _ = evaluate(mid)
             n_eval += 1
             gap = cost - budget
             over = gap > 0
             lo = torch.where(~done & over, mid, lo)
             hi = torch.where(~done & ~over, mid, hi)
             done = done | (gap.abs() < tol) | (hi - lo < tol)
-        return hi, n_eval
+        S, _, _ = evaluate(hi)
+        return S, hi, n_eval + 1
+    on_rows = lambda m: m[rows.example][:, None]  # noqa: E731
+    floor = 1e-3 * budget
+
+    def residual(cost):
+        return torch.log((cost + floor) / (budget + floor)) if log_scale else cost - budget
+
+    S_lo = S_hi = rows.identity()
+    c_lo = torch.full_like(budget, math.nan)  # cost at lo (unknown until evaluated)
+    c_hi = torch.zeros_like(budget)  # the identity's
+    f_lo, f_hi = residual(c_lo), residual(c_hi)  # Illinois-weighted residuals
+    side = torch.zeros_like(budget)  # +1: lo moved last, -1: hi moved last
     lam = torch.zeros_like(budget) if start is None else torch.minimum(start.clamp(min=0), hi)
-    for _ in range(steps):
-        cost, slope = evaluate(lam)
+    exact = done.clone()
+    for i in range(steps):
+        S, cost, slope = evaluate(lam)
         n_eval += 1
         gap = cost - budget
-        done = done | (gap.abs() <= tol * budget) | ((lam <= 0) & (gap <= 0))
-        if bool(done.all()):
+        res = residual(cost)
+        act = ~done
+        over = gap > 0
+        up_lo, up_hi = act & over, act & ~over
+        hit = act & ((gap.abs() <= tol * budget) | ((lam <= 0) & ~over))
+        # Illinois: an end kept twice in a row has its residual halved, so regula falsi does not stall.
+        f_hi = torch.where(up_lo & (side > 0), f_hi / 2, f_hi)
+        f_lo = torch.where(up_hi & (side < 0), f_lo / 2, f_lo)
+        lo, c_lo, f_lo = (torch.where(up_lo, v, u) for u, v in ((lo, lam), (c_lo, cost), (f_lo, res)))
+        hi, c_hi, f_hi = (torch.where(up_hi | hit, v, u) for u, v in ((hi, lam), (c_hi, cost), (f_hi, res)))
+        S_lo = torch.where(on_rows(up_lo), S, S_lo)
+        S_hi = torch.where(on_rows(up_hi | hit), S, S_hi)
+        side = torch.where(up_lo, 1.0, torch.where(up_hi, -1.0, side))
+        exact = exact | hit
+        done = done | hit | (hi - lo <= width)
+        if bool(done.all()) or i + 1 == steps:
             break
-        lo = torch.where(gap > 0, torch.maximum(lo, lam), lo)
-        hi = torch.where(gap <= 0, torch.minimum(hi, lam), hi)
-        # Newton on the (convex in practice) cost curve; a step to lambda <= 0 tries lambda = 0 itself.
-        newton = (lam - gap / slope.clamp(max=-1e-30)).clamp_min(0)
-        inside = torch.isfinite(newton) & (newton < hi) & ((newton > lo) | ((newton == 0) & (lo == 0)))
-        lam = torch.where(done, lam, torch.where(inside, newton, (lo + hi) / 2))
-    return lam, n_eval
+        d_res = slope / (cost + floor) if log_scale else slope
+        newton = (lam - res / d_res.clamp(max=-1e-30)).clamp_min(0)
+        falsi = lo - f_lo * (hi - lo) / (f_hi - f_lo).clamp(max=-1e-30)
+        guess = torch.where((i == 0) | torch.isnan(c_lo), newton, falsi)
+        inside = torch.isfinite(guess) & (guess < hi) & ((guess > lo) | ((guess == 0) & (lo == 0)))
+        lam = torch.where(done, lam, torch.where(inside, guess, (lo + hi) / 2))
+    # Mix the ends so the cost is the budget exactly (only the upper end where it was hit or lo is unknown).
+    theta = ((budget - c_hi) / (c_lo - c_hi).clamp_min(1e-30)).clamp(0, 1)
+    theta = torch.where(exact | torch.isnan(c_lo), torch.zeros_like(theta), theta)
+    t = on_rows(theta)
+    lam = torch.where(exact, hi, lo + (hi - lo) * (1 - theta))
+    return torch.nan_to_num(t * S_lo) + (1 - t) * S_hi, lam, n_eval
 
 
 def _shrink_to_budget(rows: _Rows, S: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
     """Move rows ``S`` back toward the identity so that each example's cost is at most ``budget``."""
     cost = rows.transport_cost(S)
     scale = torch.where(cost > budget, budget / cost.clamp_min(1e-30), torch.ones_like(cost)).clamp(0, 1)
-    s = scale[rows.example][:, None]
-    return rows.identity() + s * (S - rows.identity())
+    ident = rows.identity()
+    return ident + scale[rows.example][:, None] * (S - ident)
 
 
-def _simplex_rows(rows: _Rows, V: torch.Tensor, lam: torch.Tensor, price: torch.Tensor | None) -> torch.Tensor:
-    W = V - lam[rows.example][:, None] * rows.cost
-    if price is not None:
-        W = W - price
-    return project_simplex(W, rows.mass, rows.valid)
-
-
-def _projection_cost(rows: _Rows, V: torch.Tensor, price: torch.Tensor | None = None):
-    """``lambda -> (cost, slope)`` of the rows ``Pi_simplex(V - lambda C - price)`` (piecewise linear)."""
-    c = rows.cost
-
-    def evaluate(lam):
-        P = _simplex_rows(rows, V, lam, price)
-        on = (P > 0).to(P.dtype)
-        n_on = on.sum(-1).clamp_min(1)
-        s1, s2 = on @ c, on @ (c * c)
-        # On a piece where the supports are fixed, d P_ij / d lambda = -c_j + mean_support(c).
-        slope = -(s2 - s1 * s1 / n_on)
-        return rows.transport_cost(P), rows.per_example(slope)
-
-    return evaluate
+def _example_max(rows: _Rows, values: torch.Tensor) -> torch.Tensor:
+    """Per-example maximum of per-row ``values [M]`` (0 for examples without rows): ``[B]``."""
+    return values.new_zeros(rows.batch).scatter_reduce(0, rows.example, values, reduce="amax", include_self=True)
 
 
 def _budget(rows: _Rows, eps: torch.Tensor) -> torch.Tensor:
     return eps.to(rows.mass.dtype) * rows.total
+
+
+def _projection_family(rows: _Rows, V: torch.Tensor, price: torch.Tensor | None = None):
+    """``lambda -> (P, cost, slope)`` for the rows ``P = Pi_simplex(V - lambda C - price)`` (piecewise linear)."""
+    c = rows.cost
+    cc = torch.stack([c, c * c], 1)
+    W0 = V if price is None else V - price
+
+    def evaluate(lam):
+        P = project_simplex(W0 - lam[rows.example][:, None] * c, rows.mass, rows.valid)
+        on = (P > 0).to(P.dtype)
+        s = on @ cc
+        # On a piece where the supports are fixed, d P_ij / d lambda = -c_j + mean_support(c).
+        slope = -(s[:, 1] - s[:, 0] ** 2 / on.sum(-1).clamp_min(1))
+        return P, rows.transport_cost(P), rows.per_example(slope)
+
+    return evaluate
 
 
 def project_rows(
@@ -269,32 +309,25 @@ def project_rows(
 
     ``price [M, k*k]`` (optional) is subtracted from ``V`` (column-capacity multipliers at each target).
     """
-    evaluate = _projection_cost(rows, V, price)
+    evaluate = _projection_family(rows, V, price)
     if upper is None:
         # Past this multiplier every row keeps all its mass on "stay" (cost 0): Wu et al.'s bracket.
         upper = 2 * _example_max(rows, V.abs().amax(-1)) + _example_max(rows, rows.mass)
         if price is not None:
             upper = upper + 2 * _example_max(rows, price.abs().amax(-1))
     n = 0
-    lam0 = torch.zeros_like(budget)
     if solver == "bisection":
         # The exact projection has lambda = 0 when the unconstrained one fits (the authors' bisection
         # only approaches 0); one evaluation settles it.
-        cost0, _ = evaluate(lam0)
+        P0, cost0, _ = evaluate(torch.zeros_like(budget))
         n += 1
-        free = cost0 <= budget
-    lam, m = _find_multiplier(evaluate, budget, upper.clamp_min(1e-12), solver=solver, steps=steps, tol=tol,
-                              start=start)
+    P, lam, m = _search(rows, evaluate, budget, upper.clamp_min(1e-12), solver=solver, steps=steps, tol=tol,
+                        start=start)
     if solver == "bisection":
-        lam = torch.where(free, lam0, lam)
-    P = _simplex_rows(rows, V, lam, price)
-    return _shrink_to_budget(rows, P, budget), lam, n + m + 1
-
-
-def _example_max(rows: _Rows, values: torch.Tensor) -> torch.Tensor:
-    """Per-example maximum of per-row ``values [M]`` (0 for examples without rows): ``[B]``."""
-    out = values.new_zeros(rows.batch)
-    return out.scatter_reduce(0, rows.example, values, reduce="amax", include_self=True)
+        free = cost0 <= budget
+        P = torch.where(free[rows.example][:, None], P0, P)
+        lam = torch.where(free, torch.zeros_like(lam), lam)
+    return _shrink_to_budget(rows, P, budget), lam, n + m
 
 
 def project_plan(
@@ -317,9 +350,10 @@ def project_plan(
         x: ``[B, C, H, W]`` the source images (row sums).
         threat: the ball (``eps``, ``p``, ``kernel_size``).
         solver: ``"bisection"`` (the authors', on ``[0, 2 ||V||_inf + ||x||_inf]``, keeping the feasible
-            end) or ``"newton"`` (safeguarded Newton on the piecewise-linear cost, exact in a few steps).
-        steps: maximum multiplier evaluations; ``tol``: the stopping tolerance (absolute on the
-            unnormalised cost and on the bracket for bisection, relative for Newton).
+            end) or ``"newton"`` (ours: Newton / regula falsi on the piecewise-linear cost; exact in a few
+            evaluations).
+        steps: maximum multiplier evaluations; ``tol``: stopping tolerance (absolute on the unnormalised
+            cost and on the bracket for bisection, relative for Newton).
 
     Returns:
         ``[B, C, H*W, k*k]`` a plan in ``Pi(x, eps)`` (rows with ``x_i = 0`` are zero). A multiplier not
@@ -332,23 +366,20 @@ def project_plan(
     return rows.scatter(P)
 
 
-def _lmo_rows(rows: _Rows, G: torch.Tensor, lam: torch.Tensor, gamma: float, price: torch.Tensor | None):
-    """Entropic oracle rows ``x_i softmax((G - lambda C - price) / gamma)`` and the softmax itself."""
-    logits = G - lam[rows.example][:, None] * rows.cost
-    if price is not None:
-        logits = logits - price
-    soft = torch.softmax((logits / gamma).masked_fill(~rows.valid, -math.inf), dim=-1)
-    return rows.mass[:, None] * soft, soft
-
-
-def _lmo_cost(rows: _Rows, G: torch.Tensor, gamma: float, price: torch.Tensor | None):
-    """``lambda -> (cost, slope)`` of the entropic oracle (smooth; slope = -Var_softmax(C) x / gamma)."""
+def _lmo_family(rows: _Rows, G: torch.Tensor, gamma: float, price: torch.Tensor | None):
+    """``lambda -> (S, cost, slope)`` for the entropic oracle ``S = x softmax((G - lambda C - price)/gamma)``."""
     c = rows.cost
+    cc = torch.stack([c, c * c], 1)
+    # Entries off the window never get mass: -inf once here, not at every evaluation.
+    base = (G if price is None else G - price).masked_fill(~rows.valid, -math.inf) / gamma
+    c_g = c / gamma
 
     def evaluate(lam):
-        _, soft = _lmo_rows(rows, G, lam, gamma, price)
-        e1, e2 = soft @ c, soft @ (c * c)
-        return rows.per_example(rows.mass * e1), rows.per_example(-rows.mass * (e2 - e1 * e1) / gamma)
+        soft = torch.softmax(base - lam[rows.example][:, None] * c_g, dim=-1)
+        e = soft @ cc
+        cost = rows.per_example(rows.mass * e[:, 0])
+        slope = rows.per_example(-rows.mass * (e[:, 1] - e[:, 0] ** 2) / gamma)
+        return rows.mass[:, None] * soft, cost, slope
 
     return evaluate
 
@@ -366,16 +397,29 @@ def lmo_rows(
     price: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """:func:`entropic_lmo` on compact rows ``G [M, k*k]``; returns ``(rows, lambda [B], evaluations)``."""
-    evaluate = _lmo_cost(rows, G, gamma, price)
-    gmax = _example_max(rows, G.abs().amax(-1))
-    if price is not None:
-        gmax = gmax + _example_max(rows, price.abs().amax(-1))
-    # Wu et al.'s bracket: 2 ||G||_inf + gamma log(sum_ij x_i C_ij / budget) bounds the multiplier.
+    evaluate = _lmo_family(rows, G, gamma, price)
     spread = rows.per_example(rows.mass * (rows.valid.to(G.dtype) @ rows.cost))
-    upper = (2 * gmax + gamma * torch.log(spread.clamp_min(1e-30) / budget.clamp_min(1e-30))).clamp_min(1e-12)
-    lam, n = _find_multiplier(evaluate, budget, upper, solver=solver, steps=steps, tol=tol, start=start)
-    S, _ = _lmo_rows(rows, G, lam, gamma, price)
-    return _shrink_to_budget(rows, S, budget), lam, n + 1
+    margin = gamma * torch.log(spread.clamp_min(1e-30) / budget.clamp_min(1e-30))
+    if solver == "bisection":
+        # Wu et al.'s bracket: 2 ||G||_inf + gamma log(sum_ij x_i C_ij / budget).
+        gmax = _example_max(rows, G.abs().amax(-1))
+        if price is not None:
+            gmax = gmax + _example_max(rows, price.abs().amax(-1))
+        upper = 2 * gmax
+        width = 0.0
+    else:
+        # Tighter: past max_ij (G'_ij - G'_i,stay) / C_j (G' = G - price) no row gains by moving, and the
+        # same margin bounds what the softmax still moves.
+        Gp = G if price is None else G - price
+        stay = rows.kk // 2
+        gain = ((Gp - Gp[:, stay : stay + 1]) / rows.cost.clamp_min(1e-30)).masked_fill(~rows.valid, -math.inf)
+        gain[:, stay] = 0
+        upper = _example_max(rows, gain.amax(-1).clamp_min(0))
+        width = gamma
+    upper = (upper + margin.clamp_min(0)).clamp_min(1e-12)
+    S, lam, n = _search(rows, evaluate, budget, upper, solver=solver, steps=steps, tol=tol, start=start,
+                        width=width, log_scale=True)
+    return _shrink_to_budget(rows, S, budget), lam, n
 
 
 def entropic_lmo(
@@ -424,29 +468,27 @@ def capacity_rows(
     lr_switch: int = 1000,
 ) -> torch.Tensor:
     """:func:`capacity_projection` on compact rows ``V [M, k*k]``; returns rows."""
-    b = rows.batch
+    c = rows.cost
+    upper = V.new_full((rows.batch,), lam_upper)
+
+    def rows_at(lam, mu):
+        return project_simplex(V - lam[rows.example][:, None] * c - rows.at_targets(mu), rows.mass, rows.valid)
+
+    def multiplier(mu):
+        family = _projection_family(rows, V, rows.at_targets(mu))
+        return _search(rows, family, budget, upper, solver="bisection", steps=lam_steps, tol=1e-4)[1]
+
     mu = V.new_ones(rows.size)
-    mu_prev = V.new_zeros(rows.size)
-    mu_y = mu
-    upper = V.new_full((b,), lam_upper)
-
-    def get_lam(m):
-        lam, _ = _find_multiplier(_projection_cost(rows, V, rows.at_targets(m)), budget, upper,
-                                  solver="bisection", steps=lam_steps, tol=1e-4)
-        return lam
-
-    lam = V.new_ones(b)
+    mu_y = mu_prev = V.new_zeros(rows.size)
+    lam = V.new_ones(rows.batch)
     for i in range(steps):
         if i % lam_every == 0:
-            lam = get_lam(mu)
-        P = _simplex_rows(rows, V, lam, rows.at_targets(mu))
+            lam = multiplier(mu)
         eta = lr[0] if i <= lr_switch else lr[1]
-        mu_y = (mu + eta * (rows.columns(P) - 1)).clamp_min(0)
+        mu_y = (mu + eta * (rows.columns(rows_at(lam, mu)) - 1)).clamp_min(0)
         mu = (1 + momentum) * mu_y - momentum * mu_prev
         mu_prev = mu_y
-    lam = get_lam(mu_y)
-    P = _simplex_rows(rows, V, lam, rows.at_targets(mu_y))
-    return _shrink_to_budget(rows, P, budget)
+    return _shrink_to_budget(rows, rows_at(multiplier(mu_y), mu_y), budget)
 
 
 def capacity_projection(
