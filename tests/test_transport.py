@@ -50,12 +50,17 @@ def test_bad_kernel_size_is_rejected_by_name(bad):
 def test_offset_costs_known_values():
     s2 = math.sqrt(2.0)
     torch.testing.assert_close(
-        T.offset_costs(3, 1), torch.tensor([s2, 1, s2, 1, 0, 1, s2, 1, s2], dtype=torch.float64), rtol=0, atol=0
+        T.offset_costs(3, 1),
+        torch.tensor([s2, 1, s2, 1, 0, 1, s2, 1, s2], dtype=torch.float64),
+        rtol=0,
+        atol=0,
     )
     # p = 2: squared distances are integers and must come out exactly (sqrt(2) ** 2 != 2 in floats).
     c2 = T.offset_costs(5, 2)
     assert c2.dtype == torch.float64
-    expected = torch.tensor([float(dh * dh + dw * dw) for dh in range(-2, 3) for dw in range(-2, 3)], dtype=torch.float64)
+    expected = torch.tensor(
+        [float(dh * dh + dw * dw) for dh in range(-2, 3) for dw in range(-2, 3)], dtype=torch.float64
+    )
     assert torch.equal(c2, expected)
     assert T.offset_costs(5, 1)[0].item() == math.sqrt(8.0)
     assert T.offset_costs(3, 1, dtype=torch.float32).dtype == torch.float32
@@ -155,12 +160,16 @@ def delta_plan(h, w, k, src, offset, mass=1.0):
 
 def test_plan_cost_known_answers():
     assert T.plan_cost(delta_plan(5, 5, 5, (2, 2), (0, 1)), 1).item() == 1.0
-    assert T.plan_cost(delta_plan(5, 5, 5, (2, 2), (1, 1), mass=0.3), 1).item() == pytest.approx(math.sqrt(2), rel=1e-15)
+    assert T.plan_cost(delta_plan(5, 5, 5, (2, 2), (1, 1), mass=0.3), 1).item() == pytest.approx(
+        math.sqrt(2), rel=1e-15
+    )
     assert T.plan_cost(delta_plan(5, 5, 5, (2, 2), (1, 1), mass=0.5), 2).item() == 2.0
     assert T.plan_cost(delta_plan(5, 5, 5, (2, 2), (2, -2)), 2).item() == 8.0
     # Normalised by the given mass N, not the plan's own.
     plan = delta_plan(5, 5, 5, (2, 2), (0, 1), mass=0.5)
-    torch.testing.assert_close(T.plan_cost(plan, 1, mass=torch.tensor([2.0])), torch.tensor([0.25], dtype=torch.float64))
+    torch.testing.assert_close(
+        T.plan_cost(plan, 1, mass=torch.tensor([2.0])), torch.tensor([0.25], dtype=torch.float64)
+    )
     # Zero mass: cost 0, no NaN.
     zero = torch.zeros(2, 1, 9, 9, dtype=torch.float64)
     assert torch.equal(T.plan_cost(zero, 1), torch.zeros(2, dtype=torch.float64))

@@ -90,7 +90,10 @@ def _solve_channel(
         ci = pos[ri, oi]
         arc_cost = offset_cost[oi]
         # A pixel with no allowed partner proves infeasibility without a solve.
-        if np.bincount(ri, minlength=nr).min(initial=1) == 0 or np.bincount(ci, minlength=nc).min(initial=1) == 0:
+        if (
+            np.bincount(ri, minlength=nr).min(initial=1) == 0
+            or np.bincount(ci, minlength=nc).min(initial=1) == 0
+        ):
             return None
     aa = a[rows]
     bb = b[cols] * (aa.sum() / b[cols].sum())
@@ -143,7 +146,9 @@ def _solve_example(
     return acc / total, flows
 
 
-def _check_args(x: torch.Tensor, x_adv: torch.Tensor, kernel_size: int | None, p: int, mass_tol: float) -> None:
+def _check_args(
+    x: torch.Tensor, x_adv: torch.Tensor, kernel_size: int | None, p: int, mass_tol: float
+) -> None:
     for name, t in (("x", x), ("x_adv", x_adv)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -189,7 +194,8 @@ def exact_distance(
     """Exact distance ``W(x, x_adv)`` per example (``../shared/THREAT_MODEL.md``).
 
     Args:
-        x, x_adv: ``[B, C, H, W]`` non-negative images (any float dtype; solved in float64).
+        x: ``[B, C, H, W]`` non-negative source images (any float dtype; solved in float64).
+        x_adv: ``[B, C, H, W]`` non-negative target images.
         kernel_size: odd window size or ``None`` (dense plans).
         p: 1 or 2 (ground cost ``||d||_2 ** p`` in pixels).
         mass_tol: per-channel mass difference allowed, relative to ``N(x)``; within it, each channel
@@ -200,10 +206,13 @@ def exact_distance(
         float64 ``[B]`` on CPU in units of ``eps`` (``sum(P*c) / N(x)``); ``+inf`` where masses differ
         beyond ``mass_tol`` or the window makes the move impossible; for an all-zero ``x``, 0 if
         ``x_adv`` is zero too, else ``+inf``.
+
     """
     _check_args(x, x_adv, kernel_size, p, mass_tol)
     xs, ys = _to_numpy(x, x_adv)
-    out = _map_examples(lambda i: _solve_example(xs[i], ys[i], kernel_size, p, mass_tol)[0], xs.shape[0], workers)
+    out = _map_examples(
+        lambda i: _solve_example(xs[i], ys[i], kernel_size, p, mass_tol)[0], xs.shape[0], workers
+    )
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -213,8 +222,11 @@ def exact_plan_channel(
     """Optimal plan of one channel between two equal-mass images, as a dense support x support matrix.
 
     Args:
-        a, b: float64 ``[H*W]`` non-negative masses with (numerically) equal sums; ``b`` is rescaled to
-            ``a``'s mass.
+        a: float64 ``[H*W]`` non-negative source masses (row-major pixels).
+        b: float64 ``[H*W]`` non-negative target masses with (numerically) the sum of ``a``; rescaled
+            to it exactly before solving.
+        height: image height ``H`` in pixels.
+        width: image width ``W`` in pixels.
         kernel_size: odd window size, or ``None`` for dense plans.
         p: ground-cost exponent (cost ``||d||_2 ** p`` in pixels).
 
@@ -222,6 +234,7 @@ def exact_plan_channel(
         ``(cost, plan, rows, cols)``: the unnormalised optimal cost ``sum(P * c)`` (``inf`` when the
         window makes the move impossible), the plan ``[len(rows), len(cols)]`` restricted to the
         supports ``rows`` x ``cols`` (indices into ``H*W``), or ``None`` when infeasible.
+
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -245,10 +258,11 @@ def exact_plan(
     mass_tol: float = 1e-5,
     workers: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """An optimal local plan from ``x`` to ``x_adv`` (each channel's target rescaled to its source mass).
+    """Solve for an optimal local plan from ``x`` to ``x_adv`` (targets rescaled to the source masses).
 
     Args:
-        x, x_adv: ``[B, C, H, W]`` non-negative images.
+        x: ``[B, C, H, W]`` non-negative source images.
+        x_adv: ``[B, C, H, W]`` non-negative target images; each channel is rescaled to ``x``'s mass.
         kernel_size: odd window size (local layout ``[B, C, H*W, k*k]``).
         p: 1 or 2.
         mass_tol: per-channel mass difference allowed, relative to ``N(x)``.
@@ -259,6 +273,7 @@ def exact_plan(
         identity plan for infeasible examples) and bool ``[B]`` (False where masses differ by more
         than ``mass_tol`` or the window makes the move impossible). Its cost equals
         :func:`exact_distance` wherever feasible.
+
     """
     _check_args(x, x_adv, T.check_kernel_size(kernel_size), p, mass_tol)
     xs, ys = _to_numpy(x, x_adv)

@@ -134,7 +134,8 @@ def _read_json(path: Path, max_bytes: int, what: str) -> tuple[object, bytes]:
     with open(path, "rb") as f:
         raw = f.read(max_bytes + 1)
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
+                           object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as e:
         raise EntryError(str(path), [f"{what} is not valid UTF-8 JSON: {e}"]) from None
     return value, raw
@@ -162,7 +163,8 @@ def _json_text(value, depth: int = 0) -> str:
     """Indented JSON with arrays of scalars kept on one line (short files, readable diffs)."""
     pad = "  " * (depth + 1)
     if isinstance(value, dict) and value:
-        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_json_text(v, depth + 1)}" for k, v in value.items()]
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {_json_text(v, depth + 1)}"
+                 for k, v in value.items()]
         return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
     if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
         return "[\n" + ",\n".join(pad + _json_text(v, depth + 1) for v in value) + "\n" + "  " * depth + "]"
@@ -186,7 +188,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A standard ``.npz`` (readable by ``np.load``) with fixed member dates, so equal arrays give equal bytes."""
+    """Serialise ``arrays`` as a standard ``.npz`` with fixed member dates: equal arrays, equal bytes."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for key in sorted(arrays):
@@ -245,7 +247,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- keys
 def radius_key(radius: float) -> str:
-    """The radius as an entry key: the shortest decimal string that round-trips (``repr(float)``)."""
+    """Format a radius (units of eps) as an entry key: the shortest round-trip decimal, ``repr(float)``."""
     r = float(radius)
     if not math.isfinite(r) or r < 0:
         raise ValueError(f"radius must be a finite float >= 0, got {radius!r}")
@@ -268,7 +270,8 @@ def threat_id(p: int, kernel_size: int | None, box) -> str:
 def _ball(threat: dict, eps) -> WassersteinBall:
     tol = threat["tolerances"]
     box = (0.0, 1.0) if threat["box"] is not None else None
-    return WassersteinBall(eps, threat["p"], threat["kernel_size"], box, tol["mass_rel"], tol["cost_rel"], tol["box_abs"])
+    return WassersteinBall(eps, threat["p"], threat["kernel_size"], box, tol["mass_rel"], tol["cost_rel"],
+                           tol["box_abs"])
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -321,15 +324,17 @@ def entry_problems(data, path: Path | None = None) -> list[str]:
     if th["kernel_size"] is not None and th["kernel_size"] % 2 == 0:
         out.append(f"threat.kernel_size must be odd, got {th['kernel_size']}")
     tables = {"claimed.robust_accuracy": cl["robust_accuracy"]}
-    tables.update({f"claimed.per_attack_robust_accuracy.{a}": t for a, t in cl["per_attack_robust_accuracy"].items()})
+    for attack, table in cl["per_attack_robust_accuracy"].items():
+        tables[f"claimed.per_attack_robust_accuracy.{attack}"] = table
     for where, table in tables.items():
         bad = [k for k in table if not _canonical_key(k)]
         if bad:
             out.append(f"{where}: radius keys must be shortest round-trip decimals (repr(float)), got {bad}")
         if where != "claimed.robust_accuracy" and set(table) - set(cl["robust_accuracy"]):
-            out.append(f"{where}: radii {sorted(set(table) - set(cl['robust_accuracy']))} are not in robust_accuracy")
+            extra = sorted(set(table) - set(cl["robust_accuracy"]))
+            out.append(f"{where}: radii {extra} are not in claimed.robust_accuracy")
     if cl["headline_radius"] not in cl["robust_accuracy"]:
-        out.append(f"claimed.headline_radius {cl['headline_radius']!r} is not a key of claimed.robust_accuracy")
+        out.append(f"claimed.headline_radius {cl['headline_radius']!r} is not in claimed.robust_accuracy")
     radii, accs = cl["curve"]["radius"], cl["curve"]["accuracy"]
     if len(radii) != len(accs):
         out.append("claimed.curve: radius and accuracy must have the same length")
@@ -347,9 +352,9 @@ def entry_problems(data, path: Path | None = None) -> list[str]:
         if rk not in cl["robust_accuracy"]:
             out.append(f"examples.radius[{i}] = {rk!r} is not a radius of claimed.robust_accuracy")
         elif not 0 < cost <= float(rk) * (1 + cost_tol):
-            out.append(f"examples.cost[{i}] = {cost!r} is not in (0, radius * (1 + cost_rel)] for radius {rk}")
+            out.append(f"examples.cost[{i}] = {cost!r} is not in (0, {rk} * (1 + cost_rel)]")
     if data["model"]["checkpoint_sha256"] is None and "weights_sha256" not in data["model"]:
-        out.append("model: checkpoint_sha256 is null, so weights_sha256 is required (verify must identify the model)")
+        out.append("model: checkpoint_sha256 is null, so weights_sha256 is required (to identify the model)")
     if ex["file"] != f"{data['id']}.npz":
         out.append(f"examples.file must be {data['id']}.npz (the entry's id), got {ex['file']!r}")
     if path is not None:
@@ -402,7 +407,8 @@ def _array_problems(data: dict, arrays: dict) -> list[str]:
     for r, acc in zip(cl["curve"]["radius"], cl["curve"]["accuracy"], strict=True):
         lo, hi = _robust_bounds(arrays, r, tol)
         if not lo - slack <= acc <= hi + slack:
-            out.append(f"claimed.curve at radius {r}: {acc} is not what the per-example arrays give ({lo} to {hi})")
+            out.append(f"claimed.curve at radius {r}: {acc} is not what the per-example arrays give "
+                       f"({lo} to {hi})")
     # The committed examples must be the fixed selection of _select_sample, with the arrays' costs.
     sample = arrays["sample_index"].astype(np.int64)
     if sample.tolist() != ex["index"]:
@@ -410,8 +416,8 @@ def _array_problems(data: dict, arrays: dict) -> list[str]:
         return out
     eligible = _eligible(arrays, cl["robust_accuracy"], tol)
     if sample.size != min(MAX_SAMPLE, int(eligible.sum())):
-        out.append(f"examples: {sample.size} committed, but {int(eligible.sum())} examples were broken inside the grid "
-                   f"(commit min({MAX_SAMPLE}, that))")
+        out.append(f"examples: {sample.size} committed, but {int(eligible.sum())} were broken inside "
+                   f"the grid (commit min({MAX_SAMPLE}, that))")
     row = {int(i): j for j, i in enumerate(index.tolist())}
     rows = [row.get(i) for i in ex["index"]]
     if None in rows:
@@ -457,7 +463,7 @@ def _load_arrays(path: Path, data: dict) -> tuple[dict | None, list[str]]:
     if not npz.is_file():
         return None, [f"{npz.name} (the entry's npz) is missing"]
     if _sha256_file(npz) != data["examples"]["sha256"]:
-        return None, [f"{npz.name}: sha256 differs from examples.sha256 (file changed after the entry was made)"]
+        return None, [f"{npz.name}: sha256 differs from examples.sha256 (changed after the entry was made)"]
     try:
         arrays = _read_npz(npz)
     except (ValueError, OSError, zipfile.BadZipFile) as e:
@@ -500,16 +506,21 @@ def validate_all(root: Path) -> dict[Path, list[str]]:
     if entries.is_dir():
         for f in sorted(entries.rglob("*")):
             if f.is_file() and f not in known and f.name != ".gitkeep":
-                bad[f] = ["not part of an entry: expected entries/<dataset>/<threat-id>/<id>.json and <id>.npz"]
+                bad[f] = ["not part of an entry: expected entries/<dataset>/<threat-id>/<id>.json and .npz"]
     return bad
 
 
 # ---------------------------------------------------------------------------------------------- add
 def _curve_radii(grid: list[float]) -> list[float]:
-    """Radii at which the accuracy curve is recorded: 0, the grid, and 48 log-spaced points up to its top."""
-    top, low = max(grid), min(r for r in grid if r > 0) / 10 if any(r > 0 for r in grid) else 1e-3
-    pts = {0.0, *grid, *np.geomspace(low, top, 48).tolist()}
-    return sorted({float(f"{r:.4g}") for r in pts} | set(grid))
+    """Radii at which the accuracy curve is recorded: 0, the grid, and 48 log-spaced points up to its top.
+
+    The log points start a decade below the smallest positive grid radius (4 significant digits).
+    """
+    positive = [r for r in grid if r > 0]
+    pts = {0.0, *grid}
+    if positive:
+        pts |= {float(f"{r:.4g}") for r in np.geomspace(min(positive) / 10, max(positive), 48).tolist()}
+    return sorted(pts)
 
 
 def _select_sample(arrays: dict, robust: dict, cost_tol: float, seed: int) -> np.ndarray:
@@ -540,7 +551,8 @@ def _results_schema_problems(results: dict) -> list[str]:
     if not f.is_file():
         return []
     v = jsonschema.Draft202012Validator(json.loads(f.read_text(encoding="utf-8")))
-    return [f"results schema: at /{'/'.join(map(str, e.absolute_path))}: {e.message[:300]}" for e in v.iter_errors(results)]
+    return [f"results schema: at /{'/'.join(map(str, e.absolute_path))}: {e.message[:300]}"
+            for e in v.iter_errors(results)]
 
 
 def add_entry(
@@ -567,8 +579,14 @@ def add_entry(
         results_path: the run's ``results.json`` (agreed format, written by ``wattack-bench``).
         root: leaderboard folder; the entry goes to ``root/entries/<dataset>/<threat-id>/<id>.json``.
         entry_id: file stem (letters, digits, ``._-``; default: the results' model name).
-        name, authors, source, training, architecture, paper, note: the entry's descriptive fields
-            (``source`` an http(s) link; ``architecture`` a ``build_model`` name, default the results' model name).
+        name: display name (default: ``entry_id``).
+        authors: who made the model.
+        source: http(s) link to the paper or code.
+        training: training method, e.g. ``"standard"``.
+        architecture: ``models.build_model`` name (suffix ``-binarize`` for the binarized-input
+            defense); default: the results' model name.
+        paper: citation.
+        note: anything a reader should know (e.g. "example only").
         headline_radius: ranking radius (default 0.1 for MNIST, else the grid's middle radius).
         examples_path: the run's ``examples.npz`` (default: beside ``results.json``).
         selection_seed: seed of the committed subset of broken examples (default: the run's seed).
@@ -578,6 +596,7 @@ def add_entry(
     Returns:
         Path of the written entry JSON. Raises :class:`EntryError` / ``ValueError`` without writing
         anything if the run does not make a valid entry.
+
     """
     results_path = Path(results_path)
     results, raw = _read_json(results_path, MAX_RESULTS_BYTES, "results")
@@ -612,8 +631,8 @@ def add_entry(
         "index": np.asarray(cols["index"], dtype=np.int64),
         "label": np.asarray(cols["label"], dtype=np.int64),
         "clean_correct": np.asarray(cols["clean_correct"], dtype=bool),
-        "broken_cost": np.asarray([math.inf if c is None else float(c) for c in cols["broken_cost"]], dtype=np.float64),
-        "broken_by": np.asarray([-1 if b is None else names.index(b) for b in cols["broken_by"]], dtype=np.int16),
+        "broken_cost": np.asarray([math.inf if c is None else float(c) for c in cols["broken_cost"]]),
+        "broken_by": np.asarray([-1 if b is None else names.index(b) for b in cols["broken_by"]], np.int16),
         "attack_names": np.asarray(names, dtype="<U64"),
     }
     grid = sorted(float(r) for r in _need(results, "radii"))
@@ -633,11 +652,12 @@ def add_entry(
     selection_seed = seed if selection_seed is None else int(selection_seed)
     rows = _select_sample(arrays, robust, cost_tol, selection_seed)
     examples_path = Path(examples_path) if examples_path is not None else results_path.parent / "examples.npz"
-    with np.load(examples_path, allow_pickle=False) as z:  # the run's own file (local, produced by wattack-bench)
+    with np.load(examples_path, allow_pickle=False) as z:  # the run's own file, written by wattack-bench
         run_index = {int(i): j for j, i in enumerate(z["index"].tolist())}
         pick = [run_index.get(int(i)) for i in arrays["index"][rows]]
         if None in pick:
-            raise ValueError(f"{examples_path} lacks images of broken examples {arrays['index'][rows].tolist()}")
+            raise ValueError(f"{examples_path} lacks the images of broken examples "
+                             f"{arrays['index'][rows].tolist()}")
         arrays["sample_index"] = arrays["index"][rows]
         arrays["sample_clean"] = np.asarray(z["clean"][pick])
         arrays["sample_adversarial"] = np.asarray(z["adversarial"][pick])
@@ -659,13 +679,14 @@ def add_entry(
     data = {
         "schema_version": SCHEMA_VERSION,
         "id": entry_id,
-        "name": _text(name or entry_id, 120),
-        "authors": _text(authors, 300),
+        # What the submitter typed is kept as typed: the schema rejects, it never silently rewrites.
+        "name": name or entry_id,
+        "authors": authors,
         "source": source,
-        **({"paper": _text(paper, 400)} if paper else {}),
-        **({"note": _text(note, 500)} if note else {}),
+        **({"paper": paper} if paper else {}),
+        **({"note": note} if note else {}),
         "architecture": architecture or str(_need(model, "name")),
-        "training": _text(training, 200),
+        "training": training,
         "added": added or _now(),
         "dataset": dataset,
         "threat": threat,
@@ -675,7 +696,8 @@ def add_entry(
             "clean_accuracy": float(_need(results, "clean_accuracy")),
             "robust_accuracy": robust,
             "headline_radius": radius_key(headline_radius),
-            "curve": {"radius": curve_r, "accuracy": [_robust_bounds(arrays, r, cost_tol)[0] for r in curve_r]},
+            "curve": {"radius": curve_r,
+                      "accuracy": [_robust_bounds(arrays, r, cost_tol)[0] for r in curve_r]},
             **({"exact_check": results["exact_check"]} if results.get("exact_check") else {}),
             "per_attack_robust_accuracy": per_attack,
         },
@@ -747,7 +769,7 @@ def load_model(architecture: str, checkpoint: Path) -> torch.nn.Module:
 
 
 def load_data(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Default data loader for ``verify``: images float ``[N, C, H, W]`` in [0, 1] and labels int64 ``[N]``."""
+    """Load a data split for ``verify``: images float ``[N, C, H, W]`` in [0, 1], labels int64 ``[N]``."""
     from .data import load_dataset  # written by the data work; imported late like load_model
 
     ds = load_dataset(name, split)
@@ -755,7 +777,7 @@ def load_data(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_entry_suite(name: str, version: int):
-    """Default suite loader for ``verify``: ``conf/suite/<name>-v<version>.yaml``, else ``conf/suite/<name>.yaml``.
+    """Load an entry's suite for ``verify``: ``conf/suite/<name>-v<version>.yaml``, else ``<name>.yaml``.
 
     ``verify`` then requires the loaded suite's version to equal the entry's.
     """
@@ -792,6 +814,10 @@ def _examples_check(data: dict, arrays: dict) -> dict:
         return _check(True, "no broken examples to check")
     x = torch.from_numpy(arrays["sample_clean"]).to(torch.float64)
     y = torch.from_numpy(arrays["sample_adversarial"]).to(torch.float64)
+    clean_ok = bool(torch.isfinite(x).all()) and x.numel() > 0 and 0 <= x.min() and x.max() <= 1
+    if x.shape != y.shape or x.shape[0] != m or not clean_ok:
+        return _check(False, "committed images malformed: sample_clean / sample_adversarial must be "
+                             f"[{m}, C, H, W] with clean images in [0, 1]")
     radius = torch.tensor([float(r) for r in ex["radius"]], dtype=torch.float64)
     cost = torch.tensor(ex["cost"], dtype=torch.float64)
     # Negative or non-finite pixels are not images (and not masses): outside without an LP.
@@ -806,8 +832,8 @@ def _examples_check(data: dict, arrays: dict) -> dict:
     cost_ok = dist <= cost * (1 + tol)
     bad = [ex["index"][i] for i in range(m) if not (inside[i] and cost_ok[i])]
     ratio = (dist / radius).max().item()
-    detail = (f"{m - len(bad)}/{m} committed adversarial examples inside the ball at their radius and within their "
-              f"claimed cost (exact LP, cost_rel {tol}); max exact distance / radius = {ratio:.6g}")
+    detail = (f"{m - len(bad)}/{m} committed adversarial examples inside the ball at their radius and within "
+              f"their claimed cost (exact LP, cost_rel {tol}); max exact distance / radius = {ratio:.6g}")
     if bad:
         detail += f"; failing dataset indices: {bad[:20]}{' ...' if len(bad) > 20 else ''}"
     return _check(not bad, detail)
@@ -850,6 +876,7 @@ def verify_entry(
 
     Returns:
         The verification block (also written into the entry, atomically, when ``write``).
+
     """
     path = Path(path)
     data, _ = _read_json(path, MAX_ENTRY_BYTES, "entry")
@@ -894,10 +921,11 @@ def verify_entry(
 
 def _reproduce(data, arrays, checkpoint, checks, *, n, seed, z, slack, clean_slack, flip_slack, device,
                model_loader, data_loader, suite_loader, progress) -> dict | None:
-    """The checks that need the model (see :func:`verify_entry`); fills ``checks``, returns the comparisons."""
+    """Run the checks that need the model (see :func:`verify_entry`): fill ``checks``, return the block."""
     want, got = data["model"]["checkpoint_sha256"], _sha256_file(checkpoint)
     if want is not None:
-        checks["checkpoint"] = _check(got == want, f"checkpoint sha256 {got}" + ("" if got == want else f" != {want}"))
+        checks["checkpoint"] = _check(got == want, f"checkpoint sha256 {got}"
+                                      + ("" if got == want else f" != {want}"))
         if got != want:
             return None  # never load a file the entry does not name
     if arrays is None:
@@ -916,17 +944,20 @@ def _reproduce(data, arrays, checkpoint, checks, *, n, seed, z, slack, clean_sla
     images, labels = data_loader(data["dataset"]["name"], data["dataset"]["split"])
     index = arrays["index"].astype(np.int64)
     if index.max(initial=0) >= len(labels):
-        checks["dataset"] = _check(False, f"entry indices reach {index.max()} but the dataset has {len(labels)}")
+        checks["dataset"] = _check(False, f"entry indices reach {index.max()}, the dataset has {len(labels)}")
         return None
     idx = torch.from_numpy(index)
     x, y = images[idx].float(), labels[idx].long()
     label_ok = torch.equal(y, torch.from_numpy(arrays["label"].astype(np.int64)))
     pos = {int(i): j for j, i in enumerate(index.tolist())}
-    sample_x = x[torch.tensor([pos[int(i)] for i in arrays["sample_index"]], dtype=torch.long)]
-    same = len(sample_x) == 0 or bool((sample_x.double() - torch.from_numpy(arrays["sample_clean"]).double())
-                                      .abs().max() <= 1e-6)
-    checks["dataset"] = _check(label_ok and same, f"labels {'match' if label_ok else 'DIFFER from'} the dataset; "
-                               f"committed clean images {'match' if same else 'DIFFER from'} the dataset")
+    rows = [pos.get(int(i)) for i in arrays["sample_index"]]
+    same = None not in rows and arrays["sample_clean"].shape == (len(rows), *x.shape[1:])
+    if same and rows:
+        committed = torch.from_numpy(arrays["sample_clean"]).double()
+        same = bool((x[torch.tensor(rows)].double() - committed).abs().max() <= 1e-6)
+    checks["dataset"] = _check(label_ok and same,
+                               f"labels {'match' if label_ok else 'DIFFER from'} the dataset; committed "
+                               f"clean images {'match' if same else 'DIFFER from'} the dataset")
     with torch.no_grad():
         pred = torch.cat([model(x[i:i + 1000].to(device)).argmax(1).cpu() for i in range(0, len(x), 1000)])
         adv = torch.from_numpy(arrays["sample_adversarial"]).to(device=device, dtype=x.dtype)
@@ -935,21 +966,21 @@ def _reproduce(data, arrays, checkpoint, checks, *, n, seed, z, slack, clean_sla
     m = len(adv_pred)
     checks["examples_misclassified"] = _check(
         m == 0 or fooled >= m * (1 - flip_slack),
-        f"the model misclassifies {fooled}/{m} committed adversarial examples (at least {1 - flip_slack:.0%} needed)")
+        f"the model misclassifies {fooled}/{m} committed adversarial examples "
+        f"(at least {1 - flip_slack:.0%} needed)")
     comparisons = []
     total = len(index)
     clean = float((pred == y).double().mean())
-    tol = clean_slack
     comparisons.append({"radius": "clean", "claimed": data["claimed"]["clean_accuracy"], "reproduced": clean,
-                        "claimed_on_subset": None, "tolerance": tol,
-                        "passed": abs(clean - data["claimed"]["clean_accuracy"]) <= tol})
+                        "claimed_on_subset": None, "tolerance": clean_slack,
+                        "passed": abs(clean - data["claimed"]["clean_accuracy"]) <= clean_slack})
     suite = suite_loader(data["suite"]["name"], data["suite"]["version"])
     version_ok = getattr(suite, "version", None) == data["suite"]["version"]
-    checks["suite"] = _check(version_ok, f"suite {data['suite']['name']!r} version {getattr(suite, 'version', None)} "
-                                         f"(entry: version {data['suite']['version']})")
+    checks["suite"] = _check(version_ok, f"suite {data['suite']['name']!r} version "
+                             f"{getattr(suite, 'version', None)} (entry: version {data['suite']['version']})")
     k = min(int(n), total)
-    block = {"n": k, "seed": int(seed), "z": float(z), "slack": float(slack), "clean_slack": float(clean_slack),
-             "comparisons": comparisons}
+    block = {"n": k, "seed": int(seed), "z": float(z), "slack": float(slack),
+             "clean_slack": float(clean_slack), "comparisons": comparisons}
     if version_ok:
         sub = np.sort(np.random.default_rng(seed).choice(total, size=k, replace=False))
         robust = data["claimed"]["robust_accuracy"]
@@ -959,20 +990,20 @@ def _reproduce(data, arrays, checkpoint, checks, *, n, seed, z, slack, clean_sla
                            threat=_ball(data["threat"], max(radii)), seed=data["provenance"]["seed"],
                            indices=idx[tsub], progress=progress)
         fpc = (total - k) / (total - 1) if total > 1 else 0.0
-        sub_arrays = {"clean_correct": arrays["clean_correct"][sub], "broken_cost": arrays["broken_cost"][sub]}
+        sub_arrays = {name: arrays[name][sub] for name in ("clean_correct", "broken_cost")}
         cost_tol = data["threat"]["tolerances"]["cost_rel"]
         for key in sorted(robust, key=float):
             a = robust[key]
-            got = float(result.robust_accuracy(float(key)))
+            acc = float(result.robust_accuracy(float(key)))
             tol = z * math.sqrt(a * (1 - a) / k * fpc) + slack
-            comparisons.append({"radius": key, "claimed": a, "reproduced": got,
+            comparisons.append({"radius": key, "claimed": a, "reproduced": acc,
                                 "claimed_on_subset": _robust_bounds(sub_arrays, float(key), cost_tol)[0],
-                                "tolerance": tol, "passed": abs(got - a) <= tol})
+                                "tolerance": tol, "passed": abs(acc - a) <= tol})
     failed = [c["radius"] for c in comparisons if not c["passed"]]
     checks["reproduction"] = _check(
         version_ok and not failed,
         ("suite version differs: not re-run; " if not version_ok else "")
-        + (f"outside tolerance at {failed}" if failed else "clean accuracy and every reproduced radius within tolerance"),
+        + (f"outside tolerance at {failed}" if failed else "clean and every radius within tolerance"),
     )
     return block
 
@@ -980,11 +1011,12 @@ def _reproduce(data, arrays, checkpoint, checks, *, n, seed, z, slack, clean_sla
 # ---------------------------------------------------------------------------------------------- render
 _STATUS_TEXT = {
     "verified": "verified",
-    "examples-verified": "examples verified (no re-run)",
+    "examples-verified": "examples verified, not re-run",
     "failed": "FAILED verification",
     "claimed": "claimed (not verified)",
 }
-_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
+            "#bcbd22"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1075,20 +1107,23 @@ def _render_markdown(tables: list[_Table]) -> str:
         for e in t.entries:
             d, cl = e.data, e.data["claimed"]
             rank_s = "–" if e.status == "failed" else str(rank := rank + 1)
-            cells = [rank_s, f"[{_md(d['name'])}]({_md_url(d['source'])})", _md(d["architecture"]), _md(d["training"]),
-                     _pct(cl["clean_accuracy"])]
+            cells = [rank_s, f"[{_md(d['name'])}]({_md_url(d['source'])})", _md(d["architecture"]),
+                     _md(d["training"]), _pct(cl["clean_accuracy"])]
             cells += [_pct(cl["robust_accuracy"].get(r)) for r in t.radii]
-            cells += [_md(f"{d['suite']['name']} v{d['suite']['version']}"), str(cl["n_examples"]), _md(_status(e))]
+            cells += [_md(f"{d['suite']['name']} v{d['suite']['version']}"), str(cl["n_examples"]),
+                      _md(_status(e))]
             out.append("| " + " | ".join(cells) + " |\n")
     return "".join(out)
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; padding: 0 1rem; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; padding: 0 1rem; }
 table.leaderboard { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
-table.leaderboard th, table.leaderboard td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
+table.leaderboard th, table.leaderboard td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; }
+table.leaderboard td, table.leaderboard th { text-align: right; }
 table.leaderboard td.text, table.leaderboard th.text { text-align: left; }
-table.leaderboard th button { font: inherit; font-weight: bold; background: none; border: none; cursor: pointer; padding: 0; }
+table.leaderboard th button { font: inherit; font-weight: bold; background: none; border: none; padding: 0; }
+table.leaderboard th button { cursor: pointer; }
 table.leaderboard th[aria-sort="ascending"] button::after { content: " \\25B2"; }
 table.leaderboard th[aria-sort="descending"] button::after { content: " \\25BC"; }
 th.headline { background: #eef3fb; }
@@ -1126,7 +1161,7 @@ _JS = """
       if (x !== y) {
         if (x === null) { return 1; }
         if (y === null) { return -1; }
-        return 0;
+        return x < y ? -sign : sign;
       }
       return Number(a.getAttribute("data-order")) - Number(b.getAttribute("data-order"));
     });
@@ -1151,7 +1186,7 @@ def _e(text) -> str:
 
 def _svg(t: _Table) -> str:
     """Accuracy-vs-radius curves of one table, log radius axis, as inline SVG (escaped text only)."""
-    w, h, left, right, top, bottom = 640, 300, 50, 170, 15, 40
+    w, h, left, right, top, bottom = 680, 300, 50, 210, 15, 40
     pts = [r for e in t.entries for r in e.data["claimed"]["curve"]["radius"] if r > 0]
     if not pts:
         return ""
@@ -1164,31 +1199,34 @@ def _svg(t: _Table) -> str:
     def py(a: float) -> float:
         return top + (1 - a) * (h - top - bottom)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
-           f'aria-label="robust accuracy against radius">']
-    out.append(f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" fill="none" '
-               f'stroke="#999"/>')
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+           'role="img" aria-label="robust accuracy against radius">',
+           f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" '
+           'fill="none" stroke="#999"/>']
     for a in (0.0, 0.25, 0.5, 0.75, 1.0):
         out.append(f'<line x1="{left}" x2="{w - right}" y1="{py(a):.1f}" y2="{py(a):.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 5}" y="{py(a) + 4:.1f}" font-size="11" text-anchor="end">{100 * a:.0f}%</text>')
+                   f'<text x="{left - 5}" y="{py(a) + 4:.1f}" font-size="11" text-anchor="end">'
+                   f'{100 * a:.0f}%</text>')
     for r in t.radii:
         if float(r) > 0:
             x = px(float(r))
             out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{h - bottom}" stroke="#eee"/>'
-                       f'<text x="{x:.1f}" y="{h - bottom + 15}" font-size="11" text-anchor="middle">{_e(r)}</text>')
+                       f'<text x="{x:.1f}" y="{h - bottom + 15}" font-size="11" text-anchor="middle">'
+                       f'{_e(r)}</text>')
     out.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 5}" font-size="12" text-anchor="middle">'
                f'radius eps (log scale)</text>')
     for i, e in enumerate(t.entries):
         color = _PALETTE[i % len(_PALETTE)]
         c = e.data["claimed"]["curve"]
-        line = " ".join(f"{px(r):.1f},{py(a):.1f}" for r, a in zip(c["radius"], c["accuracy"], strict=True) if r > 0)
+        line = " ".join(f"{px(r):.1f},{py(a):.1f}"
+                        for r, a in zip(c["radius"], c["accuracy"], strict=True) if r > 0)
         dash = ' stroke-dasharray="4 3"' if e.status in ("claimed", "failed") else ""
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{line}">'
                    f'<title>{_e(e.data["name"])}</title></polyline>')
         y = top + 14 * i + 8
         out.append(f'<line x1="{w - right + 10}" x2="{w - right + 30}" y1="{y}" y2="{y}" stroke="{color}" '
                    f'stroke-width="2"{dash}/><text x="{w - right + 35}" y="{y + 4}" font-size="11">'
-                   f'{_e(e.data["name"][:24])}</text>')
+                   f'{_e(e.data["name"][:30])}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -1202,24 +1240,26 @@ def _render_html(tables: list[_Table]) -> str:
            '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
            "<title>Wasserstein robustness leaderboard</title>\n",
            f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>Wasserstein robustness leaderboard</h1>\n",
-           "<p>Robust accuracy under one exactly defined Wasserstein threat model: every adversarial example "
-           "counted was verified inside the ball. Ranked by robust accuracy at the headline radius, then clean "
-           "accuracy; entries that failed verification are listed last, unranked. Click a column header to sort. "
-           "Status shows whether the claimed numbers were re-checked by <code>wattack-leaderboard verify</code>."
-           "</p>\n"]
+           "<p>Robust accuracy under one exactly defined Wasserstein threat model: every adversarial "
+           "example counted was verified inside the ball. Ranked by robust accuracy at the headline radius, "
+           "then clean accuracy; entries that failed verification are listed last, unranked. Click a column "
+           "header to sort. Status shows whether the claimed numbers were re-checked by "
+           "<code>wattack-leaderboard verify</code>.</p>\n"]
     if not tables:
         out.append('<p id="empty">No entries yet.</p>\n')
     for t in tables:
         sid = _e(f"{t.dataset}-{t.threat}")
         th = t.entries[0].data["threat"]
         out.append(f'<section id="{sid}">\n<h2>{_e(t.dataset)} · {_e(t.threat)}</h2>\n')
-        out.append(f'<p class="threat">Threat model: {_e(_threat_line(th))}. Ranked at radius {_e(t.headline)}.</p>\n')
+        out.append(f'<p class="threat">Threat model: {_e(_threat_line(th))}. '
+                   f'Ranked at radius {_e(t.headline)}.</p>\n')
         cols = [("Rank", "number", "ascending", "rank", "rank"), ("Model", "text", "", "model", "model"),
                 ("Architecture", "text", "", "architecture", "architecture"),
                 ("Training", "text", "", "training", "training method"),
                 ("Clean", "number", "", "clean", "clean accuracy")]
         cols += [(r, "number", "", f"r{r}", f"robust accuracy at radius {r}") for r in t.radii]
-        cols += [("Suite", "text", "", "suite", "attack suite and version"), ("n", "number", "", "n", "examples"),
+        cols += [("Suite", "text", "", "suite", "attack suite and version"),
+                 ("n", "number", "", "n", "examples"),
                  ("Status", "text", "", "status", "verification status")]
         out.append(f'<table class="leaderboard" id="table-{sid}">\n<thead><tr>')
         for label, kind, first, key, title in cols:
@@ -1228,7 +1268,8 @@ def _render_html(tables: list[_Table]) -> str:
                 cls.append("headline")
             attrs = f' data-type="{kind}" data-key="{_e(key)}"' + (f' data-first="{first}"' if first else "")
             attrs += f' class="{" ".join(cls)}"' if cls else ""
-            out.append(f'<th scope="col"{attrs}><button type="button" title="{_e(title)}">{_e(label)}</button></th>')
+            out.append(f'<th scope="col"{attrs}><button type="button" title="{_e(title)}">'
+                       f'{_e(label)}</button></th>')
         out.append("</tr></thead>\n<tbody>\n")
         rank = 0
         for order, e in enumerate(t.entries, start=1):
@@ -1239,8 +1280,9 @@ def _render_html(tables: list[_Table]) -> str:
             row = [f'<tr data-id="{_e(d["id"])}" data-order="{order}"{tr_class}>',
                    f'<td data-value="{order}">{rank_s}</td>',
                    f'<td class="text" data-value="{_e(d["name"])}"><a href="{_e(d["source"])}" '
-                   f'rel="noopener noreferrer nofollow">{_e(d["name"])}</a>'
-                   + (f'<br><small>{_e(d["authors"])}</small>' if d.get("authors") else "") + "</td>",
+                   f'rel="noopener noreferrer nofollow" title="{_e(d.get("paper") or d["source"])}">'
+                   f'{_e(d["name"])}</a><br><small>{_e(d["authors"])}</small>'
+                   + (f'<br><small>{_e(d["note"])}</small>' if d.get("note") else "") + "</td>",
                    f'<td class="text">{_e(d["architecture"])}</td>',
                    f'<td class="text">{_e(d["training"])}</td>',
                    f'<td data-value="{cl["clean_accuracy"]!r}">{_pct(cl["clean_accuracy"])}</td>']
@@ -1254,8 +1296,8 @@ def _render_html(tables: list[_Table]) -> str:
         out.append("</tbody>\n</table>\n")
         svg = _svg(t)
         if svg:
-            out.append(f"<figure>{svg}<figcaption>Robust accuracy against radius (claimed numbers; dashed: not "
-                       f"verified).</figcaption></figure>\n")
+            out.append(f"<figure>{svg}<figcaption>Robust accuracy against radius (claimed numbers; dashed: "
+                       "not verified).</figcaption></figure>\n")
         out.append("</section>\n")
     out.append(f"<script>{_JS}</script>\n</body>\n</html>\n")
     return "".join(out)
@@ -1284,33 +1326,34 @@ def write_rendered(root: Path) -> tuple[Path, Path]:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    """``wattack-leaderboard``: ``validate``, ``add``, ``verify`` and ``render`` over the leaderboard folder."""
+    """Run ``wattack-leaderboard`` (``validate``, ``add``, ``verify``, ``render``); returns the exit code."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--root", type=Path, default=Path("leaderboard"), help="leaderboard folder (default: ./leaderboard)")
+    common.add_argument("--root", type=Path, default=Path("leaderboard"),
+                        help="leaderboard folder (default: ./leaderboard)")
     parser = argparse.ArgumentParser(prog=_TOOL, description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("validate", parents=[common], help="validate every entry (schema, sizes, npz, consistency)")
+    sub.add_parser("validate", parents=[common], help="validate every entry (schema, limits, npz, numbers)")
     a = sub.add_parser("add", parents=[common], help="turn a benchmark run (results.json) into an entry")
     a.add_argument("results", type=Path, help="results.json written by wattack-bench")
     a.add_argument("--id", dest="entry_id", help="entry file stem (default: the results' model name)")
     a.add_argument("--name", help="display name (default: the id)")
     a.add_argument("--authors", required=True)
     a.add_argument("--source", required=True, help="http(s) link to the paper or code")
-    a.add_argument("--training", required=True, help="training method, e.g. 'standard' or 'Wasserstein adversarial'")
+    a.add_argument("--training", required=True, help="training method, e.g. 'standard'")
     a.add_argument("--architecture", help="models.build_model name (default: the results' model name)")
     a.add_argument("--paper", help="citation")
     a.add_argument("--note")
     a.add_argument("--headline-radius", type=float, help="ranking radius (default: 0.1 for MNIST)")
     a.add_argument("--examples", type=Path, help="examples.npz of the run (default: beside results.json)")
-    a.add_argument("--selection-seed", type=int, help="seed of the committed broken examples (default: run seed)")
+    a.add_argument("--selection-seed", type=int, help="seed choosing the committed examples (default: run's)")
     a.add_argument("--force", action="store_true", help="replace an existing entry (drops its verification)")
     v = sub.add_parser("verify", help="re-check an entry and record the result in it")
     v.add_argument("entry", type=Path, help="entry JSON")
-    v.add_argument("--checkpoint", type=Path, help="the model's checkpoint (without it: exact check of examples only)")
+    v.add_argument("--checkpoint", type=Path, help="the model's checkpoint (without: examples only)")
     v.add_argument("--n", type=int, default=500, help="examples to re-attack (random subset, default 500)")
     v.add_argument("--seed", type=int, default=0, help="seed of the random subset")
     v.add_argument("--z", type=float, default=3.0, help="tolerance in binomial standard errors (default 3)")
-    v.add_argument("--slack", type=float, default=0.01, help="absolute slack added to the tolerance (default 0.01)")
+    v.add_argument("--slack", type=float, default=0.01, help="absolute slack added to the tolerance")
     v.add_argument("--by", help="who runs the verification (recorded)")
     v.add_argument("--device", default="cpu")
     v.add_argument("--dry-run", action="store_true", help="print the block, do not write it")
@@ -1331,16 +1374,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                architecture=args.architecture, paper=args.paper, note=args.note,
                                headline_radius=args.headline_radius, examples_path=args.examples,
                                selection_seed=args.selection_seed, overwrite=args.force)
-            print(f"wrote {target} and {target.with_suffix('.npz').name}; run `{_TOOL} render` to update the pages")
+            print(f"wrote {target} and {target.with_suffix('.npz').name}; `{_TOOL} render` updates the pages")
             return 0
         if args.command == "verify":
-            block = verify_entry(args.entry, args.checkpoint, n=args.n, seed=args.seed, z=args.z, slack=args.slack,
-                                 by=args.by, device=args.device, write=not args.dry_run, progress=True)
+            block = verify_entry(args.entry, args.checkpoint, n=args.n, seed=args.seed, z=args.z,
+                                 slack=args.slack, by=args.by, device=args.device, write=not args.dry_run,
+                                 progress=True)
             for name, c in block["checks"].items():
                 print(f"{'ok  ' if c['passed'] else 'FAIL'} {name}: {c['detail']}")
             for c in (block["reproduction"] or {}).get("comparisons", []):
-                print(f"{'ok  ' if c['passed'] else 'FAIL'} {c['radius']}: claimed {c['claimed']:.4f}, reproduced "
-                      f"{c['reproduced']:.4f} (tolerance {c['tolerance']:.4f})")
+                print(f"{'ok  ' if c['passed'] else 'FAIL'} {c['radius']}: claimed {c['claimed']:.4f}, "
+                      f"reproduced {c['reproduced']:.4f} (tolerance {c['tolerance']:.4f})")
             print(f"status: {block['status']}" + ("" if args.dry_run else f" (written to {args.entry})"))
             return 0 if block["status"] != "failed" else 1
         md, page = write_rendered(args.root)

@@ -24,14 +24,18 @@ from .exact import exact_distance
 __all__ = ["WassersteinBall", "Certificate", "check_images", "check_labels"]
 
 
-def check_images(images: torch.Tensor, name: str = "images", box: tuple[float, float] | None = (0.0, 1.0)) -> None:
+def check_images(
+    images: torch.Tensor, name: str = "images", box: tuple[float, float] | None = (0.0, 1.0)
+) -> None:
     """Raise ``ValueError`` naming ``name`` unless it is a finite float ``[B, C, H, W]`` tensor in the box."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape [B, C, H, W], got {type(images).__name__}")
     if images.dim() != 4:
         raise ValueError(f"{name} must have shape [B, C, H, W] (rank 4), got shape {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor with values in [0, 1], got dtype {images.dtype}")
+        raise ValueError(
+            f"{name} must be a floating-point tensor with values in [0, 1], got dtype {images.dtype}"
+        )
     if images.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(images.shape)}")
     if not torch.isfinite(images).all():
@@ -40,7 +44,9 @@ def check_images(images: torch.Tensor, name: str = "images", box: tuple[float, f
         lo, hi = box
         mn, mx = images.min().item(), images.max().item()
         if mn < lo or mx > hi:
-            raise ValueError(f"{name} must lie in [{lo}, {hi}] (pixel space, before normalization); got [{mn}, {mx}]")
+            raise ValueError(
+                f"{name} must lie in [{lo}, {hi}] (pixel space, before normalization); got [{mn}, {mx}]"
+            )
 
 
 def check_labels(labels: torch.Tensor, batch: int, name: str = "labels") -> None:
@@ -52,34 +58,47 @@ def check_labels(labels: torch.Tensor, batch: int, name: str = "labels") -> None
         raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
 
 
-# Plan entries per chunk in certify (1 MiB of float64): temporaries stay in cache.
+# Plan entries per chunk in certify (1 MiB of float64): temporaries stay in cache and no plan-sized
+# buffer is ever allocated (page faults on fresh large buffers cost more than the arithmetic).
 _CERTIFY_CHUNK = 1 << 17
 
 
 def _plan_statistics(
-    plan: torch.Tensor, height: int, width: int, costs: torch.Tensor, inv_i: torch.Tensor, inv_o: torch.Tensor
+    plan: torch.Tensor,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    costs: torch.Tensor,
+    inv_i: torch.Tensor,
+    inv_o: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    """The sums certify needs from a chunk of plans ``[b, C, H*W, k*k]``, in float64.
+    """Compute certify's per-example statistics for a chunk of plans ``[b, C, H*W, k*k]``, in float64.
 
-    ``costs [k*k]`` are the offset costs; ``inv_i, inv_o`` list the out-of-image entries. Returns
-    ``finite [b]``, the most negative entry ``[b]``, the absolute mass on out-of-image entries ``[b]``,
-    row sums ``[b, C, H*W]``, column sums ``[b, C, H, W]`` (in-image entries only, as the plan's
-    image) and the unnormalised cost ``sum(P * c)`` ``[b]``. Non-finite entries count as zero.
+    ``x, x_adv`` are the chunk's float64 images ``[b, C, H, W]``, ``costs [k*k]`` the offset costs and
+    ``inv_i, inv_o`` the out-of-image entries. Returns, each ``[b]`` and unnormalised: all entries
+    finite, the most negative entry, the absolute mass on out-of-image entries, the max row-sum and
+    column-sum errors, and the cost ``sum(P * c)``. Non-finite entries count as zero in the sums.
     """
     P = plan.detach().to(torch.float64)
     bb, c, hw, kk = P.shape
-    # Row sums and a matrix-vector product for the cost: neither makes a plan-sized temporary, and a
-    # NaN or inf entry makes its row's results non-finite (cheaper than isfinite on every entry).
+    # Row sums and a matrix-vector product for the cost: no plan-sized temporary. A NaN or inf entry
+    # makes its example's totals non-finite (entries are bounded, so finite sums cannot overflow).
     rows = P.sum(-1)
     row_cost = P.reshape(-1, kk).mv(costs).reshape(bb, c * hw)
-    finite = torch.isfinite(rows).flatten(1).all(1) & torch.isfinite(row_cost).all(1)
+    finite = torch.isfinite(rows.sum(dim=(1, 2)) + row_cost.sum(1))
     if not bool(finite.all()):
         P = torch.nan_to_num(P, nan=0.0, posinf=0.0, neginf=0.0)
         rows = P.sum(-1)
         row_cost = P.reshape(-1, kk).mv(costs).reshape(bb, c * hw)
-    outside = P[:, :, inv_i, inv_o].abs().sum(dim=(1, 2))
-    cols = T.column_sums(P, height, width)
-    return finite, P.amin(dim=(1, 2, 3)), outside, rows, cols, row_cost.sum(1)
+    cols = T.column_sums(P, x.shape[2], x.shape[3])  # drops the out-of-image entries
+    negative = P.amin(dim=(1, 2, 3))
+    # Out-of-image mass = all row sums minus all column sums when no entry is negative; otherwise
+    # (rare: a plan with negative entries is infeasible beyond tolerance) sum |entries| exactly.
+    outside = rows.sum(dim=(1, 2)) - cols.sum(dim=(1, 2, 3))
+    if bool((negative < 0).any()):
+        outside = torch.where(negative < 0, P[:, :, inv_i, inv_o].abs().sum(dim=(1, 2)), outside)
+    row_err = (rows - x.reshape(bb, c, hw)).abs().amax(dim=(1, 2))
+    col_err = (cols - x_adv).abs().amax(dim=(1, 2, 3))
+    return finite, negative, outside.abs(), row_err, col_err, row_cost.sum(1)
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,7 @@ class Certificate:
         outside_mass: absolute mass on out-of-image entries, relative to ``N``.
         box_violation: how far ``x_adv`` leaves the box (0 if inside).
         mass_error: max per-channel ``|N_c(x) - N_c(x_adv)| / N``.
+
     """
 
     feasible: torch.Tensor
@@ -125,6 +145,7 @@ class WassersteinBall:
         mass_tol: per-channel mass tolerance relative to ``N(x)`` (float32 default 1e-5).
         cost_tol: relative cost tolerance: certified iff ``cost <= eps * (1 + cost_tol)``.
         box_tol: absolute tolerance on the box (float32 rounding of column sums).
+
     """
 
     eps: float | torch.Tensor
@@ -140,7 +161,9 @@ class WassersteinBall:
         eps = self.eps
         if isinstance(eps, torch.Tensor):
             if eps.dim() > 1:
-                raise ValueError(f"eps must be a scalar or a per-example tensor [B], got shape {tuple(eps.shape)}")
+                raise ValueError(
+                    f"eps must be a scalar or a per-example tensor [B], got shape {tuple(eps.shape)}"
+                )
             e = eps.detach().to("cpu", torch.float64).reshape(-1)
         elif isinstance(eps, numbers.Real) and not isinstance(eps, bool):
             e = torch.tensor([float(eps)], dtype=torch.float64)
@@ -152,7 +175,9 @@ class WassersteinBall:
         T.check_p(self.p)
         if self.kernel_size is not None:
             T.check_kernel_size(self.kernel_size)
-        if self.box is not None and (not isinstance(self.box, (tuple, list)) or tuple(self.box) != (0.0, 1.0)):
+        if self.box is not None and (
+            not isinstance(self.box, (tuple, list)) or tuple(self.box) != (0.0, 1.0)
+        ):
             raise ValueError(f"box must be (0.0, 1.0) or None, got {self.box!r}")
         for name in ("mass_tol", "cost_tol", "box_tol"):
             v = getattr(self, name)
@@ -175,15 +200,18 @@ class WassersteinBall:
         return e.clone()
 
     def with_eps(self, eps: float | torch.Tensor) -> WassersteinBall:
-        """Same ball with another radius."""
-        return WassersteinBall(eps, self.p, self.kernel_size, self.box, self.mass_tol, self.cost_tol, self.box_tol)
+        """Return the same ball with another radius."""
+        return WassersteinBall(
+            eps, self.p, self.kernel_size, self.box, self.mass_tol, self.cost_tol, self.box_tol
+        )
 
     def describe(self) -> dict:
-        """The threat model's parameters as recorded with every result (JSON-ready)."""
+        """Return the threat model's parameters as recorded with every result (JSON-ready)."""
         e = self._eps_cache
+        k = self.kernel_size
+        window = f"local {k}x{k}" if k else "dense"
         return {
-            "name": f"W{self.p}, {'local ' + str(self.kernel_size) + 'x' + str(self.kernel_size) if self.kernel_size else 'dense'}, "
-            f"box {'[0,1]' if self.box else 'none'}",
+            "name": f"W{self.p}, {window}, box {'[0,1]' if self.box else 'none'}",
             "p": self.p,
             "kernel_size": self.kernel_size,
             "box": list(self.box) if self.box is not None else None,
@@ -207,11 +235,13 @@ class WassersteinBall:
         """Check that ``plan`` proves ``x_adv`` inside the ball around ``x``, in float64.
 
         Args:
-            x, x_adv: ``[B, C, H, W]``; ``x`` in ``[0, 1]``.
+            x: ``[B, C, H, W]`` clean images in ``[0, 1]``.
+            x_adv: ``[B, C, H, W]`` the claimed image (non-negative; the box is checked, not assumed).
             plan: ``[B, C, H*W, k*k]`` local plan (layout in :mod:`wasserstein_attacks.transport`).
 
         Returns:
             A :class:`Certificate`; cost O(B*C*H*W*k*k).
+
         """
         self._check_pair(x, x_adv)
         if self.kernel_size is None:
@@ -226,25 +256,26 @@ class WassersteinBall:
         Y = x_adv.detach().to(dev, torch.float64)
         n = X.sum(dim=(1, 2, 3))
         scale = n.clamp_min(1e-300)
-        # Chunks of examples keep every temporary small (no page faults on plan-sized buffers) and let
-        # a float32 plan be widened to float64 piece by piece.
         costs = T.offset_costs(self.kernel_size, self.p, device=dev)
         inv_i, inv_o = (~T.valid_mask(h, w, self.kernel_size, device=dev)).nonzero(as_tuple=True)
         step = max(1, _CERTIFY_CHUNK // (c * h * w * kk))
-        parts = [_plan_statistics(plan[s : s + step], h, w, costs, inv_i, inv_o) for s in range(0, b, step)]
-        finite, negative, outside, rows, cols, total = (torch.cat(t) for t in zip(*parts, strict=True))
+        parts = [
+            _plan_statistics(plan[s : s + step], X[s : s + step], Y[s : s + step], costs, inv_i, inv_o)
+            for s in range(0, b, step)
+        ]
+        finite, negative, outside, row_err, col_err, total = (torch.cat(t) for t in zip(*parts, strict=True))
         negative = negative.clamp_max(0) / scale
         outside = outside / scale
-        row_err = (rows.reshape(b, c, h, w) - X).abs().flatten(1).amax(1) / scale
-        col_err = (cols - Y).abs().flatten(1).amax(1) / scale
+        row_err = row_err / scale
+        col_err = col_err / scale
         mass_err = (X.sum(dim=(2, 3)) - Y.sum(dim=(2, 3))).abs().amax(1) / scale
+        y_min, y_max = Y.flatten(1).aminmax(dim=1)
+        box_v = (-y_min).clamp_min(0)
         if self.box is not None:
-            box_v = torch.maximum((Y - 1).clamp_min(0), (-Y).clamp_min(0)).flatten(1).amax(1)
-        else:
-            box_v = (-Y).clamp_min(0).flatten(1).amax(1)
+            box_v = torch.maximum(box_v, y_max - 1)
         zero = n <= 0
         # An all-zero image's ball is {x}: only the zero image (and the zero plan) qualifies.
-        cost = torch.where(zero, torch.where(Y.flatten(1).abs().amax(1) > 0, torch.inf, 0.0), total / scale)
+        cost = torch.where(zero, torch.where(y_max > 0, torch.inf, 0.0), total / scale)
         eps = self.eps_for(b).to(dev)
         tol = self.mass_tol
         feasible = (
@@ -259,7 +290,14 @@ class WassersteinBall:
         )
         cpu = lambda t: t.detach().cpu()  # noqa: E731
         return Certificate(
-            cpu(feasible), cpu(cost), cpu(negative), cpu(row_err), cpu(col_err), cpu(outside), cpu(box_v), cpu(mass_err)
+            cpu(feasible),
+            cpu(cost),
+            cpu(negative),
+            cpu(row_err),
+            cpu(col_err),
+            cpu(outside),
+            cpu(box_v),
+            cpu(mass_err),
         )
 
     def distance(self, x: torch.Tensor, x_adv: torch.Tensor, *, workers: int | None = None) -> torch.Tensor:
@@ -273,7 +311,9 @@ class WassersteinBall:
         with ``p = 2`` the cost is a squared distance.
         """
         self._check_pair(x, x_adv)
-        return exact_distance(x, x_adv, kernel_size=self.kernel_size, p=self.p, mass_tol=self.mass_tol, workers=workers)
+        return exact_distance(
+            x, x_adv, kernel_size=self.kernel_size, p=self.p, mass_tol=self.mass_tol, workers=workers
+        )
 
     def contains(self, x: torch.Tensor, x_adv: torch.Tensor, tol: float | None = None) -> torch.Tensor:
         """Bool ``[B]``: ``x_adv`` in the box and ``W(x, x_adv) <= eps * (1 + tol)`` by the exact solver.

@@ -28,7 +28,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .attacks.base import predict
 from .data import ImageDataset, load_dataset, rotate, shift
 from .models import build_model, load_checkpoint, save_checkpoint
 from .threat import WassersteinBall
@@ -145,11 +144,15 @@ def train_model(
 
 
 def _predict_eval(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    # Predictions in eval mode; every submodule's train/eval mode is restored afterwards.
+    # Predicted classes [N] in eval mode; every submodule's train/eval mode is restored afterwards.
+    # (Not attacks.base.predict: training must not depend on the attack package.)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    device = _model_device(model)
     try:
-        return predict(model, images.to(_model_device(model)), batch_size).cpu()
+        with torch.no_grad():
+            return torch.cat([model(images[i : i + batch_size].to(device)).argmax(1).cpu()
+                              for i in range(0, images.shape[0], batch_size)])
     finally:
         for m, mode in modes:
             m.training = mode

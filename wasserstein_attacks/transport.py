@@ -39,7 +39,12 @@ __all__ = [
 
 def check_kernel_size(kernel_size: int, name: str = "kernel_size") -> int:
     """Return ``kernel_size`` if it is an odd int >= 3, else raise ``ValueError`` naming it."""
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
+    if (
+        isinstance(kernel_size, bool)
+        or not isinstance(kernel_size, int)
+        or kernel_size < 3
+        or kernel_size % 2 == 0
+    ):
         raise ValueError(f"{name} must be an odd integer >= 3 for local plans, got {kernel_size!r}")
     return kernel_size
 
@@ -63,7 +68,7 @@ def stay_index(kernel_size: int) -> int:
 
 
 def check_p(p: int, name: str = "p") -> int:
-    """Return ``p`` if it is 1 or 2 (the ground-cost exponents of the threat model), else raise ``ValueError``."""
+    """Return ``p`` if it is 1 or 2 (the threat model's ground-cost exponents), else raise ``ValueError``."""
     if isinstance(p, bool) or p not in (1, 2):
         raise ValueError(f"{name} must be 1 or 2 (ground cost ||d||_2 ** p in pixels), got {p!r}")
     return int(p)
@@ -112,7 +117,7 @@ def window_targets(height: int, width: int, kernel_size: int, *, device=None) ->
 
 
 def identity_plan(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """The plan that moves nothing: all of ``x`` on the stay offset. ``x [B,C,H,W]`` -> ``[B,C,H*W,k*k]``."""
+    """Build the plan that moves nothing: all of ``x`` on "stay". ``x [B,C,H,W]`` -> ``[B,C,H*W,k*k]``."""
     b, c, h, w = x.shape
     kk = check_kernel_size(kernel_size) ** 2
     plan = x.new_zeros(b, c, h * w, kk)
@@ -128,7 +133,7 @@ def row_sums(plan: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _scatter_index_cpu(height: int, width: int, kernel_size: int) -> torch.Tensor:
-    """Target of every plan entry, flattened ``[H*W*k*k]``, with ``H*W`` (a discard slot) outside the image."""
+    """Target of every plan entry, flat ``[H*W*k*k]``; ``H*W`` (a discard slot) outside the image."""
     t = _targets_cpu(height, width, kernel_size)
     return torch.where(t < 0, height * width, t).reshape(-1)
 
@@ -186,4 +191,6 @@ def plan_cost(plan: torch.Tensor, p: int = 1, mass: torch.Tensor | None = None) 
     if mass is None:
         mass = plan.reshape(b, -1).sum(1)
     mass = mass.to(total.dtype)
-    return torch.where(mass > 0, total / mass.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+    return torch.where(
+        mass > 0, total / mass.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total)
+    )

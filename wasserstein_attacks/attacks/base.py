@@ -155,13 +155,16 @@ def return_overflow(
     P = plan
     not_stay = torch.ones(plan.shape[-1], dtype=plan.dtype, device=plan.device)
     not_stay[stay] = 0
+    # Aim a few ulps under 1: aiming at 1 exactly lets rounding leave 1 + 1e-16 and start another round.
+    margin = 64 * torch.finfo(plan.dtype).eps
     for _ in range(max_rounds):
         Y = columns(P)
         over = Y > 1
         if not bool(over.any()):
             break
         inflow = columns(P * not_stay)  # moved mass arriving at each pixel
-        keep = torch.where(over, (1 - (Y - 1) / inflow.clamp_min(1e-300)).clamp(0, 1), torch.ones_like(Y))
+        excess = Y - 1 + margin
+        keep = torch.where(over, (1 - excess / inflow.clamp_min(1e-300)).clamp(0, 1), torch.ones_like(Y))
         factor = at_targets(keep)  # per entry: the keep factor of its target
         factor[..., stay] = 1.0
         back = (P * (1 - factor)).sum(-1)

@@ -181,6 +181,8 @@ class SinkhornPenalty(Attack):
         lr: Adam step size on the plan logits.
         blur: GeomLoss entropic blur in pixels (smaller = closer to ``W``, slower).
         scaling: GeomLoss epsilon-scaling ratio in (0, 1) (larger = more Sinkhorn iterations).
+        divergence_every: recompute the divergence and its gradient every this many steps (it
+            dominates the cost of a step) and use its linearisation in between; 1 = every step.
         cost_weight: weight of the plan's own linear cost ``<P, C> / N`` next to the divergence
             (0 = divergence only).
         box_weight: weight of the overflow penalty (logit units per unit of overflow mass / N).
@@ -202,8 +204,9 @@ class SinkhornPenalty(Attack):
         binary_search_steps: int = 5,
         initial_const: float = 10.0,
         lr: float = 0.1,
-        blur: float = 0.5,
-        scaling: float = 0.5,
+        blur: float = 0.25,
+        scaling: float = 0.3,
+        divergence_every: int = 1,
         cost_weight: float = 1.0,
         box_weight: float = 100.0,
         kappa: float = 0.0,
@@ -216,6 +219,7 @@ class SinkhornPenalty(Attack):
         _check_positive("steps", steps, integer=True)
         _check_positive("binary_search_steps", binary_search_steps, integer=True)
         _check_positive("restarts", restarts, integer=True)
+        _check_positive("divergence_every", divergence_every, integer=True)
         _check_positive("initial_const", initial_const)
         _check_positive("lr", lr)
         _check_positive("blur", blur)
@@ -236,6 +240,7 @@ class SinkhornPenalty(Attack):
         self.lr = float(lr)
         self.blur = float(blur)
         self.scaling = float(scaling)
+        self.divergence_every = divergence_every
         self.cost_weight = float(cost_weight)
         self.box_weight = float(box_weight)
         self.kappa = float(kappa)
@@ -265,19 +270,26 @@ class SinkhornPenalty(Attack):
         term = _SinkhornTerm(x, k, threat.p, self.blur, self.scaling)
         rec = _Recorder(model)
         gens = example_generators(seeds)
-        inf = torch.full((b,), math.inf, dtype=x.dtype, device=dev)
-        track = {
-            "cand_z": x.new_zeros(b, c, h * w, kk), "cand_cost": inf.clone(),  # fooling, cost <= eps
-            "att_z": x.new_zeros(b, c, h * w, kk), "att_score": -inf,  # not fooling, cost <= eps
-            "fool_z": x.new_zeros(b, c, h * w, kk), "fool_cost": inf.clone(),  # fooling, any cost
-        }
-        has_att = torch.zeros(b, dtype=torch.bool, device=dev)
+        # Best iterates per example; scores are maximised: -cost for fooling plans inside the ball
+        # ("cand"), the margin for non-fooling ones inside it ("att"), -cost for fooling ones of any
+        # cost ("fool", tried exactly at the end).
+        track = {}
+        for name in ("cand", "att", "fool"):
+            track[name + "_z"] = x.new_zeros(b, c, h * w, kk)
+            track[name + "_score"] = torch.full((b,), -math.inf, dtype=x.dtype, device=dev)
         iterations = torch.zeros(b, dtype=torch.long, device=dev)
         const_out = torch.full((b,), self.initial_const, dtype=torch.float64)
         beta1, beta2 = 0.9, 0.999
 
         def image(sub):
             return T.column_sums(_plan(sub["var"], sub["xf"], valid), h, w)
+
+        def keep(name: str, where: torch.Tensor, pos: torch.Tensor, z: torch.Tensor, score: torch.Tensor) -> None:
+            # Trackers live outside ``iterate``'s state (indexed by batch position) so that the loop
+            # does not copy these plan-sized tensors in and out at every step.
+            sel = pos[where]
+            track[name + "_z"][sel] = z[where]
+            track[name + "_score"][sel] = score[where]
 
         def step(sub, grad, t, idx):
             # ``idx`` indexes the sub-batch handed to ``iterate``; ``pos`` is the position in the batch.
@@ -286,29 +298,32 @@ class SinkhornPenalty(Attack):
             margin = loss_per_example(logits, labels[pos], "margin", tgt)
             pred = logits.argmax(1)
             fooled = (pred == tgt) if tgt is not None else (pred != labels[pos])
+            new = {}
             with torch.enable_grad():
                 z = sub["var"].detach().requires_grad_(True)
                 plan = _plan(z, sub["xf"], valid)
                 y = T.column_sums(plan, h, w)
-                div = term(y, pos)
+                if t % self.divergence_every == 0:
+                    yd = y.detach().requires_grad_(True)
+                    div = term(yd, pos)
+                    (gdiv,) = torch.autograd.grad(div.sum(), yd)
+                    new["gdiv"] = gdiv
+                else:
+                    gdiv = sub["gdiv"]
+                # The divergence enters through its gradient at the last refresh (exact when refreshed
+                # every step): a linear model of it between refreshes.
+                lin = (gdiv * y).sum((1, 2, 3))
                 cost = T.plan_cost(plan, threat.p, mass=sub["n"])
                 over = (y - 1).clamp_min(0).sum((1, 2, 3)) / sub["n"].clamp_min(1e-30)
-                pen = sub["const"] * (div + self.cost_weight * cost) + self.box_weight * over
+                pen = sub["const"] * (lin + self.cost_weight * cost) + self.box_weight * over
                 (gpen,) = torch.autograd.grad(pen.sum(), z)
             with torch.no_grad():
-                cost = cost.detach()
+                z, cost = z.detach(), cost.detach()
                 in_box = (y.detach() - 1).flatten(1).amax(1) <= _BOX_SLACK
                 inside = in_box & (cost <= sub["eps"])
-                new = dict(sub)
-                better = fooled & inside & (cost < sub["cand_cost"])
-                new["cand_cost"] = torch.where(better, cost, sub["cand_cost"])
-                new["cand_z"] = torch.where(better[:, None, None, None], z.detach(), sub["cand_z"])
-                closer = ~fooled & inside & (margin > sub["att_score"])
-                new["att_score"] = torch.where(closer, margin, sub["att_score"])
-                new["att_z"] = torch.where(closer[:, None, None, None], z.detach(), sub["att_z"])
-                cheaper = fooled & in_box & (cost < sub["fool_cost"])
-                new["fool_cost"] = torch.where(cheaper, cost, sub["fool_cost"])
-                new["fool_z"] = torch.where(cheaper[:, None, None, None], z.detach(), sub["fool_z"])
+                keep("cand", fooled & inside & (-cost > track["cand_score"][pos]), pos, z, -cost)
+                keep("att", ~fooled & inside & (margin > track["att_score"][pos]), pos, z, margin)
+                keep("fool", fooled & in_box & (-cost > track["fool_score"][pos]), pos, z, -cost)
                 new["fooled_round"] = sub["fooled_round"] | fooled
                 # CW's max(-margin, -kappa): the attack term is flat once the margin exceeds kappa.
                 push = (margin < self.kappa).to(grad.dtype)[:, None, None, None]
@@ -317,25 +332,22 @@ class SinkhornPenalty(Attack):
                 v = beta2 * sub["v"] + (1 - beta2) * g * g
                 mhat = m / (1 - beta1 ** (t + 1))
                 vhat = v / (1 - beta2 ** (t + 1))
-                new["var"] = z.detach() - self.lr * mhat / (vhat.sqrt() + 1e-8)
+                new["var"] = z - self.lr * mhat / (vhat.sqrt() + 1e-8)
                 new["m"], new["v"] = m, v
             return new
 
         for r in range(self.restarts):
-            todo = torch.arange(b, device=dev) if r == 0 else torch.isinf(track["cand_cost"]).nonzero()[:, 0]
+            todo = torch.arange(b, device=dev) if r == 0 else torch.isinf(track["cand_score"]).nonzero()[:, 0]
             if todo.numel() == 0:
                 break
             z = x.new_zeros(todo.numel(), c, h * w, kk)
             z[..., stay] = self.init_logit
             if r > 0 and self.init_noise > 0:
-                noise = torch.stack([torch.randn(c, h * w, kk, generator=gens[int(i)], dtype=x.dtype) for i in todo])
-                z = z + self.init_noise * noise.to(dev)
+                draws = [torch.randn(c, h * w, kk, generator=gens[int(i)], dtype=x.dtype) for i in todo]
+                z = z + self.init_noise * torch.stack(draws).to(dev)
             const = torch.full((todo.numel(),), self.initial_const, dtype=x.dtype, device=dev)
             lo, hi = torch.zeros_like(const), torch.full_like(const, math.inf)
-            state = {
-                "xf": xf[todo], "n": n[todo], "eps": eps[todo], "pos": todo,
-                **{key: val[todo] for key, val in track.items()},
-            }
+            state = {"xf": xf[todo], "n": n[todo], "eps": eps[todo], "pos": todo, "gdiv": x.new_zeros(x[todo].shape)}
             for _ in range(self.binary_search_steps):
                 # Every round restarts from the init (as CW): warm-starting would inherit logits that a
                 # large constant drove far negative, from which Adam needs many steps to climb back.
@@ -349,17 +361,16 @@ class SinkhornPenalty(Attack):
                 )
                 f = state["fooled_round"]
                 lo, hi = torch.where(f, const, lo), torch.where(f, hi, const)
-                const = torch.where(torch.isinf(hi), const * 10, torch.where(lo == 0, const / 10, (lo * hi).sqrt()))
-            for key in track:
-                track[key][todo] = state[key]
-            has_att[todo] |= torch.isfinite(state["att_score"])
+                up = torch.where(lo == 0, const / 10, (lo * hi).sqrt())
+                const = torch.where(torch.isinf(hi), const * 10, up)
             const_out[todo.cpu()] = const.detach().cpu().to(torch.float64)
 
         with torch.no_grad():
-            have = torch.isfinite(track["cand_cost"])
+            have = torch.isfinite(track["cand_score"])
+            some = have | torch.isfinite(track["att_score"])
             z = torch.where(have[:, None, None, None], track["cand_z"], track["att_z"])
-            plan = _plan(z, xf, valid)
-            plan = torch.where((have | has_att)[:, None, None, None], plan, T.identity_plan(x, k)).to(torch.float64)
+            plan = torch.where(some[:, None, None, None], _plan(z, xf, valid), T.identity_plan(x, k))
+            plan = plan.to(torch.float64)
             exact_cost = torch.full((b,), math.nan, dtype=torch.float64)
             if self.exact_refine:
                 plan, exact_cost = self._refine(x, plan, have, track, valid, threat, eps)
@@ -381,7 +392,7 @@ class SinkhornPenalty(Attack):
         k = threat.kernel_size
         n = x.sum((1, 2, 3)).to(torch.float64)
         exact_cost = torch.full((b,), math.nan, dtype=torch.float64)
-        fool_only = ~have & torch.isfinite(track["fool_cost"])
+        fool_only = ~have & torch.isfinite(track["fool_score"])
         if bool(fool_only.any()):
             # An example with no plan inside the ball may still have a fooling image inside it.
             alt = _plan(track["fool_z"][fool_only], x.reshape(b, c, h * w)[fool_only], valid).to(torch.float64)

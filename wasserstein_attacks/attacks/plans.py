@@ -24,13 +24,13 @@ kernels work on those rows alone (:class:`_Rows`), which is what makes them fast
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from .. import transport as T
 from ..threat import WassersteinBall
-from .base import Attack, RunOutput, example_generators, iterate, loss_per_example, register, return_overflow
+from .base import Attack, RunOutput, example_generators, iterate, predict, register, repair_plan, return_overflow
 
 __all__ = [
     "project_simplex",
@@ -51,39 +51,58 @@ class _Rows:
     """The rows of a batch's plans that carry mass, as a compact ``[M, k*k]`` view.
 
     Attributes:
-        index: long ``[M]`` flat row index into ``B*C*H*W`` (row ``i`` of channel ``c`` of example ``b``).
+        index: long ``[M]`` flat row index into ``B*C*H*W`` (row ``i`` of channel ``c`` of example ``b``),
+            ascending.
         mass: ``[M]`` the row's mass ``x_i`` (> 0).
-        example: long ``[M]`` example of each row.
+        example: long ``[M]`` example of each row (non-decreasing).
         valid: bool ``[M, k*k]`` entries whose target lies inside the image.
         target: long ``[M, k*k]`` flat pixel index (into ``B*C*H*W``) each entry sends to (the row itself
-            where invalid, with the entry forced to zero).
+            where invalid; such entries are kept at zero).
         cost: ``[k*k]`` ground cost of each offset (pixels ** p).
         total: ``[B]`` the images' masses ``N``.
     """
 
     def __init__(self, x: torch.Tensor, kernel_size: int, p: int):
         b, c, h, w = x.shape
-        self.shape = (b, c, h, w)
-        self.k = kernel_size
-        self.kk = kernel_size**2
         flat = x.reshape(-1)
-        self.index = (flat > 0).nonzero()[:, 0]
-        self.mass = flat[self.index]
-        self.example = torch.div(self.index, c * h * w, rounding_mode="floor")
-        pix = self.index % (h * w)
-        self.valid = T.valid_mask(h, w, kernel_size, device=x.device)[pix]
+        index = (flat > 0).nonzero()[:, 0]
+        valid = T.valid_mask(h, w, kernel_size, device=x.device)[index % (h * w)]
         off = T.window_offsets(kernel_size).to(x.device)
-        delta = off[:, 0] * w + off[:, 1]
-        self.target = torch.where(self.valid, self.index[:, None] + delta[None, :], self.index[:, None])
-        self.cost = T.offset_costs(kernel_size, p, dtype=x.dtype, device=x.device)
-        self.total = x.reshape(b, -1).sum(1)
-        self.batch = b
+        target = torch.where(valid, index[:, None] + (off[:, 0] * w + off[:, 1]), index[:, None])
+        self._set(
+            (b, c, h, w), index, flat[index], torch.div(index, c * h * w, rounding_mode="floor"), valid, target,
+            T.offset_costs(kernel_size, p, dtype=x.dtype, device=x.device), x.reshape(b, -1).sum(1),
+        )
+
+    def _set(self, shape, index, mass, example, valid, target, cost, total):
+        self.shape, self.index, self.mass, self.example = shape, index, mass, example
+        self.valid, self.target, self.cost, self.total = valid, target, cost, total
+        self.batch, self.kk = shape[0], cost.shape[0]
+
+    def subset(self, examples: torch.Tensor) -> tuple[_Rows, torch.Tensor]:
+        """The rows of ``examples`` (ascending example indices ``[b]``), renumbered ``0..b-1``.
+
+        Returns ``(rows, selection)`` where ``selection [M']`` picks those rows out of this view.
+        """
+        if examples.numel() == self.batch:
+            return self, torch.arange(self.index.shape[0], device=self.index.device)
+        lookup = torch.full((self.batch,), -1, dtype=torch.long, device=self.index.device)
+        lookup[examples] = torch.arange(examples.numel(), device=self.index.device)
+        new = lookup[self.example]
+        sel = (new >= 0).nonzero()[:, 0]
+        new = new[sel]
+        shift = ((new - self.example[sel]) * (self.size // self.batch))[:, None]
+        sub = _Rows.__new__(_Rows)
+        sub._set(
+            (examples.numel(), *self.shape[1:]), self.index[sel] + shift[:, 0], self.mass[sel], new,
+            self.valid[sel], self.target[sel] + shift, self.cost, self.total[examples],
+        )
+        return sub, sel
 
     @property
     def size(self) -> int:
         """Number of pixels ``B*C*H*W``."""
-        b, c, h, w = self.shape
-        return b * c * h * w
+        return math.prod(self.shape)
 
     def gather(self, plan: torch.Tensor) -> torch.Tensor:
         """Rows ``[M, k*k]`` of a full plan ``[B, C, H*W, k*k]`` (entries off the window zeroed)."""
@@ -104,9 +123,16 @@ class _Rows:
         """Column sums of the plan given by ``rows`` (the image it produces), flat ``[B*C*H*W]``."""
         return rows.new_zeros(self.size).index_add_(0, self.target.reshape(-1), (rows * self.valid).reshape(-1))
 
-    def at_targets(self, image_flat: torch.Tensor) -> torch.Tensor:
-        """Value of a flat pixel map ``[B*C*H*W]`` at each entry's target: ``[M, k*k]``."""
-        return image_flat[self.target]
+    def image(self, rows: torch.Tensor) -> torch.Tensor:
+        """The image ``[B, C, H, W]`` the plan given by ``rows`` produces."""
+        return self.columns(rows).reshape(self.shape)
+
+    def at_targets(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Value of a pixel map (``[B, C, H, W]`` or flat) at each entry's target: ``[M, k*k]``.
+
+        With an image gradient this is the plan gradient (``column_sums``' adjoint) restricted to the rows.
+        """
+        return pixels.reshape(-1)[self.target] * self.valid
 
     def identity(self) -> torch.Tensor:
         """Rows of the identity plan: all mass on "stay"."""
@@ -155,9 +181,20 @@ def _check_solver(solver: str) -> str:
     return solver
 
 
+class _Family(NamedTuple):
+    """Plans ``S(lambda)`` whose cost is non-increasing in the multiplier ``lambda [B]``.
+
+    ``measure(lambda) -> (cost [B], slope [B])`` (``slope = d cost / d lambda <= 0``, unnormalised cost);
+    ``plan(lambda) -> S [M, k*k]``.
+    """
+
+    measure: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    plan: Callable[[torch.Tensor], torch.Tensor]
+
+
 def _search(
     rows: _Rows,
-    evaluate: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    family: _Family,
     budget: torch.Tensor,
     upper: torch.Tensor,
     *,
@@ -168,29 +205,26 @@ def _search(
     width: float = 0.0,
     log_scale: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Rows of a plan with cost ``<= budget`` from the family ``S(lambda)``, ``lambda >= 0`` per example.
+    """Rows of a plan with cost at most (about) ``budget`` from ``family``, one multiplier per example.
 
-    ``cost(S(lambda))`` is non-increasing in ``lambda``; ``S(upper)`` is taken to be (close to) the
-    identity plan. Each example stops on its own (a batch gives its examples' results one by one).
+    ``cost(upper) <= budget`` is assumed. Each example stops on its own, so a batch gives the same result
+    as its examples one by one.
 
     Args:
-        evaluate: ``lambda [B] -> (S [M, k*k], cost [B], slope [B])``, ``slope = d cost / d lambda <= 0``.
         budget: ``[B]`` the cost allowed (``eps * N``, unnormalised).
         solver: ``"bisection"``, Wu et al.'s search on ``[0, upper]``: an example stops when
-            ``|cost - budget| < tol`` or its bracket is narrower than ``tol``, and gets ``S`` at the bracket's
-            feasible end. ``"newton"`` (ours): a Newton step from ``start`` (the previous multiplier), then
-            regula falsi (Illinois) on the bracket, bisection as the fallback; an example stops at
-            ``|cost - budget| <= tol * budget`` (or at ``lambda = 0`` under budget). If ``steps`` run out
-            first, it gets the mix of the bracket's two ends whose cost is exactly the budget (a point of the
-            feasible set; on a piecewise-linear or nearly discontinuous cost curve this is what the exact
-            solution is made of).
-        steps: maximum evaluations.
-        width: ``"newton"`` also stops an example whose bracket is narrower than this (then mixes the ends).
-        log_scale: regula falsi on ``log(cost)`` instead of ``cost`` (for costs that decay exponentially in
-            ``lambda``, as the entropic oracle's).
+            ``|cost - budget| < tol`` or its bracket is narrower than ``tol``, and gets the plan at the
+            bracket's feasible end. ``"newton"`` (ours): a Newton step from ``start`` (the previous
+            multiplier), then regula falsi (Illinois) on the bracket, bisection as the fallback; an example
+            stops at ``|cost - budget| <= tol * budget`` (or at ``lambda = 0`` under budget) and gets that
+            plan; if its bracket gets narrower than ``width`` or ``steps`` run out first, it gets the mix of
+            the bracket's two ends whose cost is the budget: a point of the feasible set and, on a cost
+            curve with jumps (small ``gamma``), what the exact solution is made of.
+        steps: maximum cost evaluations.
+        log_scale: regula falsi on ``log(cost)`` (for costs that decay exponentially in ``lambda``).
 
     Returns:
-        ``(S [M, k*k], lambda [B], evaluations)``; ``S`` may exceed the budget by the tolerance
+        ``(S [M, k*k], lambda [B], evaluations)``; ``S``'s cost may exceed the budget by the tolerance
         (:func:`_shrink_to_budget` then makes it exact).
     """
     lo = torch.zeros_like(budget)
@@ -202,44 +236,38 @@ def _search(
             if bool(done.all()):
                 break
             mid = (lo + hi) / 2
-            _, cost, _ = evaluate(mid)
+            cost, _ = family.measure(mid)
             n_eval += 1
             gap = cost - budget
             over = gap > 0
             lo = torch.where(~done & over, mid, lo)
             hi = torch.where(~done & ~over, mid, hi)
             done = done | (gap.abs() < tol) | (hi - lo < tol)
-        S, _, _ = evaluate(hi)
-        return S, hi, n_eval + 1
-    on_rows = lambda m: m[rows.example][:, None]  # noqa: E731
+        return family.plan(hi), hi, n_eval + 1
     floor = 1e-3 * budget
 
     def residual(cost):
         return torch.log((cost + floor) / (budget + floor)) if log_scale else cost - budget
 
-    S_lo = S_hi = rows.identity()
-    c_lo = torch.full_like(budget, math.nan)  # cost at lo (unknown until evaluated)
-    c_hi = torch.zeros_like(budget)  # the identity's
-    f_lo, f_hi = residual(c_lo), residual(c_hi)  # Illinois-weighted residuals
+    c_lo = torch.full_like(budget, math.nan)  # cost at lo, unknown until evaluated
+    f_lo = torch.full_like(budget, math.nan)
+    f_hi = residual(torch.zeros_like(budget))  # cost(upper) is about 0 (Illinois-weighted residuals)
     side = torch.zeros_like(budget)  # +1: lo moved last, -1: hi moved last
     lam = torch.zeros_like(budget) if start is None else torch.minimum(start.clamp(min=0), hi)
     exact = done.clone()
     for i in range(steps):
-        S, cost, slope = evaluate(lam)
+        cost, slope = family.measure(lam)
         n_eval += 1
-        gap = cost - budget
         res = residual(cost)
         act = ~done
-        over = gap > 0
+        over = cost > budget
         up_lo, up_hi = act & over, act & ~over
-        hit = act & ((gap.abs() <= tol * budget) | ((lam <= 0) & ~over))
+        hit = act & (((cost - budget).abs() <= tol * budget) | ((lam <= 0) & ~over))
         # Illinois: an end kept twice in a row has its residual halved, so regula falsi does not stall.
         f_hi = torch.where(up_lo & (side > 0), f_hi / 2, f_hi)
         f_lo = torch.where(up_hi & (side < 0), f_lo / 2, f_lo)
         lo, c_lo, f_lo = (torch.where(up_lo, v, u) for u, v in ((lo, lam), (c_lo, cost), (f_lo, res)))
-        hi, c_hi, f_hi = (torch.where(up_hi | hit, v, u) for u, v in ((hi, lam), (c_hi, cost), (f_hi, res)))
-        S_lo = torch.where(on_rows(up_lo), S, S_lo)
-        S_hi = torch.where(on_rows(up_hi | hit), S, S_hi)
+        hi, f_hi = (torch.where(up_hi | hit, v, u) for u, v in ((hi, lam), (f_hi, res)))
         side = torch.where(up_lo, 1.0, torch.where(up_hi, -1.0, side))
         exact = exact | hit
         done = done | hit | (hi - lo <= width)
@@ -251,12 +279,17 @@ def _search(
         guess = torch.where((i == 0) | torch.isnan(c_lo), newton, falsi)
         inside = torch.isfinite(guess) & (guess < hi) & ((guess > lo) | ((guess == 0) & (lo == 0)))
         lam = torch.where(done, lam, torch.where(inside, guess, (lo + hi) / 2))
-    # Mix the ends so the cost is the budget exactly (only the upper end where it was hit or lo is unknown).
-    theta = ((budget - c_hi) / (c_lo - c_hi).clamp_min(1e-30)).clamp(0, 1)
-    theta = torch.where(exact | torch.isnan(c_lo), torch.zeros_like(theta), theta)
-    t = on_rows(theta)
-    lam = torch.where(exact, hi, lo + (hi - lo) * (1 - theta))
-    return torch.nan_to_num(t * S_lo) + (1 - t) * S_hi, lam, n_eval
+    S = family.plan(hi)
+    mix = ~exact & ~torch.isnan(c_lo)
+    if bool(mix.any()):
+        # The mix of the bracket's ends whose cost is exactly the budget (cost is linear in the plan).
+        c_hi = rows.transport_cost(S)
+        theta = ((budget - c_hi) / (c_lo - c_hi).clamp_min(1e-30)).clamp(0, 1)
+        theta = torch.where(mix, theta, torch.zeros_like(theta))
+        S = S + theta[rows.example][:, None] * (family.plan(torch.where(mix, lo, hi)) - S)
+        lam = torch.where(mix, hi - theta * (hi - lo), hi)
+        n_eval += 1
+    return S, torch.where(exact, hi, lam), n_eval + 1
 
 
 def _shrink_to_budget(rows: _Rows, S: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
@@ -273,24 +306,28 @@ def _example_max(rows: _Rows, values: torch.Tensor) -> torch.Tensor:
 
 
 def _budget(rows: _Rows, eps: torch.Tensor) -> torch.Tensor:
+    """Cost allowed per example, ``eps * N`` (unnormalised): ``[B]``."""
     return eps.to(rows.mass.dtype) * rows.total
 
 
-def _projection_family(rows: _Rows, V: torch.Tensor, price: torch.Tensor | None = None):
-    """``lambda -> (P, cost, slope)`` for the rows ``P = Pi_simplex(V - lambda C - price)`` (piecewise linear)."""
+def _projection_family(rows: _Rows, V: torch.Tensor, price: torch.Tensor | None = None) -> _Family:
+    """Rows ``P(lambda) = Pi_simplex(V - lambda C - price)``: piecewise linear in ``lambda``."""
     c = rows.cost
     cc = torch.stack([c, c * c], 1)
     W0 = V if price is None else V - price
 
-    def evaluate(lam):
-        P = project_simplex(W0 - lam[rows.example][:, None] * c, rows.mass, rows.valid)
+    def plan(lam):
+        return project_simplex(W0 - lam[rows.example][:, None] * c, rows.mass, rows.valid)
+
+    def measure(lam):
+        P = plan(lam)
         on = (P > 0).to(P.dtype)
         s = on @ cc
         # On a piece where the supports are fixed, d P_ij / d lambda = -c_j + mean_support(c).
         slope = -(s[:, 1] - s[:, 0] ** 2 / on.sum(-1).clamp_min(1))
-        return P, rows.transport_cost(P), rows.per_example(slope)
+        return rows.transport_cost(P), rows.per_example(slope)
 
-    return evaluate
+    return _Family(measure, plan)
 
 
 def project_rows(
@@ -309,25 +346,24 @@ def project_rows(
 
     ``price [M, k*k]`` (optional) is subtracted from ``V`` (column-capacity multipliers at each target).
     """
-    evaluate = _projection_family(rows, V, price)
+    family = _projection_family(rows, V, price)
     if upper is None:
         # Past this multiplier every row keeps all its mass on "stay" (cost 0): Wu et al.'s bracket.
         upper = 2 * _example_max(rows, V.abs().amax(-1)) + _example_max(rows, rows.mass)
         if price is not None:
             upper = upper + 2 * _example_max(rows, price.abs().amax(-1))
-    n = 0
-    if solver == "bisection":
-        # The exact projection has lambda = 0 when the unconstrained one fits (the authors' bisection
-        # only approaches 0); one evaluation settles it.
-        P0, cost0, _ = evaluate(torch.zeros_like(budget))
-        n += 1
-    P, lam, m = _search(rows, evaluate, budget, upper.clamp_min(1e-12), solver=solver, steps=steps, tol=tol,
+    P, lam, n = _search(rows, family, budget, upper.clamp_min(1e-12), solver=solver, steps=steps, tol=tol,
                         start=start)
     if solver == "bisection":
-        free = cost0 <= budget
-        P = torch.where(free[rows.example][:, None], P0, P)
-        lam = torch.where(free, torch.zeros_like(lam), lam)
-    return _shrink_to_budget(rows, P, budget), lam, n + m
+        # The exact projection has lambda = 0 when the unconstrained one fits; the authors' bisection only
+        # approaches it. One more evaluation settles it.
+        zero = torch.zeros_like(budget)
+        free = family.measure(zero)[0] <= budget
+        if bool(free.any()):
+            P = torch.where(free[rows.example][:, None], family.plan(zero), P)
+            lam = torch.where(free, zero, lam)
+        n += 1
+    return _shrink_to_budget(rows, P, budget), lam, n
 
 
 def project_plan(
@@ -350,7 +386,7 @@ def project_plan(
         x: ``[B, C, H, W]`` the source images (row sums).
         threat: the ball (``eps``, ``p``, ``kernel_size``).
         solver: ``"bisection"`` (the authors', on ``[0, 2 ||V||_inf + ||x||_inf]``, keeping the feasible
-            end) or ``"newton"`` (ours: Newton / regula falsi on the piecewise-linear cost; exact in a few
+            end) or ``"newton"`` (ours: Newton / regula falsi on the piecewise-linear cost, exact in a few
             evaluations).
         steps: maximum multiplier evaluations; ``tol``: stopping tolerance (absolute on the unnormalised
             cost and on the bracket for bisection, relative for Newton).
@@ -366,22 +402,23 @@ def project_plan(
     return rows.scatter(P)
 
 
-def _lmo_family(rows: _Rows, G: torch.Tensor, gamma: float, price: torch.Tensor | None):
-    """``lambda -> (S, cost, slope)`` for the entropic oracle ``S = x softmax((G - lambda C - price)/gamma)``."""
+def _lmo_family(rows: _Rows, G: torch.Tensor, gamma: float, price: torch.Tensor | None) -> _Family:
+    """Rows ``S(lambda) = x softmax((G - lambda C - price) / gamma)`` (the entropic oracle)."""
     c = rows.cost
     cc = torch.stack([c, c * c], 1)
     # Entries off the window never get mass: -inf once here, not at every evaluation.
     base = (G if price is None else G - price).masked_fill(~rows.valid, -math.inf) / gamma
     c_g = c / gamma
 
-    def evaluate(lam):
-        soft = torch.softmax(base - lam[rows.example][:, None] * c_g, dim=-1)
-        e = soft @ cc
-        cost = rows.per_example(rows.mass * e[:, 0])
-        slope = rows.per_example(-rows.mass * (e[:, 1] - e[:, 0] ** 2) / gamma)
-        return rows.mass[:, None] * soft, cost, slope
+    def soft(lam):
+        return torch.softmax(base - lam[rows.example][:, None] * c_g, dim=-1)
 
-    return evaluate
+    def measure(lam):
+        e = soft(lam) @ cc
+        cost = rows.per_example(rows.mass * e[:, 0])
+        return cost, rows.per_example(-rows.mass * (e[:, 1] - e[:, 0] ** 2) / gamma)
+
+    return _Family(measure, lambda lam: rows.mass[:, None] * soft(lam))
 
 
 def lmo_rows(
@@ -397,28 +434,25 @@ def lmo_rows(
     price: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """:func:`entropic_lmo` on compact rows ``G [M, k*k]``; returns ``(rows, lambda [B], evaluations)``."""
-    evaluate = _lmo_family(rows, G, gamma, price)
+    family = _lmo_family(rows, G, gamma, price)
     spread = rows.per_example(rows.mass * (rows.valid.to(G.dtype) @ rows.cost))
-    margin = gamma * torch.log(spread.clamp_min(1e-30) / budget.clamp_min(1e-30))
+    # At lambda = gain + margin the softmax moves at most budget / spread of each row's mass per unit cost.
+    margin = (gamma * torch.log(spread.clamp_min(1e-30) / budget.clamp_min(1e-30))).clamp_min(0)
     if solver == "bisection":
-        # Wu et al.'s bracket: 2 ||G||_inf + gamma log(sum_ij x_i C_ij / budget).
-        gmax = _example_max(rows, G.abs().amax(-1))
+        # Wu et al.'s bracket: 2 ||G||_inf + margin.
+        gain = _example_max(rows, G.abs().amax(-1))
         if price is not None:
-            gmax = gmax + _example_max(rows, price.abs().amax(-1))
-        upper = 2 * gmax
-        width = 0.0
+            gain = gain + _example_max(rows, price.abs().amax(-1))
+        gain, width = 2 * gain, 0.0
     else:
-        # Tighter: past max_ij (G'_ij - G'_i,stay) / C_j (G' = G - price) no row gains by moving, and the
-        # same margin bounds what the softmax still moves.
+        # Tighter: past max_ij (G'_ij - G'_i,stay) / C_j (G' = G - price) no row gains by moving.
         Gp = G if price is None else G - price
         stay = rows.kk // 2
-        gain = ((Gp - Gp[:, stay : stay + 1]) / rows.cost.clamp_min(1e-30)).masked_fill(~rows.valid, -math.inf)
-        gain[:, stay] = 0
-        upper = _example_max(rows, gain.amax(-1).clamp_min(0))
-        width = gamma
-    upper = (upper + margin.clamp_min(0)).clamp_min(1e-12)
-    S, lam, n = _search(rows, evaluate, budget, upper, solver=solver, steps=steps, tol=tol, start=start,
-                        width=width, log_scale=True)
+        ratio = ((Gp - Gp[:, stay : stay + 1]) / rows.cost.clamp_min(1e-30)).masked_fill(~rows.valid, -math.inf)
+        ratio[:, stay] = 0
+        gain, width = _example_max(rows, ratio.amax(-1).clamp_min(0)), gamma
+    S, lam, n = _search(rows, family, budget, (gain + margin).clamp_min(1e-12), solver=solver, steps=steps, tol=tol,
+                        start=start, width=width, log_scale=True)
     return _shrink_to_budget(rows, S, budget), lam, n
 
 
@@ -442,7 +476,8 @@ def entropic_lmo(
         gradient: ``[B, C, H*W, k*k]`` the linear objective ``G`` (local layout).
         x: ``[B, C, H, W]`` source images.
         gamma: entropic temperature (Wu et al.: 1e-3 for an l_inf-normalised ``G``).
-        solver, steps, tol: multiplier search (see :func:`project_plan`).
+        solver, steps, tol: multiplier search (see :func:`project_plan`; ``"newton"`` here also stops
+            once the bracket is narrower than ``gamma`` and mixes its ends).
 
     Returns:
         ``[B, C, H*W, k*k]`` a plan in ``Pi(x, eps)``.
@@ -468,15 +503,13 @@ def capacity_rows(
     lr_switch: int = 1000,
 ) -> torch.Tensor:
     """:func:`capacity_projection` on compact rows ``V [M, k*k]``; returns rows."""
-    c = rows.cost
     upper = V.new_full((rows.batch,), lam_upper)
 
-    def rows_at(lam, mu):
-        return project_simplex(V - lam[rows.example][:, None] * c - rows.at_targets(mu), rows.mass, rows.valid)
+    def family(mu):
+        return _projection_family(rows, V, rows.at_targets(mu))
 
     def multiplier(mu):
-        family = _projection_family(rows, V, rows.at_targets(mu))
-        return _search(rows, family, budget, upper, solver="bisection", steps=lam_steps, tol=1e-4)[1]
+        return _search(rows, family(mu), budget, upper, solver="bisection", steps=lam_steps, tol=1e-4)[1]
 
     mu = V.new_ones(rows.size)
     mu_y = mu_prev = V.new_zeros(rows.size)
@@ -485,10 +518,10 @@ def capacity_rows(
         if i % lam_every == 0:
             lam = multiplier(mu)
         eta = lr[0] if i <= lr_switch else lr[1]
-        mu_y = (mu + eta * (rows.columns(rows_at(lam, mu)) - 1)).clamp_min(0)
+        mu_y = (mu + eta * (rows.columns(family(mu).plan(lam)) - 1)).clamp_min(0)
         mu = (1 + momentum) * mu_y - momentum * mu_prev
         mu_prev = mu_y
-    return _shrink_to_budget(rows, rows_at(multiplier(mu_y), mu_y), budget)
+    return _shrink_to_budget(rows, family(mu_y).plan(multiplier(mu_y)), budget)
 
 
 def capacity_projection(
@@ -515,6 +548,11 @@ def capacity_projection(
     return rows.scatter(capacity_rows(rows, rows.gather(values), budget, steps=steps))
 
 
+def fit_box(rows: _Rows, P: torch.Tensor, max_rounds: int = 100) -> torch.Tensor:
+    """Local box repair of compact rows (``return_overflow``): overflow above 1 goes back to its sources."""
+    return return_overflow(P, rows.columns, rows.at_targets, max_rounds=max_rounds)
+
+
 # --------------------------------------------------------------------------------------- attacks
 
 
@@ -524,136 +562,121 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
-def _positive_float(value, name: str, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite float {'>=' if allow_zero else '>'} 0, got {value!r}")
+def _positive_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
     return float(value)
 
 
-def _check_loss(loss: str) -> str:
-    if loss not in ("ce", "margin"):
-        raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
-    return loss
-
-
-def _normalised_rows(rows: _Rows, grad: torch.Tensor) -> torch.Tensor:
-    """Rows of the plan gradient divided per example by its l_inf norm (+1e-8, as Wu et al.)."""
-    scale = grad.abs().flatten(1).amax(1) + 1e-8
-    return rows.gather(grad) / scale[rows.example][:, None]
-
-
-def _fits_box(rows: _Rows, P: torch.Tensor, max_rounds: int = 50) -> torch.Tensor:
-    """Return the overflow of pixels above 1 to its sources (compact rows; see ``return_overflow``)."""
-    return return_overflow(P, rows.columns, rows.at_targets, max_rounds=max_rounds)
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
 
 
 class _PlanAttack(Attack):
     """Shared driver of the plan attacks: restarts, per-example seeds, the shared loop, diagnostics.
 
-    Subclasses implement ``_extra_state`` (per-example tensors carried across iterations, e.g. warm-started
-    multipliers), ``_step`` (one update of the active examples' plans) and optionally ``_finalise``.
+    The plan of every example lives in one compact ``[M, k*k]`` tensor (rows with mass, :class:`_Rows`);
+    the shared loop (:func:`~wasserstein_attacks.attacks.base.iterate`) sees only the image the plan
+    produces, and the plan gradient is the image gradient at each entry's target (``column_sums``'
+    adjoint). Subclasses implement ``_step`` (one update of the active examples' plans) and may carry
+    per-example state (``_extra_state``, e.g. warm-started multipliers) and post-process (``_finalise``).
     """
 
-    #: Whether every iterate stays in the box (then the random start is made to fit it too).
+    #: Whether every iterate stays in the box (then the random starts are made to fit it too).
     keeps_box = False
-    #: Whether the authors evaluate (and return) the clamped image.
+    #: Whether the authors' attack returns the clamped image (their claimed success is judged on it).
     clamp_output = True
 
     def __init__(self, *, steps: int, loss: str, restarts: int, stop_on_success: bool):
         self.steps = _positive_int(steps, "steps")
-        self.loss = _check_loss(loss)
+        if loss not in ("ce", "margin"):
+            raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
+        self.loss = loss
         self.restarts = _positive_int(restarts, "restarts")
-        if not isinstance(stop_on_success, bool):
-            raise ValueError(f"stop_on_success must be a bool, got {stop_on_success!r}")
-        self.stop_on_success = stop_on_success
+        self.stop_on_success = _check_bool(stop_on_success, "stop_on_success")
 
     # -- hooks
-    def _extra_state(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _extra_state(self, b: int, pixels: int, like: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
-    def _step(self, rows: _Rows, sub: dict, grad: torch.Tensor, t: int) -> dict:
+    def _step(self, rows: _Rows, P: torch.Tensor, G: torch.Tensor, state: dict, t: int):
+        """One update: plan rows ``P``, l_inf-normalised plan gradient rows ``G`` -> (new rows, state)."""
         raise NotImplementedError
 
     def _finalise(self, rows: _Rows, P: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         return P
 
     # -- driver
-    def _random_plan(self, x: torch.Tensor, eps: torch.Tensor, gens: list[torch.Generator], threat) -> torch.Tensor:
-        """A random plan in ``Pi(x, eps)`` (and in the box for box-aware attacks), drawn per example."""
-        b, c, h, w = x.shape
-        kk = threat.kernel_size**2
-        u = torch.stack([torch.rand(c, h * w, kk, generator=g) for g in gens]).to(x.device, x.dtype)
-        frac = torch.stack([torch.rand((), generator=g) for g in gens]).to(x.device, x.dtype)
-        rows = _Rows(x, threat.kernel_size, threat.p)
-        R = rows.gather(u)
+    def _random_rows(self, rows: _Rows, eps: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+        """A random plan in ``Pi(x, eps)`` (in the box too for box-aware attacks), drawn per example.
+
+        Each example draws uniform weights over its whole window layout and a cost fraction in
+        ``[0, 1)`` of its budget from its own generator, so the draw does not depend on the batch.
+        """
+        b, c, h, w = rows.shape
+        u = torch.stack([torch.rand(c * h * w, rows.kk, generator=g) for g in gens])
+        frac = torch.stack([torch.rand((), generator=g) for g in gens])
+        u = u.to(rows.mass.device, rows.mass.dtype).reshape(-1, rows.kk)
+        R = u[rows.index] * rows.valid
         R = R / R.sum(-1, keepdim=True) * rows.mass[:, None]
-        R = _shrink_to_budget(rows, R, frac * _budget(rows, eps))
-        if self.keeps_box:
-            R = _fits_box(rows, R)
-        return rows.scatter(R)
+        R = _shrink_to_budget(rows, R, frac.to(rows.mass) * _budget(rows, eps))
+        return fit_box(rows, R) if self.keeps_box else R
 
     def _run(self, model, x, labels, *, threat, targets, seeds):
-        from .base import predict, repair_plan
-
-        b, c, h, w = x.shape
-        k, p = threat.kernel_size, threat.p
+        b = x.shape[0]
         eps = threat.eps_for(b).to(x.device, x.dtype)
-        result = T.identity_plan(x, k)
+        rows = _Rows(x, threat.kernel_size, threat.p)
+        plan = rows.identity()
         iters = torch.zeros(b, dtype=torch.long, device=x.device)
         broken = torch.zeros(b, dtype=torch.bool, device=x.device)
         claimed = torch.zeros(b, dtype=torch.bool, device=x.device)
         gens = example_generators(seeds)
         self._evaluations = 0
-        clamp = self.clamp_output
 
-        def image(sub):
-            # Wu et al. feed the model the clamped image (a no-op for the box-aware attacks).
-            return T.column_sums(sub["var"], h, w).clamp(0, 1)
-
-        def step(sub, grad, t, idx):
-            rows = _Rows(sub["x"], k, p)
-            return self._step(rows, sub, grad, t)
-
-        def fooled(pred, sel):
-            return (pred == targets[sel]) if targets is not None else (pred != labels[sel])
+        def fooled(logits_pred, sel):
+            return (logits_pred == targets[sel]) if targets is not None else (logits_pred != labels[sel])
 
         for r in range(self.restarts):
-            todo = (~broken).nonzero()[:, 0]
-            if todo.numel() == 0 or bool((eps[todo] <= 0).all()):
+            todo = (~broken & (eps > 0)).nonzero()[:, 0]
+            if todo.numel() == 0:
                 break
-            xs = x[todo]
-            if r == 0:
-                start = T.identity_plan(xs, k)
-            else:
-                start = self._random_plan(xs, eps[todo], [gens[i] for i in todo.tolist()], threat)
-            state = {"var": start, "x": xs, "eps": eps[todo], **self._extra_state(xs)}
+            sub, sel = rows.subset(todo)
+            if r > 0:
+                plan[sel] = self._random_rows(sub, eps[todo], [gens[i] for i in todo.tolist()])
+            state = {"var": sub.image(plan[sel]), "eps": eps[todo],
+                     **self._extra_state(todo.numel(), x[0].numel(), x)}
+
+            def step(s, grad, t, idx, todo=todo):
+                active, rsel = rows.subset(todo[idx])
+                scale = grad.abs().flatten(1).amax(1) + 1e-8  # Wu et al.: l_inf-normalised (+1e-8)
+                G = active.at_targets(grad) / scale[active.example][:, None]
+                P, new = self._step(active, plan[rsel], G, s, t)
+                plan[rsel] = P
+                return {"var": active.image(P), **new}
+
             iters[todo] += iterate(
-                model, xs, labels[todo], None if targets is None else targets[todo],
-                steps=self.steps, loss=self.loss, state=state, image=image, step=step,
+                model, x[todo], labels[todo], None if targets is None else targets[todo], steps=self.steps,
+                loss=self.loss, state=state, image=lambda s: s["var"].clamp(0, 1), step=step,
                 stop_on_success=self.stop_on_success,
             )
-            rows = _Rows(xs, k, p)
             with torch.no_grad():
-                P = rows.scatter(self._finalise(rows, rows.gather(state["var"]), _budget(rows, eps[todo])))
-                out = T.column_sums(P, h, w)
-                claimed[todo] = fooled(predict(model, out.clamp(0, 1) if clamp else out), todo)
+                plan[sel] = P = self._finalise(sub, plan[sel], _budget(sub, eps[todo]))
+                out = sub.image(P)
+                claimed[todo] = fooled(predict(model, out.clamp(0, 1) if self.clamp_output else out), todo)
                 if r + 1 < self.restarts:
-                    # Restart only the examples whose plan does not survive the common ending's repair.
-                    fixed, _ = repair_plan(xs, P, threat.with_eps(threat.eps_for(b)[todo.cpu()]))
-                    adv = T.column_sums(fixed, h, w).clamp(0, 1).to(x.dtype)
+                    # Restart exactly the examples whose plan does not survive the common ending.
+                    fixed, _ = repair_plan(x[todo], sub.scatter(P), threat.with_eps(threat.eps_for(b)[todo.cpu()]))
+                    adv = T.column_sums(fixed, *x.shape[2:]).clamp(0, 1).to(x.dtype)
                     broken[todo] = fooled(predict(model, adv), todo)
-            result[todo] = P
-        info = {
-            "claimed_success": claimed.tolist(),
-            "multiplier_evaluations": int(self._evaluations),
-        }
-        return RunOutput(plan=result, adversarial=None, iterations=iters, info=info)
+        info = {"claimed_success": claimed.tolist(), "multiplier_evaluations": int(self._evaluations)}
+        return RunOutput(plan=rows.scatter(plan), adversarial=None, iterations=iters, info=info)
 
 
 @register("pgd_wu")
 class ExactProjectionPGD(_PlanAttack):
-    """PGD over transport plans with the exact projection (Wu, Wang, Yu, ICML 2020, Algorithm 1).
+    """PGD over transport plans with the exact projection (Wu, Wang, Yu, ICML 2020, Section 4.1).
 
     From the identity plan, each iteration takes the gradient ``G`` of the loss w.r.t. the plan (through
     the clamped image, as their code), normalises it per example by its l_inf norm (+1e-8), steps
@@ -665,15 +688,15 @@ class ExactProjectionPGD(_PlanAttack):
     (:func:`capacity_projection`, 5000 dual-ascent steps; used in their CIFAR/ImageNet scripts).
 
     Differences from their code, by design: stopping is per example at the first success
-    (``stop_on_success``; their loop always runs every iteration on the whole batch), restarts 2.. start
-    from a random plan drawn from the example's own seed, and the projection returns ``lambda = 0`` when the
-    unconstrained projection already fits (their bisection only approaches it).
+    (``stop_on_success``; their loop runs every iteration on the whole batch), restarts after the first
+    start from a random plan drawn from the example's own seed, and the projection returns ``lambda = 0``
+    when the unconstrained projection already fits (their bisection only approaches it).
 
     Args:
         steps: iterations (their default 300; the issue's table used 100).
         lr: step on the l_inf-normalised plan gradient (0.1 MNIST, 0.01 CIFAR).
-        solver: ``"bisection"`` (theirs) or ``"newton"`` (ours: safeguarded Newton on the piecewise-linear
-            cost, warm-started across iterations; the same projection in a few evaluations).
+        solver: ``"bisection"`` (theirs) or ``"newton"`` (ours: Newton / regula falsi on the
+            piecewise-linear cost, warm-started across iterations; the same projection in fewer steps).
         bisection_steps: maximum multiplier evaluations per projection (25).
         tol: multiplier tolerance (1e-4: absolute on the unnormalised cost for bisection, relative for
             Newton).
@@ -705,49 +728,45 @@ class ExactProjectionPGD(_PlanAttack):
         self.solver = _check_solver(solver)
         self.bisection_steps = _positive_int(bisection_steps, "bisection_steps")
         self.tol = _positive_float(tol, "tol")
-        if not isinstance(post_projection, bool):
-            raise ValueError(f"post_projection must be a bool, got {post_projection!r}")
-        self.post_projection = post_projection
+        self.post_projection = _check_bool(post_projection, "post_projection")
         self.post_steps = _positive_int(post_steps, "post_steps")
 
-    def _extra_state(self, x):
-        return {"lam": x.new_zeros(x.shape[0])}
+    def _extra_state(self, b, pixels, like):
+        return {"lam": like.new_zeros(b)}
 
-    def _step(self, rows, sub, grad, t):
-        G = _normalised_rows(rows, grad)
-        V = rows.gather(sub["var"]) + self.lr * G
-        # Their bracket uses ||V||_inf over the whole plan: rows without mass hold lr * G there.
-        upper = 2 * torch.maximum(_example_max(rows, V.abs().amax(-1)), V.new_tensor(self.lr)) + _example_max(
-            rows, rows.mass
-        )
+    def _step(self, rows, P, G, state, t):
+        V = P + self.lr * G
+        # Their bracket takes ||V||_inf over the whole plan, where rows without mass hold lr * G.
+        vmax = torch.maximum(_example_max(rows, V.abs().amax(-1)), V.new_tensor(self.lr))
         P, lam, n = project_rows(
-            rows, V, _budget(rows, sub["eps"]), solver=self.solver, steps=self.bisection_steps, tol=self.tol,
-            start=sub["lam"] if self.solver == "newton" else None, upper=upper,
+            rows, V, _budget(rows, state["eps"]), solver=self.solver, steps=self.bisection_steps, tol=self.tol,
+            start=state["lam"] if self.solver == "newton" else None, upper=2 * vmax + _example_max(rows, rows.mass),
         )
         self._evaluations += n
-        return {"var": rows.scatter(P), "lam": lam}
+        return P, {"lam": lam}
 
     def _finalise(self, rows, P, budget):
-        if not self.post_projection:
-            return P
-        return capacity_rows(rows, P, budget, steps=self.post_steps)
+        return capacity_rows(rows, P, budget, steps=self.post_steps) if self.post_projection else P
 
 
 @register("frank_wolfe")
 class FrankWolfe(_PlanAttack):
-    """Frank-Wolfe over transport plans with the entropic oracle (Wu, Wang, Yu, ICML 2020, Algorithm 2).
+    """Frank-Wolfe over transport plans with the entropic oracle (Wu, Wang, Yu, ICML 2020, Section 4.2).
 
     From the identity plan, each iteration normalises the plan gradient ``G`` per example by its l_inf
-    norm, calls the entropic linear maximisation oracle :func:`entropic_lmo`
+    norm, calls the entropic linear maximisation oracle (:func:`entropic_lmo`)
     ``S = x_i softmax((G - lambda C) / gamma)`` with ``<C, S> = eps N``, and steps
     ``P <- P + 2/(t+2) (S - P)``. Faithful: the box is ignored (their MNIST script returns the clamped
     image, which changes the mass; the common ending decides what counts).
 
     The multiplier: ``solver="bisection"`` is theirs (on ``[0, 2||G||_inf + gamma log(sum x C / (eps N))]``,
-    ``bisection_steps`` = 50, tolerance 1e-4, feasible end). ``solver="newton"`` (default, ours) warm-starts
-    ``lambda`` from the previous iteration and takes safeguarded Newton steps on the smooth oracle cost
-    (``d<C,S>/d lambda = -Var_softmax(C) x / gamma``), stopping at relative error ``tol``; the same oracle
-    in a few evaluations instead of ~15-50.
+    at most ``bisection_steps`` = 50 evaluations, tolerance 1e-4, feasible end). ``solver="newton"``
+    (default, ours) warm-starts ``lambda`` from the previous iteration in a tighter bracket, takes a Newton
+    step then regula falsi on ``log(cost)``, and stops at relative error ``tol`` or once the bracket is
+    narrower than ``gamma``, mixing the two ends to spend the budget exactly. With ``gamma = 1e-3`` the
+    oracle's cost is nearly a step function of ``lambda``, so the authors' bisection ends at a feasible
+    end that leaves part of the budget unused; the mix does not, and ``newton_steps`` = 6 evaluations
+    match or beat the bisection's oracle value.
 
     Differences from their code, by design: per-example stopping at the first success (their loop runs
     every iteration on the whole batch), seeded random restarts, and the oracle rows are computed only
@@ -757,8 +776,9 @@ class FrankWolfe(_PlanAttack):
         steps: iterations (300).
         gamma: entropic temperature (1e-3).
         solver: ``"newton"`` (ours) or ``"bisection"`` (theirs).
-        bisection_steps: maximum multiplier evaluations per oracle call (their 50).
-        tol: multiplier tolerance (theirs 1e-4 absolute for bisection; relative for Newton).
+        bisection_steps: maximum multiplier evaluations per oracle call with ``"bisection"`` (their 50).
+        newton_steps: the same with ``"newton"`` (6).
+        tol: multiplier tolerance (1e-4: absolute for bisection, relative for Newton).
         loss: ``"ce"`` (theirs) or ``"margin"``.
         restarts: runs; the first from the identity plan.
         stop_on_success: freeze an example at its first (pre-repair) success.
@@ -771,6 +791,7 @@ class FrankWolfe(_PlanAttack):
         gamma: float = 1e-3,
         solver: str = "newton",
         bisection_steps: int = 50,
+        newton_steps: int = 6,
         tol: float = 1e-4,
         loss: str = "ce",
         restarts: int = 1,
@@ -780,49 +801,52 @@ class FrankWolfe(_PlanAttack):
         self.gamma = _positive_float(gamma, "gamma")
         self.solver = _check_solver(solver)
         self.bisection_steps = _positive_int(bisection_steps, "bisection_steps")
+        self.newton_steps = _positive_int(newton_steps, "newton_steps")
         self.tol = _positive_float(tol, "tol")
 
-    def _extra_state(self, x):
-        return {"lam": x.new_zeros(x.shape[0])}
+    def _extra_state(self, b, pixels, like):
+        return {"lam": like.new_zeros(b)}
 
-    def _oracle(self, rows, sub, G, price=None):
+    def _oracle(self, rows, G, eps, lam, price=None):
+        newton = self.solver == "newton"
         S, lam, n = lmo_rows(
-            rows, G, _budget(rows, sub["eps"]), gamma=self.gamma, solver=self.solver, steps=self.bisection_steps,
-            tol=self.tol, start=sub["lam"] if self.solver == "newton" else None, price=price,
+            rows, G, _budget(rows, eps), gamma=self.gamma, solver=self.solver,
+            steps=self.newton_steps if newton else self.bisection_steps, tol=self.tol,
+            start=lam if newton else None, price=price,
         )
         self._evaluations += n
         return S, lam
 
-    def _step(self, rows, sub, grad, t):
-        S, lam = self._oracle(rows, sub, _normalised_rows(rows, grad))
-        P = rows.gather(sub["var"])
-        return {"var": rows.scatter(P + 2.0 / (t + 2) * (S - P)), "lam": lam}
+    def _step(self, rows, P, G, state, t):
+        S, lam = self._oracle(rows, G, state["eps"], state["lam"])
+        return P + 2.0 / (t + 2) * (S - P), {"lam": lam}
 
 
 @register("frank_wolfe_box")
-class FrankWolfeBox(FrankWolfe):
+class FrankWolfeBox(_PlanAttack):
     """Box-aware Frank-Wolfe (ours): every iterate is a verified member of the ball, pixels in ``[0, 1]``.
 
     Wu et al.'s Frank-Wolfe (:class:`FrankWolfe`) with the column capacity ``P^T 1 <= 1`` inside:
 
     1. the entropic oracle prices each pixel's capacity with a multiplier ``mu_j >= 0``:
-       ``S_ij = x_i softmax((G_ij - lambda C_ij - mu_target(ij)) / gamma)`` (``lambda`` by warm-started
-       Newton steps so that ``<C, S> = eps N``);
+       ``S_ij = x_i softmax((G_ij - lambda C_ij - mu_target(ij)) / gamma)`` (``lambda`` as in
+       :class:`FrankWolfe` with ``solver="newton"``, so that ``<C, S> = eps N``);
     2. ``mu`` takes a projected dual-ascent step ``mu <- max(0, mu + dual_lr (S^T 1 - 1))`` per oracle call
-       (``dual_steps`` calls per iteration), warm-started across iterations, so prices track the pixels
-       the attack wants to fill;
-    3. what still overflows in ``S`` returns to its sources (local, cost only decreases), so ``S`` and
-       hence ``P <- P + 2/(t+2) (S - P)`` stay exactly feasible: no strength is lost to a final repair,
-       and stopping at the first success is stopping at a certified success.
+       (``dual_steps`` calls per iteration) and carries over to the next iteration, so the prices track the
+       pixels the attack wants to fill (MNIST strokes sit at exactly 1: no mass can enter them unless
+       some leaves first);
+    3. what still overflows in ``S`` returns to its sources (``return_overflow``: local, the cost only
+       decreases), so ``S`` and hence ``P <- P + 2/(t+2) (S - P)`` stay exactly feasible: nothing is lost to
+       the final repair, and stopping at the first success is stopping at a certified success.
 
     Args:
         steps: iterations (300).
         gamma: oracle temperature (1e-3, as Wu et al.).
-        dual_lr: step of the capacity multipliers (in units of the l_inf-normalised gradient).
-        dual_steps: oracle calls (with a dual step each) per iteration.
-        tol: relative tolerance of the cost multiplier's Newton solve.
-        bisection_steps: maximum multiplier evaluations per oracle call.
-        loss: ``"ce"`` or ``"margin"``; restarts: runs (later ones from seeded random feasible plans);
+        dual_lr: step of the capacity multipliers (units of the l_inf-normalised gradient).
+        dual_steps: oracle calls (one dual step each) per iteration.
+        newton_steps: maximum multiplier evaluations per oracle call; tol: their relative tolerance.
+        loss: ``"ce"`` or ``"margin"``.
+        restarts: runs; the first from the identity plan, later ones from seeded random feasible plans.
         stop_on_success: freeze an example at its first success.
     """
 
@@ -835,56 +859,54 @@ class FrankWolfeBox(FrankWolfe):
         gamma: float = 1e-3,
         dual_lr: float = 0.1,
         dual_steps: int = 1,
-        tol: float = 1e-3,
-        bisection_steps: int = 20,
+        newton_steps: int = 6,
+        tol: float = 1e-4,
         loss: str = "ce",
         restarts: int = 1,
         stop_on_success: bool = True,
     ):
-        super().__init__(steps=steps, gamma=gamma, solver="newton", bisection_steps=bisection_steps, tol=tol,
-                         loss=loss, restarts=restarts, stop_on_success=stop_on_success)
-        del self.solver  # fixed: Newton (not a constructor argument here)
+        super().__init__(steps=steps, loss=loss, restarts=restarts, stop_on_success=stop_on_success)
+        self.gamma = _positive_float(gamma, "gamma")
         self.dual_lr = _positive_float(dual_lr, "dual_lr")
         self.dual_steps = _positive_int(dual_steps, "dual_steps")
+        self.newton_steps = _positive_int(newton_steps, "newton_steps")
+        self.tol = _positive_float(tol, "tol")
 
-    solver = "newton"
+    def _extra_state(self, b, pixels, like):
+        return {"lam": like.new_zeros(b), "mu": like.new_zeros(b, pixels)}
 
-    def _extra_state(self, x):
-        b = x.shape[0]
-        return {"lam": x.new_zeros(b), "mu": x.new_zeros(b, x[0].numel())}
-
-    def _step(self, rows, sub, grad, t):
-        G = _normalised_rows(rows, grad)
-        mu = sub["mu"].reshape(-1)
-        lam = sub["lam"]
+    def _step(self, rows, P, G, state, t):
+        mu, lam = state["mu"].reshape(-1), state["lam"]
+        budget = _budget(rows, state["eps"])
         for _ in range(self.dual_steps):
-            S, lam = self._oracle(rows, {"eps": sub["eps"], "lam": lam}, G, price=rows.at_targets(mu))
+            S, lam, n = lmo_rows(rows, G, budget, gamma=self.gamma, solver="newton", steps=self.newton_steps,
+                                 tol=self.tol, start=lam, price=rows.at_targets(mu))
+            self._evaluations += n
             mu = (mu + self.dual_lr * (rows.columns(S) - 1)).clamp_min(0)
-        S = _fits_box(rows, S)
-        P = rows.gather(sub["var"])
-        return {"var": rows.scatter(P + 2.0 / (t + 2) * (S - P)), "lam": lam, "mu": mu.reshape(sub["mu"].shape)}
+        S = fit_box(rows, S)
+        return P + 2.0 / (t + 2) * (S - P), {"lam": lam, "mu": mu.reshape(state["mu"].shape)}
 
 
 @register("pgd_box")
-class PGDBox(ExactProjectionPGD):
+class PGDBox(_PlanAttack):
     """Box-aware PGD over plans (ours): Wu et al.'s PGD with the capacity ``P^T 1 <= 1`` in the projection.
 
     Each iteration steps ``V = P + lr G`` (``G`` the l_inf-normalised plan gradient) and projects onto
     ``Pi(x, eps)`` with each pixel's capacity priced by a multiplier ``mu_j >= 0``: rows
-    ``Pi_simplex(V - lambda C - mu_target)``, ``lambda`` by warm-started Newton steps (exact cost), then
-    ``mu <- max(0, mu + dual_lr (P^T 1 - 1))`` (``dual_steps`` projections per iteration; the duals carry
-    over to the next iteration, a warm-started version of Wu et al.'s 5000-step post-projection).
-    Overflow left after that returns locally to its sources, so every iterate is exactly feasible.
+    ``Pi_simplex(V - lambda C - mu_target)``, ``lambda`` by warm-started Newton / regula falsi steps (exact
+    cost), then ``mu <- max(0, mu + dual_lr (P^T 1 - 1))`` (``dual_steps`` projections per iteration; the
+    duals carry over to the next iteration: a warm-started version of Wu et al.'s 5000-step
+    post-projection). Overflow left after that returns locally to its sources (``return_overflow``), so
+    every iterate is exactly feasible.
 
     Args:
         steps: iterations (300); lr: gradient step (0.1, as Wu et al. on MNIST).
         dual_lr: step of the capacity multipliers; dual_steps: projections per iteration.
-        tol: relative tolerance of the cost multiplier; bisection_steps: its maximum evaluations.
-        loss, restarts, stop_on_success: as :class:`ExactProjectionPGD`.
+        newton_steps: maximum multiplier evaluations per projection; tol: their relative tolerance.
+        loss, restarts, stop_on_success: as :class:`FrankWolfeBox`.
     """
 
     keeps_box = True
-    clamp_output = True
 
     def __init__(
         self,
@@ -893,34 +915,29 @@ class PGDBox(ExactProjectionPGD):
         lr: float = 0.1,
         dual_lr: float = 0.1,
         dual_steps: int = 1,
-        tol: float = 1e-3,
-        bisection_steps: int = 20,
+        newton_steps: int = 10,
+        tol: float = 1e-4,
         loss: str = "ce",
         restarts: int = 1,
         stop_on_success: bool = True,
     ):
-        super().__init__(steps=steps, lr=lr, solver="newton", bisection_steps=bisection_steps, tol=tol,
-                         loss=loss, restarts=restarts, stop_on_success=stop_on_success)
-        del self.solver, self.post_projection, self.post_steps
+        super().__init__(steps=steps, loss=loss, restarts=restarts, stop_on_success=stop_on_success)
+        self.lr = _positive_float(lr, "lr")
         self.dual_lr = _positive_float(dual_lr, "dual_lr")
         self.dual_steps = _positive_int(dual_steps, "dual_steps")
+        self.newton_steps = _positive_int(newton_steps, "newton_steps")
+        self.tol = _positive_float(tol, "tol")
 
-    solver = "newton"
-    post_projection = False
+    def _extra_state(self, b, pixels, like):
+        return {"lam": like.new_zeros(b), "mu": like.new_zeros(b, pixels)}
 
-    def _extra_state(self, x):
-        b = x.shape[0]
-        return {"lam": x.new_zeros(b), "mu": x.new_zeros(b, x[0].numel())}
-
-    def _step(self, rows, sub, grad, t):
-        V = rows.gather(sub["var"]) + self.lr * _normalised_rows(rows, grad)
-        budget = _budget(rows, sub["eps"])
-        mu = sub["mu"].reshape(-1)
-        lam = sub["lam"]
+    def _step(self, rows, P, G, state, t):
+        V = P + self.lr * G
+        budget = _budget(rows, state["eps"])
+        mu, lam = state["mu"].reshape(-1), state["lam"]
         for _ in range(self.dual_steps):
-            P, lam, n = project_rows(rows, V, budget, solver="newton", steps=self.bisection_steps, tol=self.tol,
+            P, lam, n = project_rows(rows, V, budget, solver="newton", steps=self.newton_steps, tol=self.tol,
                                      start=lam, price=rows.at_targets(mu))
             self._evaluations += n
             mu = (mu + self.dual_lr * (rows.columns(P) - 1)).clamp_min(0)
-        P = _fits_box(rows, P)
-        return {"var": rows.scatter(P), "lam": lam, "mu": mu.reshape(sub["mu"].shape)}
+        return fit_box(rows, P), {"lam": lam, "mu": mu.reshape(state["mu"].shape)}

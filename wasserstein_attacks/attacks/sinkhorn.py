@@ -78,7 +78,7 @@ def _halley_log_form(w: torch.Tensor, s: torch.Tensor, iters: int = 12) -> torch
         new = w - step
         # A step that would leave w > 0 is halved toward 0 instead (never happens from a good start).
         new = torch.where(new > 0, new, w / 2)
-        done = bool(((new - w).abs() <= 4 * torch.finfo(w.dtype).eps * new).all())
+        done = bool(((new - w).abs() <= 1e-13 * new).all())
         w = new
         if done:
             break
@@ -217,7 +217,7 @@ class _Window:
     def __init__(self, height: int, width: int, kernel_size: int, p: int, device) -> None:
         self.k = T.check_kernel_size(kernel_size)
         self.cost = T.offset_costs(kernel_size, p, dtype=_F64, device=device)  # [kk]
-        self.cost2 = self.cost**2
+        self.powers = torch.stack([torch.ones_like(self.cost), self.cost, self.cost**2], 1)  # [kk, 3]
         valid = T.valid_mask(height, width, kernel_size, device=device)  # [HW, kk]
         self.outside = torch.where(valid, 0.0, -math.inf).to(_F64)
 
@@ -227,26 +227,28 @@ class _Window:
         ``-inf`` where the target leaves the image or ``v_j = -inf``.
         """
         nb = T.gather_neighbours(v, self.k)
-        return nb + (self.outside - psi[:, None, None, None] * self.cost - 1)
+        return nb.add_(self.outside).sub_(psi[:, None, None, None] * self.cost + 1)
 
-    def logsum(self, v: torch.Tensor, psi: torch.Tensor, moments: int = 0):
-        """``log sum_j exp(v_j - psi C_ij - 1)`` over each window ``[b,C,HW]``, and the ``P``-weighted
-        means of ``C`` and ``C^2`` over the window (``moments`` of them), by a stabilised log-sum-exp.
+    def shifted_exp(self, v: torch.Tensor, psi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m, E)``: ``E = exp(v_j - psi C_ij - 1 - m_i)`` ``[b,C,HW,kk]`` with ``m_i`` ``[b,C,HW]`` the
+        window's largest exponent (0 where the window is empty), so ``E <= 1``: a stabilised log-sum-exp.
 
-        The window is symmetric and so is ``C``, so the same operator gives ``K e^v`` and ``K^T e^v``.
+        The window is symmetric and so is ``C``: the same operator gives ``K e^v`` and ``K^T e^v``.
         """
         e = self.logits(v, psi)
         m = e.amax(-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        ex = torch.exp(e - m)
-        s = ex.sum(-1)
-        out = [m[..., 0] + torch.log(s)]
-        safe = s.clamp_min(torch.finfo(_F64).tiny)
-        if moments >= 1:
-            out.append(ex @ self.cost / safe)
-        if moments >= 2:
-            out.append(ex @ self.cost2 / safe)
-        return out
+        return m[..., 0], e.sub_(m).exp_()
+
+    def logsum(self, v: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        """``log sum_j exp(v_j - psi C_ij - 1)`` over each window, ``[b,C,HW]`` (``-inf`` if empty)."""
+        m, ex = self.shifted_exp(v, psi)
+        return m + torch.log(ex.sum(-1))
+
+    def reweighted(self, ex: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_o E[..., o] weights[b, o, q]`` ``[b,C,HW,q]``: window sums with per-example weights."""
+        b, c, hw, kk = ex.shape
+        return torch.bmm(ex.reshape(b, c * hw, kk), weights).reshape(b, c, hw, -1)
 
 
 def _sum(t: torch.Tensor) -> torch.Tensor:
@@ -296,7 +298,7 @@ def dual_objective(
     eps = _per_example(eps, b, "eps", X.device)
     f, g, psi = duals.f, duals.g, duals.psi
     phi = torch.zeros_like(Y) if phi is None else phi.to(_F64)
-    (lg,) = win.logsum(g, psi)
+    lg = win.logsum(g, psi)
     mass = _sum(torch.exp(f + lg.reshape(f.shape)))
     fx = _sum(torch.where(X > 0, f * X, torch.zeros_like(X)))
     bp = -g - phi
@@ -374,7 +376,7 @@ def sinkhorn_projection(
     old = torch.full((b,), -math.inf, dtype=_F64, device=dev)
     iters = torch.zeros(b, dtype=torch.long, device=dev)
     converged = torch.zeros(b, dtype=torch.bool, device=dev)
-    (lg,) = win.logsum(g, psi)  # log(K e^g) per pixel, reused by each iteration's f update
+    lg = win.logsum(g, psi)  # log(K e^g) per pixel, reused by each iteration's f update
     lg = lg.reshape(x.shape)
     active = torch.arange(b, device=dev)
     log_lam = math.log(lam)
@@ -382,7 +384,7 @@ def sinkhorn_projection(
         A = active
         Xa, Ya, lxa, ga, psia, epsa = X[A], Y[A], logx[A], g[A], psi[A], eps[A]
         fa = lxa - lg[A]  # alpha update: exact row sums x
-        (lu,) = win.logsum(fa, psia)  # log u = log(K^T e^f)
+        lu = win.logsum(fa, psia)  # log u = log(K^T e^f)
         lu = lu.reshape(fa.shape)
         wl = lambertw_exp(log_lam + lam * Ya + lu)
         g1, z1 = lam * Ya - wl, wl / lam  # Wong et al.'s beta update; z1 = w + beta/lam
@@ -396,10 +398,11 @@ def sinkhorn_projection(
             gn = torch.where(free, g1, -beta0)
             za = torch.where(free, z1, ca.expand_as(Ya))
             phia = phia.clamp_min(0)
-        # Damped Newton step on psi with the plan (f, g_new, psi_old).
-        lgo, m1, m2 = win.logsum(gn, psia, moments=2)
-        rows = torch.exp(fa.reshape(lgo.shape) + lgo)
-        pc, pc2 = _sum(rows * m1), _sum(rows * m2)
+        # Damped Newton step on psi with the plan (f, g_new, psi_old): sums of P, P C, P C^2 per row.
+        m, ex = win.shifted_exp(gn, psia)
+        sums = ex @ win.powers
+        scale = torch.exp(fa.reshape(m.shape) + m)  # e^{f_i} e^{m_i}; 0 on empty rows
+        pc, pc2 = _sum(scale * sums[..., 1]), _sum(scale * sums[..., 2])
         dpsi, ddpsi = pc - epsa, -pc2
         curved = ddpsi < 0
         delta = torch.where(curved, dpsi / torch.where(curved, ddpsi, -1.0), torch.zeros_like(dpsi))
@@ -407,15 +410,29 @@ def sinkhorn_projection(
         for _ in range(7):  # the authors halve t while psi - t delta < 0 and t > 1e-2
             t = torch.where(psia - t * delta < 0, t / 2, t)
         psin = torch.where(curved, (psia - t * delta).clamp_min(0), torch.where(dpsi < 0, 0.0, psia))
-        lgn, mn = win.logsum(gn, psin, moments=1)
-        rows_n = torch.exp(fa.reshape(lgn.shape) + lgn)
-        cost_a = _sum(rows_n * mn)
-        lgn = lgn.reshape(fa.shape)
+        # The plan at the new psi: P' = P exp(-(psi' - psi) C), reusing E unless that factor could
+        # overflow or underflow (then the window sums are recomputed).
+        step = psin - psia
+        if bool((step.abs() * win.cost.max() <= 600).all()):
+            fac = torch.exp(-step[:, None] * win.cost)  # [b, kk]
+            sums = win.reweighted(ex, torch.stack([fac, fac * win.cost], -1))
+            if not bool((sums[..., 0] > 0).all()):
+                m = None
+        else:
+            m = None
+        if m is None:
+            m, ex = win.shifted_exp(gn, psin)
+            sums = ex @ win.powers[:, :2]
+            scale = torch.exp(fa.reshape(m.shape) + m)
+        del ex
+        mass_n = _sum(scale * sums[..., 0])
+        cost_a = _sum(scale * sums[..., 1])
+        lgn = (m + torch.log(sums[..., 0])).reshape(fa.shape)
         # Objective watched by the stopping rule.
         fx = _sum(torch.where(Xa > 0, fa * Xa, torch.zeros_like(Xa)))
         if stopping == "dual":
             bp = -gn - phia
-            obj = -_sum(bp**2) / (2 * lam) - psin * epsa + fx - _sum(bp * Ya) - _sum(rows_n)
+            obj = -_sum(bp**2) / (2 * lam) - psin * epsa + fx - _sum(bp * Ya) - mass_n
             if capv is not None:
                 obj = obj - capv[A] * _sum(phia)
         elif capv is None:

@@ -1,0 +1,106 @@
+"""Shared set-up of the attack benchmarks: data, reference model, attack specs, provenance, JSON output."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if importlib.util.find_spec("wasserstein_attacks") is None:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from wasserstein_attacks import __version__  # noqa: E402
+from wasserstein_attacks.attacks import base as attack_base  # noqa: E402
+from wasserstein_attacks.data import load_dataset  # noqa: E402
+from wasserstein_attacks.models import load_reference_model  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    """Hardware and software of this run (``benchmarks/_machine.py`` when present)."""
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _machine import machine_info  # type: ignore
+
+        return machine_info()
+    except ImportError:
+        return {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+
+def provenance() -> dict:
+    """Package version and git commit (with a dirty flag) of the code that produced the numbers."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True,
+                                    text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {"package_version": __version__, "git_commit": commit, "git_dirty": dirty}
+
+
+def mnist_and_model(n: int, model: str = "adv_training") -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
+    """First ``n`` MNIST test images ``[n, 1, 28, 28]``, labels ``[n]`` and a reference model (eval mode)."""
+    ds = load_dataset("mnist", "test", n=n)
+    return ds.images, ds.labels, load_reference_model(model)
+
+
+def parse_attack(spec: str) -> tuple[str, str, dict]:
+    """``"name"`` or ``"name:key=value,key=value"`` (values as Python literals) -> (label, name, kwargs)."""
+    name, _, rest = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"attack spec {spec!r}: expected key=value after ':', got {item!r}")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = value.strip()
+    if name not in attack_base.available():
+        raise ValueError(f"unknown attack {name!r} in {spec!r}; available: {', '.join(attack_base.available())}")
+    return spec, name, kwargs
+
+
+def accepts(name: str, key: str) -> bool:
+    """Whether the registered attack ``name``'s constructor takes the keyword ``key``."""
+    cls = attack_base._REGISTRY[name]
+    return key in inspect.signature(cls.__init__).parameters
+
+
+def radius_key(r: float) -> str:
+    """The shortest decimal string that round-trips (``0.1`` -> ``"0.1"``)."""
+    return repr(float(r))
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write ``obj`` as JSON atomically (temporary file in the same folder, then ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

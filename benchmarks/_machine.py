@@ -1,0 +1,109 @@
+"""What every benchmark records about where it ran, and the atomic JSON writer they share.
+
+Use from a benchmark script (``benchmarks/`` on ``sys.path``)::
+
+    from _machine import machine_info, write_json_atomic
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 2)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def machine_info() -> dict:
+    """Hardware, software and code version of this run, JSON-ready.
+
+    Returns:
+        dict with ``cpu_model``, ``cpu_count`` (logical CPUs), ``cpu_affinity`` (CPUs this process may
+        use), ``memory_gib``, ``load_average`` (1/5/15 min: the machine may be shared),
+        ``torch_threads``, versions of ``python``, ``torch``, ``numpy``, ``pot``, ``scipy``,
+        ``platform``, ``git_commit`` and ``git_dirty`` (None outside a git checkout) and ``date``
+        (UTC, ISO 8601).
+    """
+    import torch
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    status = _git("status", "--porcelain")
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "memory_gib": _memory_gib(),
+        "load_average": load,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "pot": _version("ot"),
+        "scipy": _version("scipy"),
+        "platform": platform.platform(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``.
+
+    A reader never sees a half-written file; the folder is created if needed. Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,138 @@
+"""Attack speed: seconds per iteration on a batch of MNIST images, and the ratio to one model pass.
+
+For every registered attack (and a few variants, e.g. Wu et al.'s bisection in Frank-Wolfe) this runs the
+attack with 1 and with ``1 + steps`` iterations on the same batch and takes the difference, so the fixed
+costs (validation, the common verified ending) cancel; each is the fastest of ``--repeats`` runs (the
+machine may be shared). Attacks that take ``stop_on_success`` run with it off, so every example stays in
+the loop; for the others the per-iteration time is scaled to the mean number of iterations actually run.
+One forward + backward pass of the model on the same batch (gradient w.r.t. the input) is measured in the
+same run, and the ratio reported.
+
+    python benchmarks/attack_speed.py                     # default: 100 images, 10 iterations, eps 0.05
+    python benchmarks/attack_speed.py --attacks frank_wolfe "frank_wolfe:solver='bisection'"
+
+Writes ``benchmarks/results/attack_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _attack_setup import RESULTS, accepts, machine, mnist_and_model, parse_attack, provenance, write_json
+
+from wasserstein_attacks import WassersteinBall
+from wasserstein_attacks.attacks import available, get
+
+#: Variants measured beside every registered attack's defaults.
+VARIANTS = ("frank_wolfe:solver='bisection'", "pgd_wu:solver='newton'")
+
+
+def model_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> dict:
+    """Seconds of one forward + backward pass (input gradient of the summed cross-entropy)."""
+    times = []
+    for _ in range(repeats):
+        xx = x.clone().requires_grad_(True)
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(xx), y, reduction="sum")
+        torch.autograd.grad(loss, xx)
+        times.append(time.perf_counter() - start)
+    return {"min_s": min(times), "median_s": statistics.median(times), "repeats": repeats}
+
+
+def attack_pass(name: str, kwargs: dict, model, x, y, threat, steps: int, repeats: int) -> dict:
+    """Seconds per iteration of one attack (see the module docstring)."""
+    kw = dict(kwargs)
+    if accepts(name, "stop_on_success"):
+        kw.setdefault("stop_on_success", False)
+
+    def run(n_steps):
+        attack = get(name, **{**kw, "steps": n_steps})
+        start = time.perf_counter()
+        result = attack(model, x, y, threat=threat)
+        return time.perf_counter() - start, result
+
+    run(1)  # warm-up: caches, allocator
+    short, long = [], []
+    iters = None
+    for _ in range(repeats):
+        short.append(run(1)[0])
+        t, result = run(steps + 1)
+        long.append(t)
+        iters = result.iterations.float()
+    # Iterations actually run beyond the first, per example, averaged over the batch.
+    extra = max(float(iters.mean()) - 1.0, 1e-9)
+    per_iteration = max(min(long) - min(short), 0.0) / extra
+    return {
+        "seconds_per_iteration": per_iteration,
+        "seconds_per_iteration_full_batch": per_iteration * extra / steps if extra < steps else per_iteration,
+        "all_examples_active": bool((iters >= steps + 1).all()),
+        "mean_iterations": float(iters.mean()),
+        "seconds_1_step_min": min(short),
+        f"seconds_{steps + 1}_steps_min": min(long),
+        "kwargs": {**kw, "steps": "varied"},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=100, help="batch size (first n MNIST test images)")
+    parser.add_argument("--steps", type=int, default=10, help="iterations timed per attack")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (the fastest is kept)")
+    parser.add_argument("--eps", type=float, default=0.05, help="radius (units of eps, p=1, k=5, box [0,1])")
+    parser.add_argument("--attacks", nargs="*", default=None,
+                        help="attack specs 'name' or 'name:key=value,...' (default: all registered + variants)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", default=str(RESULTS / "attack_speed.json"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = args.attacks if args.attacks is not None else list(available()) + list(VARIANTS)
+    specs = [s for s in specs if s.partition(":")[0] in available()]
+    torch.manual_seed(0)
+    x, y, model = mnist_and_model(args.n)
+    threat = WassersteinBall(args.eps, p=1, kernel_size=5)
+    base = model_pass(model, x, y, repeats=max(20, args.repeats))
+    rows = []
+    for spec in specs:
+        label, name, kwargs = parse_attack(spec)
+        if not accepts(name, "steps"):
+            rows.append({"attack": label, "name": name, "skipped": "constructor has no 'steps' argument"})
+            continue
+        m = attack_pass(name, kwargs, model, x, y, threat, args.steps, args.repeats)
+        m["ratio_to_model_pass"] = m["seconds_per_iteration"] / base["min_s"]
+        rows.append({"attack": label, "name": name, **m})
+        print(f"{label:45s} {m['seconds_per_iteration'] * 1e3:8.1f} ms/it  x{m['ratio_to_model_pass']:6.1f} model pass",
+              flush=True)
+    out = {
+        "benchmark": "attack_speed",
+        "protocol": {
+            "images": f"first {args.n} MNIST test images (one batch)",
+            "model": "mnist_adv_training.pth (Wong et al.)",
+            "iterations_timed": args.steps,
+            "repeats": args.repeats,
+            "method": "(fastest run with 1 + steps iterations - fastest with 1) / iterations beyond the first",
+            "torch_threads": torch.get_num_threads(),
+        },
+        "threat": threat.describe(),
+        "model_forward_backward": base,
+        "attacks": rows,
+        "machine": machine(),
+        "provenance": provenance(),
+    }
+    for r in rows:
+        for k, v in r.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                r[k] = None
+    write_json(Path(args.out), out)
+    print(f"model forward+backward: {base['min_s'] * 1e3:.1f} ms (min of {base['repeats']}); wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
