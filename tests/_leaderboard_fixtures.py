@@ -79,7 +79,7 @@ def load_tiny(architecture: str, checkpoint: Path) -> torch.nn.Module:
         raise ValueError(f"unknown test architecture {architecture!r}")
     model = TinyNet()
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    return model
+    return model.eval()
 
 
 NAME = "test_leaderboard_shift"

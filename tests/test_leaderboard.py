@@ -498,7 +498,7 @@ def test_default_model_loader_builds_and_loads_weights_only(tmp_path):
 
 
 def test_verify_a_reference_model_on_mnist_with_the_default_loaders(tmp_path, shared_dir):
-    """Default model and data loaders end to end: Wong et al.'s vanilla model, the first 32 test digits."""
+    """Default model and data loaders end to end: Wong et al.'s vanilla model, the first 16 test digits."""
     from conftest import mnist_available
 
     if not mnist_available():
@@ -506,11 +506,11 @@ def test_verify_a_reference_model_on_mnist_with_the_default_loaders(tmp_path, sh
     ckpt = shared_dir / "reference_models" / "mnist" / "mnist_vanilla.pth"
     model = lb.load_model("mnist_convnet", ckpt)
     x, y = lb.load_data("mnist", "test")
-    results = F.run_benchmark(tmp_path / "run", model, x[:32], y[:32], model_name="mnist_convnet",
+    results = F.run_benchmark(tmp_path / "run", model, x[:16], y[:16], model_name="mnist_convnet",
                               checkpoint_sha256=lb._sha256_file(ckpt), dataset=("mnist", "test"))
-    target = add(results, tmp_path / "root", "Vanilla")
+    target = add(results, tmp_path / "root", "Vanilla", architecture="mnist_convnet")
     assert read(target)["claimed"]["clean_accuracy"] >= 0.9
-    block = lb.verify_entry(target, ckpt, n=32, suite_loader=lambda name, version: F.toy_suite(version))
+    block = lb.verify_entry(target, ckpt, n=16, suite_loader=lambda name, version: F.toy_suite(version))
     assert block["status"] == "verified", block["checks"]
 
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ __all__ = [
     "Prepared",
     "SCHEMA_VERSION",
     "prepare",
+    "build_threat",
     "run",
     "merge",
     "load_results",
@@ -178,7 +180,6 @@ def _hardware(device: torch.device) -> dict:
         "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "machine": platform.machine(),
         "processor": platform.processor() or None,
-        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
@@ -257,7 +258,8 @@ def _int_field(cfg: DictConfig, key: str, lo: int) -> int:
     return v
 
 
-def _build_threat(cfg: DictConfig) -> WassersteinBall:
+def build_threat(cfg: DictConfig, eps: float = 0.0) -> WassersteinBall:
+    """The :class:`WassersteinBall` of ``cfg.threat`` with radius ``eps``; ``ConfigError`` naming the field."""
     if "threat" not in cfg or not OmegaConf.is_dict(cfg.threat):
         raise ConfigError("threat is missing: choose one of conf/threat/*.yaml (e.g. threat=w1_local5)")
     node = OmegaConf.to_container(cfg.threat, resolve=True)
@@ -268,7 +270,13 @@ def _build_threat(cfg: DictConfig) -> WassersteinBall:
     node.pop("eps", None)
     if isinstance(node.get("box"), list):
         node["box"] = tuple(float(v) for v in node["box"])
-    ball = _instantiate(node, "threat", eps=0.0)
+    from hydra.utils import get_class
+
+    # Built directly (not through instantiate) so the box stays a tuple, as WassersteinBall documents.
+    try:
+        ball = get_class(str(node.pop("_target_", "wasserstein_attacks.threat.WassersteinBall")))(eps=float(eps), **node)
+    except Exception as exc:  # noqa: BLE001 - an import error, an unknown argument or a bad value
+        raise ConfigError(f"threat: {_first_line(exc)}") from exc
     if not isinstance(ball, WassersteinBall):
         raise ConfigError(f"threat._target_ must build a WassersteinBall, got {type(ball).__name__}")
     if ball.kernel_size is None:
@@ -352,7 +360,10 @@ def _model_checks(model, images, labels, seed: int) -> dict | None:
     check_model = getattr(checks, "check_model", None)
     if check_model is None:
         return None
-    report = check_model(model, images, labels, seed=seed)
+    # The checks warn once per problem; they are printed by run() from the report, so record them here.
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        report = check_model(model, images, labels, seed=seed)
     return report.as_dict() if hasattr(report, "as_dict") else dict(report)
 
 
@@ -380,7 +391,7 @@ def prepare(cfg: DictConfig, *, attack_label: str | None = None) -> Prepared:
     logger = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") is not None else {"kind": "none"}
     if logger.get("kind", "none") not in ("none", "wandb"):
         raise ConfigError(f"logger.kind must be 'none' or 'wandb', got {logger.get('kind')!r}")
-    threat = _build_threat(cfg)
+    threat = build_threat(cfg)
     suite, suite_desc = _build_suite(cfg, attack_label)
     model, model_info = _build_model(cfg)
     images, labels, data_info = _load_data(cfg)
@@ -541,6 +552,7 @@ def _timings(res: SuiteResult, batch_times: list[dict]) -> dict:
         key = radius_key(t["radius"])
         d[key] = d.get(key, 0.0) + float(t["seconds"])
     return {
+        "torch_threads": torch.get_num_threads(),
         "total_seconds": sum(b["seconds"] for b in batch_times),
         "per_attack_seconds": per,
         "batches": batch_times,

@@ -47,7 +47,7 @@ def _check_group_choices(argv: list[str]) -> None:
                 _fail("wattack-bench", ConfigError(f"{key}: unknown {key} {v!r}; available: {', '.join(known)}"))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _bench_app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     try:
@@ -64,25 +64,25 @@ def bench_main() -> None:
     _bench_app()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _train_app(cfg: DictConfig) -> None:
     from . import train
+    from .data import load_dataset
 
-    hc = HydraConfig.get()
-    kwargs = OmegaConf.to_container(cfg.train, resolve=True)
+    out = Path(HydraConfig.get().runtime.output_dir)
     try:
+        kwargs = OmegaConf.to_container(cfg.train, resolve=True)
+        threat = bench.build_threat(cfg, eps=cfg.report.eps)
         model = train.standard_mnist_model(**kwargs)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         _fail("wattack-train", exc)
-    if cfg.get("report", True):
-        from .data import load_dataset
-
-        test = load_dataset("mnist", "test", root=kwargs.get("root"), n=cfg.get("report_n"))
-        acc = train.evaluate(model, test)
-        print(f"standard MNIST model: clean accuracy {acc:.4f} on {len(test)} test images")
-        report = train.natural_transformation_report(model, test)
-        bench.write_json(Path(hc.runtime.output_dir) / "natural_transformations.json", report)
-        print(report.get("text") if isinstance(report, dict) and "text" in report else report)
+    test = load_dataset("mnist", "test", n=cfg.report.test_n)
+    acc = train.evaluate(model, test)
+    print(f"standard MNIST model: clean accuracy {acc:.4f} on {len(test)} MNIST test images", flush=True)
+    report = train.natural_transformation_report(model, test, threat, n=int(cfg.report.natural_n))
+    bench.write_json(out / "natural_transformations.json", {"clean_accuracy": acc, "test_n": len(test), **report})
+    print(train.format_natural_report(report))
+    print(f"report written to {out / 'natural_transformations.json'}", flush=True)
 
 
 def train_main() -> None:

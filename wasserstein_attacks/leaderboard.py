@@ -754,18 +754,15 @@ def load_model(architecture: str, checkpoint: Path) -> torch.nn.Module:
 
     ``architecture`` is a ``build_model`` name; the suffix ``-binarize`` wraps the model in the
     input-binarization defense (threshold 0.5 in the forward pass). The checkpoint is read with
-    ``torch.load(weights_only=True)`` (any format ``load_weights`` knows).
+    ``torch.load(weights_only=True)`` (any format ``load_weights`` knows). Returns the model in eval mode.
     """
     from . import models  # imported late: listing and rendering entries need no models
 
     base, binarize = (architecture[: -len("-binarize")], True) if architecture.endswith("-binarize") else (
         architecture, False)
     model = models.build_model(base, binarize=binarize)
-    if binarize:
-        models.load_weights(model.model, checkpoint)
-    else:
-        models.load_weights(model, checkpoint)
-    return model
+    models.load_weights(model.model if binarize else model, checkpoint)
+    return model.eval()
 
 
 def load_data(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,11 +78,6 @@ class ModelChecks:
         return d
 
 
-def _finite_max(t: torch.Tensor) -> float:
-    t = t[torch.isfinite(t)]
-    return float(t.abs().max()) if t.numel() else 0.0
-
-
 def check_model(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -168,9 +163,12 @@ def check_model(
     if nonfinite:
         flag("model outputs or input gradients are NaN/inf on clean images")
 
-    diff = (out1 - out2).abs()
-    max_diff = float(diff.max()) if bool(torch.isfinite(diff).all()) else math.inf
-    stochastic = max_diff > 0
+    both = torch.isfinite(out1) & torch.isfinite(out2)
+    diff = torch.where(both, out1 - out2, torch.zeros_like(out1)).abs()
+    max_diff = float(diff.max()) if diff.numel() else 0.0
+    # Non-finite entries count as a difference only where the two passes disagree on them.
+    same_nonfinite = bool((out1[~both].nan_to_num(0.0, 1.0, -1.0) == out2[~both].nan_to_num(0.0, 1.0, -1.0)).all())
+    stochastic = max_diff > 0 or not same_nonfinite or not torch.equal(torch.isfinite(out1), torch.isfinite(out2))
     if stochastic:
         flag(
             f"forward pass is random (two passes on the same input differ by up to {max_diff:.3g}): "
@@ -200,7 +198,7 @@ def check_model(
         n_examples=int(x.shape[0]),
         was_training=was_training,
         stochastic=stochastic,
-        max_output_difference=max_diff if math.isfinite(max_diff) else _finite_max(diff),
+        max_output_difference=max_diff,
         probabilities=probabilities,
         zero_gradient_fraction=zero_fraction,
         nonfinite=nonfinite,

@@ -4,12 +4,13 @@ Carlini-Wagner / Lagrangian style (Carlini & Wagner, "Towards Evaluating the Rob
 Networks", S&P 2017, Eq. 6 with the constant moved onto the distance), over transport plans in the
 local layout of ``../shared/THREAT_MODEL.md``:
 
-    minimise over Z   max(-margin(Y), -kappa)
-                      + c * (S_blur(x / N_c, Y / N_c) + cost_weight * <P, C> / N)
-                      + box_weight * sum(relu(Y - 1)) / N,
-    P = x_i * softmax_o(Z_io)  (row sums are x by construction),  Y = column sums of P,
+    minimise over Z   max(-margin(Y), -kappa) + c * (S_blur(x / N_c, Y / N_c) + cost_weight * <P, C> / N),
+    P = R(x_i * softmax_o(Z_io)),  Y = column sums of P,
 
-where ``S_blur`` is the debiased Sinkhorn divergence of GeomLoss (Feydy et al., "Interpolating
+where the row sums of ``P`` are ``x`` by construction and ``R`` is the local box repair (overflow above
+1 returns to its sources), so ``Y`` is in ``[0, 1]`` for every ``Z`` (a capacity-respecting map), and
+
+``S_blur`` is the debiased Sinkhorn divergence of GeomLoss (Feydy et al., "Interpolating
 between Optimal Transport and MMD using Sinkhorn Divergences", AISTATS 2019) between each channel
 of the clean and the adversarial image seen as weighted point clouds (pixel coordinates, weights =
 intensities normalised per channel), weighted by the channel's share of the mass so that it is in
@@ -29,13 +30,16 @@ import torch.nn.functional as F
 from .. import transport as T
 from ..exact import exact_plan
 from ..threat import WassersteinBall
-from .base import Attack, RunOutput, example_generators, iterate, loss_per_example, register
+from .base import Attack, RunOutput, example_generators, iterate, loss_per_example, register, return_overflow
 
 __all__ = ["SinkhornPenalty", "sinkhorn_divergence"]
 
 # Candidates must be inside the box up to this absolute overflow: the common ending's local box
 # repair then returns at most this much mass per pixel, too little to undo a success in practice.
 _BOX_SLACK = 1e-4
+# Rounds of the local box repair inside the plan map; what overflow remains after them (rare) keeps
+# an iterate from being a candidate.
+_BOX_ROUNDS = 20
 
 
 def _padded_support(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,9 +142,28 @@ class _Recorder(torch.nn.Module):
         return out
 
 
-def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Row-stochastic local plan ``x_i * softmax(z_i)`` over the in-image offsets: ``[b, C, H*W, k*k]``."""
-    return xf[..., None] * torch.softmax(z.masked_fill(~valid, float("-inf")), dim=-1)
+def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor, box: tuple[int, int, int] | None) -> torch.Tensor:
+    """The plan of logits ``z``: ``x_i * softmax(z_i)`` over in-image offsets, then the box made to hold.
+
+    ``box = (H, W, k)`` applies the local box repair (:func:`return_overflow`: the share of moved
+    mass that overflows a pixel goes back to its sources' "stay") as part of the map, so every plan
+    it produces is inside ``[0, 1]`` (capacity-respecting); ``None`` skips it (no box). The repair's
+    keep factors are held constant in the backward pass: differentiating through them divides by
+    the inflow, which is 0 at most pixels. ``[b, C, H*W, k*k]``.
+    """
+    plan = xf[..., None] * torch.softmax(z.masked_fill(~valid, float("-inf")), dim=-1)
+    if box is None:
+        return plan
+    h, w, k = box
+    stay = k * k // 2
+    with torch.no_grad():
+        fixed = return_overflow(
+            plan, lambda q: T.column_sums(q, h, w), lambda m: T.gather_neighbours(m, k), max_rounds=_BOX_ROUNDS
+        )
+        keep = torch.where(plan > 0, fixed / plan, torch.ones_like(plan)).clamp(0, 1)
+        keep[..., stay] = 1.0
+    back = ((1 - keep) * plan).sum(-1, keepdim=True)
+    return plan * keep + back * F.one_hot(torch.tensor(stay, device=plan.device), k * k).to(plan.dtype)
 
 
 def _check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
@@ -157,8 +180,9 @@ class SinkhornPenalty(Attack):
     Our own attack (no published defaults): Carlini & Wagner (2017, Eq. 6 and their binary search
     on the constant) over transport plans, with the debiased Sinkhorn divergence of GeomLoss
     (Feydy et al. 2019) as the differentiable distance. The variable is the logits ``Z`` of a
-    row-stochastic local plan ``P = x * softmax(Z)`` (mass and row sums kept by construction); the
-    box is a penalty ``box_weight * sum(relu(Y - 1)) / N``; Adam on ``Z``.
+    row-stochastic local plan ``P = x * softmax(Z)`` (mass and row sums kept by construction),
+    followed by the local box repair (overflow goes back to its sources), so the box holds for every
+    ``Z`` without a penalty; Adam on ``Z``.
 
     Per example, each binary-search round runs ``steps`` Adam steps at constant ``c`` from the
     initial plan (as CW); a round in which the model was fooled multiplies ``c`` by 10 (or
@@ -185,7 +209,6 @@ class SinkhornPenalty(Attack):
             dominates the cost of a step) and use its linearisation in between; 1 = every step.
         cost_weight: weight of the plan's own linear cost ``<P, C> / N`` next to the divergence
             (0 = divergence only).
-        box_weight: weight of the overflow penalty (logit units per unit of overflow mass / N).
         kappa: CW confidence: the attack term ``max(-margin, -kappa)`` stops pushing once the
             margin (best other logit minus true logit) exceeds ``kappa``.
         loss: ``"margin"`` (CW's logit difference) or ``"ce"`` (cross-entropy) for the attack term.
@@ -208,7 +231,6 @@ class SinkhornPenalty(Attack):
         scaling: float = 0.3,
         divergence_every: int = 1,
         cost_weight: float = 1.0,
-        box_weight: float = 100.0,
         kappa: float = 0.0,
         loss: str = "margin",
         restarts: int = 1,
@@ -224,7 +246,6 @@ class SinkhornPenalty(Attack):
         _check_positive("lr", lr)
         _check_positive("blur", blur)
         _check_positive("cost_weight", cost_weight, allow_zero=True)
-        _check_positive("box_weight", box_weight, allow_zero=True)
         _check_positive("kappa", kappa, allow_zero=True)
         _check_positive("init_logit", init_logit, allow_zero=True)
         _check_positive("init_noise", init_noise, allow_zero=True)
@@ -242,7 +263,6 @@ class SinkhornPenalty(Attack):
         self.scaling = float(scaling)
         self.divergence_every = divergence_every
         self.cost_weight = float(cost_weight)
-        self.box_weight = float(box_weight)
         self.kappa = float(kappa)
         self.loss = loss
         self.restarts = restarts
@@ -264,6 +284,7 @@ class SinkhornPenalty(Attack):
         k = threat.kernel_size
         kk, stay, dev = k * k, T.stay_index(k), x.device
         valid = T.valid_mask(h, w, k, device=dev)
+        box = None if threat.box is None else (h, w, k)
         xf = x.reshape(b, c, h * w)
         n = x.sum((1, 2, 3))
         eps = threat.eps_for(b).to(dev, x.dtype)
@@ -282,7 +303,7 @@ class SinkhornPenalty(Attack):
         beta1, beta2 = 0.9, 0.999
 
         def image(sub):
-            return T.column_sums(_plan(sub["var"], sub["xf"], valid), h, w)
+            return T.column_sums(_plan(sub["var"], sub["xf"], valid, box), h, w)
 
         def keep(name: str, where: torch.Tensor, pos: torch.Tensor, z: torch.Tensor, score: torch.Tensor) -> None:
             # Trackers live outside ``iterate``'s state (indexed by batch position) so that the loop
@@ -301,7 +322,7 @@ class SinkhornPenalty(Attack):
             new = {}
             with torch.enable_grad():
                 z = sub["var"].detach().requires_grad_(True)
-                plan = _plan(z, sub["xf"], valid)
+                plan = _plan(z, sub["xf"], valid, box)
                 y = T.column_sums(plan, h, w)
                 if t % self.divergence_every == 0:
                     yd = y.detach().requires_grad_(True)
@@ -314,13 +335,13 @@ class SinkhornPenalty(Attack):
                 # every step): a linear model of it between refreshes.
                 lin = (gdiv * y).sum((1, 2, 3))
                 cost = T.plan_cost(plan, threat.p, mass=sub["n"])
-                over = (y - 1).clamp_min(0).sum((1, 2, 3)) / sub["n"].clamp_min(1e-30)
-                pen = sub["const"] * (lin + self.cost_weight * cost) + self.box_weight * over
+                pen = sub["const"] * (lin + self.cost_weight * cost)
                 (gpen,) = torch.autograd.grad(pen.sum(), z)
             with torch.no_grad():
                 z, cost = z.detach(), cost.detach()
                 in_box = (y.detach() - 1).flatten(1).amax(1) <= _BOX_SLACK
                 inside = in_box & (cost <= sub["eps"])
+                print("DBG", t, fooled.tolist(), cost.tolist()[:1], margin.tolist()[:1], y[0,0,2:6,4].tolist(), grad.abs().max().item(), gpen.abs().max().item())
                 keep("cand", fooled & inside & (-cost > track["cand_score"][pos]), pos, z, -cost)
                 keep("att", ~fooled & inside & (margin > track["att_score"][pos]), pos, z, margin)
                 keep("fool", fooled & in_box & (-cost > track["fool_score"][pos]), pos, z, -cost)
@@ -369,7 +390,7 @@ class SinkhornPenalty(Attack):
             have = torch.isfinite(track["cand_score"])
             some = have | torch.isfinite(track["att_score"])
             z = torch.where(have[:, None, None, None], track["cand_z"], track["att_z"])
-            plan = torch.where(some[:, None, None, None], _plan(z, xf, valid), T.identity_plan(x, k))
+            plan = torch.where(some[:, None, None, None], _plan(z, xf, valid, box), T.identity_plan(x, k))
             plan = plan.to(torch.float64)
             exact_cost = torch.full((b,), math.nan, dtype=torch.float64)
             if self.exact_refine:
@@ -395,7 +416,9 @@ class SinkhornPenalty(Attack):
         fool_only = ~have & torch.isfinite(track["fool_score"])
         if bool(fool_only.any()):
             # An example with no plan inside the ball may still have a fooling image inside it.
-            alt = _plan(track["fool_z"][fool_only], x.reshape(b, c, h * w)[fool_only], valid).to(torch.float64)
+            box = None if threat.box is None else (h, w, k)
+            alt = _plan(track["fool_z"][fool_only], x.reshape(b, c, h * w)[fool_only], valid, box)
+            alt = alt.to(torch.float64)
             alt_plan, ok = exact_plan(x[fool_only], T.column_sums(alt, h, w), kernel_size=k, p=threat.p)
             alt_plan = alt_plan.to(plan.device)
             alt_cost = T.plan_cost(alt_plan, threat.p, mass=n[fool_only])

@@ -765,8 +765,9 @@ class FrankWolfe(_PlanAttack):
     step then regula falsi on ``log(cost)``, and stops at relative error ``tol`` or once the bracket is
     narrower than ``gamma``, mixing the two ends to spend the budget exactly. With ``gamma = 1e-3`` the
     oracle's cost is nearly a step function of ``lambda``, so the authors' bisection ends at a feasible
-    end that leaves part of the budget unused; the mix does not, and ``newton_steps`` = 6 evaluations
-    match or beat the bisection's oracle value.
+    end that leaves part of the budget unused; the mix does not. From a cold start 8 evaluations match or
+    beat the bisection's oracle value (``tests/test_plans.py``); warm-started, ``newton_steps`` = 6 gave the
+    same attack strength on MNIST as more steps.
 
     Differences from their code, by design: per-example stopping at the first success (their loop runs
     every iteration on the whole batch), seeded random restarts, and the oracle rows are computed only

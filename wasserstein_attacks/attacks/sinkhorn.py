@@ -212,14 +212,23 @@ class Projection:
 
 
 class _Window:
-    """The local window operator of one image size: offsets' costs and the in-image mask."""
+    """The local window operator of one image size and cost.
+
+    The cost of an offset ``(dh, dw)`` depends only on ``(|dh|, |dw|)``: the ``(r+1)^2`` "pairs" group
+    the ``k*k`` offsets into classes of equal cost (``pair = |dh| (r+1) + |dw|``).
+    """
 
     def __init__(self, height: int, width: int, kernel_size: int, p: int, device) -> None:
         self.k = T.check_kernel_size(kernel_size)
+        self.r = r = kernel_size // 2
+        self.h, self.w = height, width
         self.cost = T.offset_costs(kernel_size, p, dtype=_F64, device=device)  # [kk]
-        self.powers = torch.stack([torch.ones_like(self.cost), self.cost, self.cost**2], 1)  # [kk, 3]
         valid = T.valid_mask(height, width, kernel_size, device=device)  # [HW, kk]
         self.outside = torch.where(valid, 0.0, -math.inf).to(_F64)
+        off = T.window_offsets(kernel_size).to(device)
+        self.pair_of = off[:, 0].abs() * (r + 1) + off[:, 1].abs()  # [kk]
+        d = torch.arange(r + 1, device=device, dtype=_F64)
+        self.pair_cost = T.squared_to_cost((d[:, None] ** 2 + d[None, :] ** 2).reshape(-1), p)  # [(r+1)^2]
 
     def logits(self, v: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
         """``v_j - psi C_ij - 1`` for every plan entry ``(i, j)``: ``[b,C,H,W]`` -> ``[b,C,HW,kk]``.
@@ -229,26 +238,85 @@ class _Window:
         nb = T.gather_neighbours(v, self.k)
         return nb.add_(self.outside).sub_(psi[:, None, None, None] * self.cost + 1)
 
-    def shifted_exp(self, v: torch.Tensor, psi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(m, E)``: ``E = exp(v_j - psi C_ij - 1 - m_i)`` ``[b,C,HW,kk]`` with ``m_i`` ``[b,C,HW]`` the
-        window's largest exponent (0 where the window is empty), so ``E <= 1``: a stabilised log-sum-exp.
+    def pair_sums(self, e: torch.Tensor) -> torch.Tensor:
+        """``M[b, pair, (c, i)] = sum over the offsets o of the pair of e[b, c, i + o]`` (0 outside the image).
 
-        The window is symmetric and so is ``C``: the same operator gives ``K e^v`` and ``K^T e^v``.
+        Shifted sums, separable by rows and columns: about ``(r+1)^2 + 2r`` additions of an image,
+        instead of materialising the ``[B, C, H*W, k*k]`` window tensor.
         """
-        e = self.logits(v, psi)
-        m = e.amax(-1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        return m[..., 0], e.sub_(m).exp_()
+        b, c, h, w = e.shape
+        r = self.r
+        ep = torch.nn.functional.pad(e, (r, r, r, r))
+        cols = [ep[..., r : r + w]] + [ep[..., r - a : r - a + w] + ep[..., r + a : r + a + w] for a in range(1, r + 1)]
+        out = torch.empty(b, r + 1, r + 1, c, h, w, dtype=e.dtype, device=e.device)
+        for dh in range(r + 1):
+            for a, col in enumerate(cols):
+                if dh == 0:
+                    out[:, 0, a] = col[:, :, r : r + h]
+                else:
+                    torch.add(col[:, :, r - dh : r - dh + h], col[:, :, r + dh : r + dh + h], out=out[:, dh, a])
+        return out.reshape(b, (r + 1) ** 2, c * h * w)
 
-    def logsum(self, v: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-        """``log sum_j exp(v_j - psi C_ij - 1)`` over each window, ``[b,C,HW]`` (``-inf`` if empty)."""
-        m, ex = self.shifted_exp(v, psi)
-        return m + torch.log(ex.sum(-1))
 
-    def reweighted(self, ex: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``sum_o E[..., o] weights[b, o, q]`` ``[b,C,HW,q]``: window sums with per-example weights."""
-        b, c, hw, kk = ex.shape
-        return torch.bmm(ex.reshape(b, c * hw, kk), weights).reshape(b, c, hw, -1)
+class _Gathered:
+    """``exp(v)`` summed over every pixel's window, for any multiplier ``psi`` (the operator ``K e^v``).
+
+    In the log domain with one shift per image: ``E = exp(v - s)``, ``s`` the image's largest finite
+    ``v``; the window sums of ``E`` are grouped by cost class (:meth:`_Window.pair_sums`), so that
+    ``log sum_j exp(v_j - psi C_ij - 1)`` for any ``psi`` is a ``(r+1)^2``-term weighted sum. When some
+    finite ``v`` lies more than 599 below ``s`` (a window's sum could then underflow), that example is
+    computed instead by an exact per-window log-sum-exp on the plan layout. The window is symmetric
+    and so is ``C``: the same sums give ``K e^v`` and ``K^T e^v``.
+    """
+
+    def __init__(self, win: _Window, v: torch.Tensor) -> None:
+        self.win, self.v = win, v
+        finite = torch.isfinite(v)
+        s = torch.where(finite, v, -math.inf).flatten(1).amax(1)
+        self.shift = torch.where(torch.isfinite(s), s, torch.zeros_like(s))  # [b]
+        self.risky = (finite & (v < self.shift[:, None, None, None] - 599)).flatten(1).any(1)
+        self.maps = win.pair_sums(torch.exp(v - self.shift[:, None, None, None]))  # [b, pairs, C*H*W]
+
+    def _exact(self, idx, psi):
+        return self.win.logits(self.v[idx], psi[idx])
+
+    def log_window(self, psi: torch.Tensor) -> torch.Tensor:
+        """``log sum_j exp(v_j - psi C_ij - 1)`` per pixel ``i``, ``[b, C, H, W]`` (``-inf`` if empty)."""
+        weights = torch.exp(-psi[:, None] * self.win.pair_cost - 1)  # [b, pairs]
+        out = torch.log(torch.bmm(weights[:, None, :], self.maps)[:, 0]) + self.shift[:, None]
+        out = out.reshape(self.v.shape)
+        if bool(self.risky.any()):
+            idx = self.risky.nonzero()[:, 0]
+            out[idx] = torch.logsumexp(self._exact(idx, psi), -1).reshape(out[idx].shape)
+        return out
+
+    def log_pair_totals(self, f: torch.Tensor) -> torch.Tensor:
+        """``log sum_i e^{f_i} sum_{o in pair} e^{v_{i+o}}`` per example and cost class, ``[b, pairs]``.
+
+        With it, ``sum(P C^q)`` for the plan ``exp(f_i + v_j - psi C_ij - 1)`` and any ``psi`` is a
+        sum over the ``(r+1)^2`` classes.
+        """
+        b = f.shape[0]
+        fs = f.reshape(b, -1)
+        top = torch.where(torch.isfinite(fs), fs, -math.inf).amax(1).clamp_min(-1e300)  # [b]
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        ef = torch.exp(fs - top[:, None])[:, :, None]
+        out = torch.log(torch.bmm(self.maps, ef)[..., 0]) + (self.shift + top)[:, None]
+        if bool(self.risky.any()):
+            idx = self.risky.nonzero()[:, 0]
+            e = self._exact(idx, torch.full((idx.numel(),), -1.0, dtype=_F64, device=f.device))  # v_j + 0
+            e = (e - 0.0) + f[idx].reshape(idx.numel(), f.shape[1], -1, 1)
+            e = e.flatten(1, 2)  # [n, C*HW, kk]
+            out[idx] = torch.stack(
+                [torch.logsumexp(e[..., self.win.pair_of == q].flatten(1), 1)
+                 for q in range(self.win.pair_cost.numel())], 1)
+        return out
+
+
+def _pair_moments(log_totals: torch.Tensor, win: _Window, psi: torch.Tensor, powers: tuple[int, ...]):
+    """``sum(P C^q)`` per example ``[b, len(powers)]`` from :meth:`_Gathered.log_pair_totals`."""
+    per = torch.exp(log_totals - psi[:, None] * win.pair_cost - 1)  # [b, pairs]
+    return torch.stack([(per * win.pair_cost**q).sum(1) for q in powers], 1)
 
 
 def _sum(t: torch.Tensor) -> torch.Tensor:
@@ -298,8 +366,8 @@ def dual_objective(
     eps = _per_example(eps, b, "eps", X.device)
     f, g, psi = duals.f, duals.g, duals.psi
     phi = torch.zeros_like(Y) if phi is None else phi.to(_F64)
-    lg = win.logsum(g, psi)
-    mass = _sum(torch.exp(f + lg.reshape(f.shape)))
+    lg = _Gathered(win, g).log_window(psi)
+    mass = _sum(torch.exp(f + lg))
     fx = _sum(torch.where(X > 0, f * X, torch.zeros_like(X)))
     bp = -g - phi
     obj = -_sum(bp**2) / (2 * lam) - psi * eps + fx - _sum(bp * Y) - mass
@@ -376,16 +444,14 @@ def sinkhorn_projection(
     old = torch.full((b,), -math.inf, dtype=_F64, device=dev)
     iters = torch.zeros(b, dtype=torch.long, device=dev)
     converged = torch.zeros(b, dtype=torch.bool, device=dev)
-    lg = win.logsum(g, psi)  # log(K e^g) per pixel, reused by each iteration's f update
-    lg = lg.reshape(x.shape)
+    lg = _Gathered(win, g).log_window(psi)  # log(K e^g), reused by each f update
     active = torch.arange(b, device=dev)
     log_lam = math.log(lam)
     while active.numel() > 0:
         A = active
         Xa, Ya, lxa, ga, psia, epsa = X[A], Y[A], logx[A], g[A], psi[A], eps[A]
         fa = lxa - lg[A]  # alpha update: exact row sums x
-        lu = win.logsum(fa, psia)  # log u = log(K^T e^f)
-        lu = lu.reshape(fa.shape)
+        lu = _Gathered(win, fa).log_window(psia)  # log u = log(K^T e^f)
         wl = lambertw_exp(log_lam + lam * Ya + lu)
         g1, z1 = lam * Ya - wl, wl / lam  # Wong et al.'s beta update; z1 = w + beta/lam
         if capv is None:
@@ -398,36 +464,20 @@ def sinkhorn_projection(
             gn = torch.where(free, g1, -beta0)
             za = torch.where(free, z1, ca.expand_as(Ya))
             phia = phia.clamp_min(0)
-        # Damped Newton step on psi with the plan (f, g_new, psi_old): sums of P, P C, P C^2 per row.
-        m, ex = win.shifted_exp(gn, psia)
-        sums = ex @ win.powers
-        scale = torch.exp(fa.reshape(m.shape) + m)  # e^{f_i} e^{m_i}; 0 on empty rows
-        pc, pc2 = _sum(scale * sums[..., 1]), _sum(scale * sums[..., 2])
-        dpsi, ddpsi = pc - epsa, -pc2
+        # Damped Newton step on psi with the plan (f, g_new, psi_old): sum of P C and P C^2.
+        gg = _Gathered(win, gn)
+        totals = gg.log_pair_totals(fa)
+        moments = _pair_moments(totals, win, psia, (1, 2))
+        dpsi, ddpsi = moments[:, 0] - epsa, -moments[:, 1]
         curved = ddpsi < 0
         delta = torch.where(curved, dpsi / torch.where(curved, ddpsi, -1.0), torch.zeros_like(dpsi))
         t = torch.ones_like(psia)
         for _ in range(7):  # the authors halve t while psi - t delta < 0 and t > 1e-2
             t = torch.where(psia - t * delta < 0, t / 2, t)
         psin = torch.where(curved, (psia - t * delta).clamp_min(0), torch.where(dpsi < 0, 0.0, psia))
-        # The plan at the new psi: P' = P exp(-(psi' - psi) C), reusing E unless that factor could
-        # overflow or underflow (then the window sums are recomputed).
-        step = psin - psia
-        if bool((step.abs() * win.cost.max() <= 600).all()):
-            fac = torch.exp(-step[:, None] * win.cost)  # [b, kk]
-            sums = win.reweighted(ex, torch.stack([fac, fac * win.cost], -1))
-            if not bool((sums[..., 0] > 0).all()):
-                m = None
-        else:
-            m = None
-        if m is None:
-            m, ex = win.shifted_exp(gn, psin)
-            sums = ex @ win.powers[:, :2]
-            scale = torch.exp(fa.reshape(m.shape) + m)
-        del ex
-        mass_n = _sum(scale * sums[..., 0])
-        cost_a = _sum(scale * sums[..., 1])
-        lgn = (m + torch.log(sums[..., 0])).reshape(fa.shape)
+        lgn = gg.log_window(psin)  # the plan at the new psi: its row sums, mass and cost
+        del gg
+        mass_n, cost_a = _pair_moments(totals, win, psin, (0, 1)).unbind(1)
         # Objective watched by the stopping rule.
         fx = _sum(torch.where(Xa > 0, fa * Xa, torch.zeros_like(Xa)))
         if stopping == "dual":

@@ -188,6 +188,7 @@ class Suite:
         indices: torch.Tensor | None = None,
         exact_fraction: float = 0.0,
         progress: bool = True,
+        gradient_model: torch.nn.Module | None = None,
     ) -> SuiteResult:
         """Worst case over the suite's attacks at each radius of ``radii``, per example.
 
@@ -202,6 +203,8 @@ class Suite:
             exact_fraction: fraction of examples (chosen by index hash) whose adversarial example is
                 re-checked with the exact LP solver (``threat.distance``).
             progress: show a tqdm bar per (radius, attack) with the examples still robust.
+            gradient_model: optional model the attacks take gradients on (e.g. a straight-through
+                estimate of a thresholding defense); success is always judged on ``model``.
 
         Returns:
             A :class:`SuiteResult` on CPU.
@@ -228,6 +231,7 @@ class Suite:
         broken_attack = torch.full((b,), -1, dtype=torch.long)
         adversarial = x.clone()
         timings = []
+        extra = {} if gradient_model is None else {"gradient_model": gradient_model}
         start = time.perf_counter()
         for r in radii:
             ball = threat.with_eps(r)
@@ -239,7 +243,8 @@ class Suite:
                 with tqdm(total=n, desc=f"r={r:g} {label}", unit="ex", leave=False, disable=not progress) as bar:
                     idx = todo.nonzero()[:, 0]
                     dev_idx = idx.to(x.device)
-                    res = attack(model, x[dev_idx], labels[dev_idx], threat=ball, seed=seed, indices=indices[idx])
+                    res = attack(model, x[dev_idx], labels[dev_idx], threat=ball, seed=seed, indices=indices[idx],
+                                 **extra)
                     won = res.success.cpu()
                     hit = idx[won]
                     broken_cost[hit] = res.cost.cpu()[won]

@@ -1,0 +1,247 @@
+"""The benchmark pipeline: verified results, determinism, resume after kill -9, shards, multirun, bad configs.
+
+Runs use test doubles (tests/bench_doubles.py, tests/conf/): synthetic blobs, a centre-of-mass model and
+a toy attack, so the whole file takes seconds of compute; subprocesses exercise the console entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+from bench_doubles import CentreOfMass  # noqa: E402
+
+from wasserstein_attacks import WassersteinBall, bench  # noqa: E402
+from wasserstein_attacks.bench import ConfigError  # noqa: E402
+from wasserstein_attacks.cli import bench_main, merge_main  # noqa: E402
+
+TOY = [
+    f"hydra.searchpath=[file://{TESTS / 'conf'}]",
+    "experiment=debug",
+    "model=toy_com",
+    "suite=toy-v1",
+    "dataset.n=24",
+    "batch_size=6",
+    "radii=[0.05,0.2,0.6]",
+    "exact_fraction=0.5",
+    "progress=false",
+]
+
+
+def toy_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=[*TOY, *overrides])
+
+
+def cli(*args: str, kind: str = "bench") -> list[str]:
+    main = {"bench": "bench_main", "merge": "merge_main"}[kind]
+    code = f"import sys; sys.argv[0] = 'wattack-{kind}'; from wasserstein_attacks.cli import {main}; {main}()"
+    return [sys.executable, "-c", code, *args]
+
+
+def env() -> dict:
+    e = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]))
+    e.pop("HYDRA_FULL_ERROR", None)
+    return e
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    results = bench.run(toy_cfg(), out)
+    return out, results
+
+
+def test_run_writes_verified_results(base_run):
+    out, results = base_run
+    for name in ("results.json", "examples.npz", "timings.json", "curve.png", "examples.png"):
+        assert (out / name).is_file(), name
+    for png in ("curve.png", "examples.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = bench.load_results(out)
+    assert loaded == json.loads(json.dumps(results))
+    assert set(loaded["robust_accuracy"]) == {"0.05", "0.2", "0.6"}
+    assert loaded["threat"]["p"] == 1 and loaded["threat"]["kernel_size"] == 5 and loaded["threat"]["box"] == [0, 1]
+    assert loaded["threat"]["tolerances"]["cost_rel"] == 1e-4 and "eps" not in loaded["threat"]
+    assert loaded["suite"]["name"] == "toy" and [a["name"] for a in loaded["suite"]["attacks"]] == ["shift_a", "shift_b"]
+    assert "seconds" not in json.dumps(loaded) and "total_seconds" in json.loads((out / "timings.json").read_text())
+
+    ex = loaded["examples"]
+    n = loaded["n_examples"]
+    assert n == 24 and ex["index"] == list(range(24))
+    correct = np.array(ex["clean_correct"])
+    assert loaded["clean_accuracy"] == correct.mean()
+    cost = np.array([np.inf if c is None else c for c in ex["broken_cost"]])
+    for key, acc in loaded["robust_accuracy"].items():
+        assert acc == (correct & ~(cost <= float(key) * (1 + 1e-4))).mean()
+    assert list(loaded["per_attack_robust_accuracy"]["shift_b"].values()) == list(loaded["robust_accuracy"].values())
+    broken = np.array([b is not None for b in ex["broken_by"]])
+    assert broken.any() and (correct & ~broken).any() and (~correct).any()
+
+    # Anyone can re-check the adversarial examples: misclassified and inside the ball by the exact LP.
+    with np.load(out / "examples.npz", allow_pickle=False) as z:
+        clean, adv = torch.from_numpy(z["clean"]), torch.from_numpy(z["adversarial"])
+        np.testing.assert_array_equal(z["index"], np.arange(24))
+        np.testing.assert_array_equal(z["broken_cost"], cost)
+    radius = torch.tensor([r if r is not None else np.inf for r in ex["broken_radius"]], dtype=torch.float64)
+    b = torch.from_numpy(broken)
+    d = WassersteinBall(eps=0.0).distance(clean[b], adv[b])
+    assert (d <= radius[b] * (1 + 1e-4)).all()
+    with torch.no_grad():
+        assert (CentreOfMass()(adv[b]).argmax(1) != torch.tensor(ex["label"])[b]).all()
+    torch.testing.assert_close(adv[~b], clean[~b])
+    # The exact LP sample is chosen by index and checked against the radius.
+    checked = [e is not None for e in ex["exact_distance"]]
+    assert loaded["exact_check"]["checked"] == sum(checked) > 0
+    assert loaded["exact_check"]["within_radius"] == sum(checked)
+    assert all(c <= bb for c, bb in zip(checked, broken, strict=True))
+
+
+def test_same_config_same_bytes_resume_and_other_config(base_run, tmp_path):
+    out, _ = base_run
+    again = tmp_path / "again"
+    bench.run(toy_cfg(), again)
+    assert (again / "results.json").read_bytes() == (out / "results.json").read_bytes()
+    # Resume: a lost batch and lost outputs are redone from the saved state, to the same bytes.
+    (again / "state" / "batch-000002.npz").unlink()
+    (again / "results.json").unlink()
+    bench.run(toy_cfg(), again)
+    assert (again / "results.json").read_bytes() == (out / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match="another config"):
+        bench.run(toy_cfg("seed=1"), again)
+
+
+def test_shards_merge_to_the_unsharded_bytes(base_run, tmp_path):
+    out, _ = base_run
+    folders = []
+    for i in range(3):
+        folders.append(tmp_path / f"s{i}")
+        r = bench.run(toy_cfg(f"shard={i}/3"), folders[-1])
+        assert r["shard"]["index"] == i and r["n_examples"] < 24
+    merge_main([str(f) for f in folders[::-1]] + ["-o", str(tmp_path / "merged")])
+    assert (tmp_path / "merged" / "results.json").read_bytes() == (out / "results.json").read_bytes()
+    with pytest.raises(ValueError, match="shards must be 0/n"):
+        bench.merge(folders[:2], tmp_path / "bad")
+    with pytest.raises(ValueError, match="given twice"):
+        bench.merge([folders[0], folders[0], folders[2]], tmp_path / "bad")
+    with pytest.raises(ValueError, match="not a shard"):
+        bench.merge([out], tmp_path / "bad")
+    with pytest.raises(SystemExit) as exc:
+        merge_main([str(tmp_path / "nothing")])
+    assert exc.value.code == 2
+
+
+def test_kill_and_resume_gives_identical_bytes(tmp_path):
+    slow = ["suite.attacks.shift_a.delay=0.25", "batch_size=3", "radii=[0.6]"]
+    ref = tmp_path / "ref"
+    bench.run(toy_cfg(*slow), ref)
+    run_dir = tmp_path / "killed"
+    cmd = cli(*TOY, *slow, f"hydra.run.dir={run_dir}")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list((run_dir / "state").glob("batch-*.npz"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((run_dir / "state").glob("batch-*.npz")))
+    assert 2 <= done < 8 and not (run_dir / "results.json").exists()
+    subprocess.run(cmd, cwd=tmp_path, env=env(), check=True, capture_output=True, timeout=300)
+    assert (run_dir / "results.json").read_bytes() == (ref / "results.json").read_bytes()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "parallel"])
+def test_multirun_over_attacks(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TOY, "radii=[0.6]", "dataset.n=4", "batch_size=4", f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={sweep}", "attack=toy_a,toy_b"]
+    if launcher == "parallel":
+        args.append("hydra.launcher.n_jobs=2")
+    p = subprocess.run(cli(*args), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    found = sorted(sweep.glob("*/results.json"))
+    assert len(found) == 2
+    names = sorted(json.loads(f.read_text())["suite"]["name"] for f in found)
+    assert names == ["single-toy_a", "single-toy_b"]
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("radii=[0.1,-1]", "radii"),
+        ("radii=[]", "radii"),
+        ("+threat.eps=-0.5", "threat.eps"),
+        ("threat.kernel_size=4", "threat"),
+        ("shard=3/3", "shard"),
+        ("shard=one", "shard"),
+        ("shard=0/9", "shard"),
+        ("batch_size=0", "batch_size"),
+        ("exact_fraction=2", "exact_fraction"),
+        ("device=tpu", "device"),
+        ("suite.attacks.shift_a._target_=bench_doubles.Nope", "suite.attacks.shift_a"),
+        ("+suite.attacks.shift_b.bogus=1", "suite.attacks.shift_b"),
+        ("model.checkpoint=/nonexistent/weights.pth", "model.checkpoint"),
+        ("dataset.n=0", "dataset.n"),
+    ],
+)
+def test_bad_configs_fail_fast_naming_the_field(tmp_path, override, field):
+    with pytest.raises(ConfigError) as exc:
+        bench.run(toy_cfg(override), tmp_path / "run")
+    msg = str(exc.value)
+    assert msg.startswith(field) and "\n" not in msg, msg
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_checkpoint_that_does_not_match_the_model(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: .*does not match model 'toy_com'"):
+        bench.run(toy_cfg(f"model.checkpoint={path}"), tmp_path / "run")
+    good = tmp_path / "good.pth"
+    torch.save(CentreOfMass().state_dict(), good)
+    results = bench.run(toy_cfg(f"model.checkpoint={good}", "dataset.n=6", "radii=[0.2]"), tmp_path / "ok")
+    assert results["model"]["checkpoint"] == "good.pth" and len(results["model"]["checkpoint_sha256"]) == 64
+
+
+def test_cli_reports_bad_configs_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["wattack-bench", "attack=nope"])
+    with pytest.raises(SystemExit) as exc:
+        bench_main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("wattack-bench: error: attack: unknown attack 'nope'; available:")
+    p = subprocess.run(cli(*TOY, "radii=[0.1,-1]", f"hydra.run.dir={tmp_path / 'r'}"), cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == "wattack-bench: error: radii must be finite and >= 0, got -1.0"
+    assert not (tmp_path / "r" / "state").exists()
+
+
+def test_wandb_logger_runs_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    results = bench.run(toy_cfg("logger=wandb", "dataset.n=6", "radii=[0.6]"), tmp_path / "w")
+    assert results["n_examples"] == 6
+    assert "logger" not in results["config"]  # trackers do not change the numbers or the hash
+
+
+@pytest.mark.slow
+def test_wandb_logger_offline_writes_a_run(tmp_path):
+    cmd = cli(*TOY, "logger=wandb", "dataset.n=6", "radii=[0.6]", f"hydra.run.dir={tmp_path / 'w'}")
+    p = subprocess.run(cmd, cwd=tmp_path, env={**env(), "WANDB_MODE": "offline"}, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert list((tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb"))

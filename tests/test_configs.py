@@ -1,0 +1,185 @@
+"""Every Hydra config in conf/ composes, and what it instantiates instantiates; the presets run at tiny size."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_method
+from omegaconf import OmegaConf
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+CONF = REPO / "conf"
+SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(TESTS))
+
+from wasserstein_attacks import WassersteinBall, bench  # noqa: E402
+from wasserstein_attacks.attacks.base import Attack  # noqa: E402
+from wasserstein_attacks.attacks.suite import Suite, load_suite, suite_from_config  # noqa: E402
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(*overrides: str, config: str = "config", hydra_node: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config, overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def bind(node) -> None:
+    """The ``_target_`` exists and accepts the config's keyword arguments (without calling it)."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=False).items() if k != "_target_"}
+    inspect.signature(get_method(node._target_)).bind(**kwargs)
+
+
+def test_the_groups_exist():
+    for group in ("dataset", "model", "threat", "suite", "logger", "experiment", "hydra/launcher"):
+        assert options(group), f"conf/{group}/ is empty"
+    assert {"quick_mnist", "reference", "debug"} <= set(options("experiment"))
+    assert "standard-v1" in options("suite") and {"none", "wandb"} <= set(options("logger"))
+
+
+def test_default_config_composes_to_the_quick_mnist_run():
+    cfg = compose_cfg()
+    assert cfg.name == "quick-mnist" and cfg.dataset.name == "mnist" and cfg.dataset.n == 500
+    assert list(cfg.radii) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+    assert cfg.model.name == "standard_mnist" and cfg.suite.name == "standard" and cfg.get("attack") is None
+    assert cfg.threat.p == 1 and cfg.threat.kernel_size == 5
+    bind(cfg.model.build)
+    bind(cfg.dataset)
+
+
+@pytest.mark.parametrize("name", options("dataset"))
+def test_dataset_configs(name):
+    cfg = compose_cfg(f"dataset={name}")
+    if OmegaConf.is_missing(cfg.dataset, "root"):
+        # A user-provided folder (CIFAR-10): the config must say so rather than guess a path.
+        bind(OmegaConf.merge(cfg.dataset, {"root": "/data"}))
+        return
+    bind(cfg.dataset)
+    if name == "synthetic":
+        images, labels, info = bench._load_data(cfg)
+        assert images.shape == (cfg.dataset.n, 1, 12, 12) and labels.shape == (cfg.dataset.n,)
+        assert info["name"] == "synthetic" and "root" not in info
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_configs(name):
+    cfg = compose_cfg(f"model={name}")
+    assert set(cfg.model) == {"name", "build", "checkpoint"}
+    bind(cfg.model.build)
+    if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():
+        pytest.skip(f"checkpoint {cfg.model.checkpoint} absent (reference models live in ../shared for developers)")
+    if name == "standard_mnist":
+        pytest.skip("instantiating trains the standard model: covered by the slow preset test")
+    model, info = bench._build_model(cfg)
+    assert isinstance(model, torch.nn.Module) and info["name"] == cfg.model.name
+    if cfg.model.checkpoint is not None:
+        assert len(info["checkpoint_sha256"]) == 64
+
+
+@pytest.mark.parametrize("name", options("threat"))
+def test_threat_configs(name):
+    cfg = compose_cfg(f"threat={name}")
+    ball = bench.build_threat(cfg, eps=0.1)
+    assert isinstance(ball, WassersteinBall) and ball.box == (0.0, 1.0) and float(ball.eps_for(1)) == 0.1
+    assert "eps" not in cfg.threat  # the radius comes from `radii`
+
+
+@pytest.mark.parametrize("name", options("suite"))
+def test_suite_configs(name):
+    cfg = compose_cfg(f"suite={name}")
+    assert isinstance(cfg.suite.version, int) and cfg.suite.version >= 1
+    assert name.endswith(f"-v{cfg.suite.version}"), "a suite file is named <name>-v<version>"
+    suite = suite_from_config(cfg.suite)
+    assert isinstance(suite, Suite) and all(isinstance(a, Attack) for a in suite.attacks)
+    loaded = load_suite(name)
+    assert (loaded.name, loaded.version, loaded.labels) == (suite.name, suite.version, suite.labels)
+
+
+@pytest.mark.parametrize("name", options("attack"))
+def test_attack_configs_are_exactly_the_constructor_arguments(name):
+    cfg = compose_cfg(f"attack={name}")
+    cls = get_method(cfg.attack._target_)
+    params = {k for k, p in inspect.signature(cls.__init__).parameters.items()
+              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k != "self"}
+    assert set(cfg.attack) - {"_target_"} == params
+    suite, desc = bench._build_suite(cfg, name)
+    assert isinstance(suite.attacks[0], Attack) and desc["name"] == f"single-{name}"
+
+
+@pytest.mark.parametrize("name", options("logger"))
+def test_logger_configs(name):
+    cfg = compose_cfg(f"logger={name}")
+    assert cfg.logger.kind == name
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_presets_compose(name):
+    cfg = compose_cfg(f"experiment={name}")
+    assert cfg.name and list(cfg.radii) and cfg.dataset.n >= 1
+    bench.build_threat(cfg)
+    bind(cfg.model.build)
+
+
+def test_launchers_compose():
+    cfg = compose_cfg("hydra/launcher=parallel", hydra_node=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+    cfg = compose_cfg("hydra/launcher=basic", hydra_node=True)
+    assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
+def test_slurm_launcher_composes():
+    cfg = compose_cfg("hydra/launcher=slurm", hydra_node=True)
+    assert "submitit" in cfg.hydra.launcher._target_.lower()
+
+
+def test_train_config_composes():
+    cfg = compose_cfg(config="train")
+    from wasserstein_attacks import train
+
+    inspect.signature(train.standard_mnist_model).bind(**OmegaConf.to_container(cfg.train))
+    assert float(bench.build_threat(cfg, eps=cfg.report.eps).eps_for(1)) == cfg.report.eps
+
+
+def test_run_folder_is_deterministic_and_shard_safe():
+    cfg = compose_cfg("experiment=debug", hydra_node=True)
+    run = OmegaConf.to_container(cfg.hydra, resolve=False)
+    assert run["run"]["dir"] == "runs/${name}/${wattack_dirname:${hydra:job.override_dirname}}"
+    assert run["sweep"]["subdir"] == "${wattack_dirname:${hydra:job.override_dirname}}"
+    assert {"name", "logger", "progress", "experiment"} <= set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    name = OmegaConf.create({"a": "${wattack_dirname:'seed=3,shard=1/4'}", "b": "${wattack_dirname:''}"})
+    assert (name.a, name.b) == ("seed=3,shard=1-of-4", "default")
+
+
+def test_debug_preset_runs(tmp_path):
+    results = bench.run(compose_cfg("experiment=debug", "progress=false"), tmp_path / "debug")
+    assert results["n_examples"] == 16 and results["dataset"]["name"] == "synthetic"
+    assert results["exact_check"]["within_radius"] == results["exact_check"]["checked"]
+
+
+@pytest.mark.slow
+def test_quick_mnist_preset_runs_at_tiny_size(tmp_path):
+    cfg = compose_cfg("experiment=quick_mnist", "dataset.n=4", "radii=[0.1]", "batch_size=4", "progress=false",
+                      "model.build.train_size=256", "model.build.epochs=1", f"model.build.cache_dir={tmp_path}",
+                      "model.build.progress=false")
+    results = bench.run(cfg, tmp_path / "quick")
+    assert results["n_examples"] == 4 and results["suite"]["name"] == "standard"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "reference_models").is_dir(), reason="../shared/reference_models is absent")
+def test_reference_preset_runs_at_tiny_size(tmp_path):
+    cfg = compose_cfg("experiment=reference", "dataset.n=4", "radii=[0.1]", "batch_size=4", "progress=false")
+    results = bench.run(cfg, tmp_path / "ref")
+    assert results["model"]["checkpoint_sha256"] == (
+        "cb1b02fecc0fa07a0b86a22ef87187c1e849ebaa24cd8f8004f039a0f9871f32")

@@ -1,0 +1,185 @@
+"""The attack suite: worst case per example over attacks and radii (AutoAttack style), its accounting."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_doubles import CentreOfMass, RandomShift  # noqa: E402
+
+from wasserstein_attacks import WassersteinBall  # noqa: E402
+from wasserstein_attacks.attacks.base import example_seeds  # noqa: E402
+from wasserstein_attacks.attacks.suite import Suite, SuiteResult, check_radii, in_exact_sample, load_suite  # noqa: E402
+from wasserstein_attacks.data import synthetic_dataset  # noqa: E402
+
+RADII = (0.05, 0.2, 0.6)
+THREAT = WassersteinBall(eps=0.0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = synthetic_dataset(20, split="test", height=12, width=12, num_classes=4, seed=3)
+    model = CentreOfMass(12, 12, 4).eval()
+    suite = Suite("toy", 1, [RandomShift(salt=0), RandomShift(salt=1)], labels=["a", "b"])
+    res = suite.run(model, data.images, data.labels, RADII, threat=THREAT, seed=5, exact_fraction=1.0,
+                    progress=False)
+    return data, model, suite, res
+
+
+def test_accounting_and_verified_adversarial_examples(setup):
+    data, model, _, res = setup
+    x, y = data.images, data.labels
+    tol = THREAT.cost_tol
+    with torch.no_grad():
+        clean_pred = model(x).argmax(1)
+        adv_pred = model(res.adversarial).argmax(1)
+    torch.testing.assert_close(res.clean_correct, clean_pred == y)
+    broken = res.broken_attack >= 0
+    # The toy data must exercise every case, or the assertions below would prove little.
+    assert (~res.clean_correct).any() and broken.any() and (res.clean_correct & ~broken).any()
+    # Clean errors: broken at radius 0, by no attack, image untouched.
+    ce = ~res.clean_correct
+    assert (res.broken_cost[ce] == 0).all() and (res.broken_radius[ce] == 0).all()
+    assert (res.broken_attack[ce] == -1).all()
+    torch.testing.assert_close(res.adversarial[~broken], x[~broken])
+    # Broken examples: misclassified, inside the ball of their radius by the exact LP, cost within it.
+    assert (adv_pred[broken] != y[broken]).all()
+    assert (res.broken_cost[broken] <= res.broken_radius[broken] * (1 + tol)).all()
+    exact = THREAT.distance(x[broken], res.adversarial[broken])
+    assert (exact <= res.broken_radius[broken] * (1 + tol)).all()
+    assert set(res.broken_radius[broken].tolist()) <= set(RADII)
+    # Never-broken correct examples have infinite cost.
+    assert torch.isinf(res.broken_cost[res.clean_correct & ~broken]).all()
+    # Robust accuracy is the fraction clean-correct with no adversarial of cost <= r.
+    for r in RADII:
+        expect = (res.clean_correct & ~(res.broken_cost <= r * (1 + tol))).double().mean().item()
+        assert res.robust_accuracy(r) == expect
+    accs = [res.robust_accuracy(r) for r in RADII]
+    assert accs == sorted(accs, reverse=True) and accs[0] <= res.clean_accuracy
+    assert res.broken_by == [("a", "b")[j] if j >= 0 else None for j in res.broken_attack.tolist()]
+
+
+def test_later_attacks_run_only_on_what_is_still_robust(setup):
+    _, _, _, res = setup
+    calls = {(t["radius"], t["attack"]): t for t in res.timings}
+    rad, by = res.broken_radius, res.broken_attack
+    for r in RADII:
+        # "a" attacks what no smaller radius broke; "b" what "a" then left robust.
+        left_a = res.clean_correct & (rad >= r)
+        left_b = res.clean_correct & ((rad > r) | ((rad == r) & (by == 1)))
+        assert calls.get((r, "a"), {"attacked": 0})["attacked"] == int(left_a.sum())
+        assert calls.get((r, "b"), {"attacked": 0})["attacked"] == int(left_b.sum())
+        assert calls.get((r, "a"), {"broken": 0})["broken"] == int(((by == 0) & (rad == r)).sum())
+    cum = res.cumulative_robust_accuracy()
+    assert list(cum) == ["a", "b"]
+    assert cum["b"] == {r: res.robust_accuracy(r) for r in RADII}
+    assert all(cum["a"][r] >= cum["b"][r] for r in RADII)
+
+
+def test_cumulative_curves_on_hand_made_result():
+    res = SuiteResult(
+        radii=(0.01, 0.1, 0.5),
+        attacks=("a", "b"),
+        indices=torch.arange(5),
+        labels=torch.zeros(5, dtype=torch.long),
+        clean_correct=torch.tensor([True, True, True, False, True]),
+        broken_cost=torch.tensor([0.05, 0.2, float("inf"), 0.0, 0.1 * (1 + 5e-5)], dtype=torch.float64),
+        broken_attack=torch.tensor([0, 1, -1, -1, 1]),
+        broken_radius=torch.tensor([0.1, 0.5, float("inf"), 0.0, 0.1], dtype=torch.float64),
+        adversarial=torch.zeros(5, 1, 2, 2),
+        exact_distance=torch.full((5,), float("nan"), dtype=torch.float64),
+        cost_tol=1e-4,
+    )
+    assert res.clean_accuracy == 0.8
+    # Example 4 costs 0.1 * (1 + 5e-5): inside the ball of radius 0.1 by the certificate's tolerance.
+    assert [res.robust_accuracy(r) for r in res.radii] == [0.8, 0.4, 0.2]
+    assert res.cumulative_robust_accuracy() == {"a": {0.01: 0.8, 0.1: 0.6, 0.5: 0.6},
+                                                "b": {0.01: 0.8, 0.1: 0.4, 0.5: 0.2}}
+    assert res.broken_by == ["a", "b", None, None, "b"]
+    both = SuiteResult.concatenate([res, res])
+    assert both.robust_accuracy(0.1) == 0.4 and both.indices.numel() == 10
+
+
+def test_batches_reproduce_the_whole_run_and_seeds_come_from_indices(setup):
+    data, model, suite, res = setup
+    parts = [
+        suite.run(model, data.images[s], data.labels[s], RADII, threat=THREAT, seed=5, indices=torch.arange(20)[s],
+                  exact_fraction=1.0, progress=False)
+        for s in (slice(0, 7), slice(7, 20))
+    ]
+    joined = SuiteResult.concatenate(parts)
+    for name in ("clean_correct", "broken_cost", "broken_attack", "broken_radius", "adversarial"):
+        torch.testing.assert_close(getattr(joined, name), getattr(res, name), rtol=0, atol=0)
+    torch.testing.assert_close(joined.exact_distance, res.exact_distance, equal_nan=True)
+
+    seen = []
+
+    class Spy(RandomShift):
+        def _run(self, model, x, labels, *, threat, targets, seeds):
+            seen.append(list(seeds))
+            return super()._run(model, x, labels, threat=threat, targets=targets, seeds=seeds)
+
+    idx = torch.arange(100, 108)
+    Suite("spy", 1, [Spy()]).run(model, data.images[:8], data.labels[:8], [0.1], threat=THREAT, seed=9,
+                                 indices=idx, progress=False)
+    attacked = res.clean_correct[:8]
+    assert seen == [example_seeds(9, idx[attacked])]
+
+
+def test_the_seed_drives_the_draws(setup):
+    data, model, suite, res = setup
+    # Same seed, same numbers is shown above (batches reproduce the run bit for bit); another seed differs.
+    other = suite.run(model, data.images, data.labels, RADII[-1:], threat=THREAT, seed=6, progress=False)
+    again = suite.run(model, data.images, data.labels, RADII[-1:], threat=THREAT, seed=5, progress=False)
+    assert not torch.equal(other.adversarial, again.adversarial)
+
+
+def test_exact_sample_depends_on_index_only(setup):
+    _, _, _, res = setup
+    idx = np.arange(5000)
+    a = in_exact_sample(idx, 0.2)
+    np.testing.assert_array_equal(in_exact_sample(idx[::-1], 0.2), a[::-1])
+    assert 0.17 < a.mean() < 0.23
+    assert not in_exact_sample(idx, 0.0).any() and in_exact_sample(idx, 1.0).all()
+    broken = res.broken_attack >= 0
+    checked = ~torch.isnan(res.exact_distance)
+    assert torch.equal(checked, broken)  # fraction 1.0: every success re-checked
+    assert (res.exact_distance[checked] <= res.broken_radius[checked] * (1 + THREAT.cost_tol)).all()
+    with pytest.raises(ValueError, match="exact_fraction"):
+        in_exact_sample(idx, 1.5)
+
+
+def test_bad_input_names_the_argument(setup):
+    data, model, suite, _ = setup
+    with pytest.raises(ValueError, match="radii"):
+        check_radii([0.1, -0.2])
+    with pytest.raises(ValueError, match="radii"):
+        check_radii([])
+    with pytest.raises(ValueError, match="radii"):
+        check_radii([0.1, 0.1])
+    assert check_radii([0.5, 0.01]) == (0.01, 0.5)
+    with pytest.raises(ValueError, match="version"):
+        Suite("x", 0, [RandomShift()])
+    with pytest.raises(ValueError, match="labels"):
+        Suite("x", 1, [RandomShift(), RandomShift()])
+    with pytest.raises(ValueError, match="attacks"):
+        Suite("x", 1, [])
+    with pytest.raises(ValueError, match="indices"):
+        suite.run(model, data.images[:4], data.labels[:4], [0.1], threat=THREAT, indices=torch.arange(3))
+    with pytest.raises(ValueError, match="threat"):
+        suite.run(model, data.images[:4], data.labels[:4], [0.1], threat=0.1)
+
+
+def test_load_suite_builds_the_named_versioned_suite():
+    conf = Path(__file__).parent / "conf"
+    suite = load_suite("toy-v1", conf_dir=conf)
+    assert (suite.name, suite.version, suite.labels) == ("toy", 1, ["shift_a", "shift_b"])
+    assert [a.salt for a in suite.attacks] == [0, 1]
+    with pytest.raises(ValueError, match="suite: unknown suite 'nope'"):
+        load_suite("nope", conf_dir=conf)
