@@ -200,21 +200,21 @@ def test_straight_through_rejects_shape_changes_and_non_callables():
 
 
 def _threshold_problem():
-    """Two classes; class 1 wins once a pixel of the right half is above 0.5 after binarisation.
+    """Two classes; class 1 wins once a pixel of column W/2 is above 0.5 after binarisation.
 
-    The clean images have a bright blob left of the middle and a column just below the threshold
-    right of it: moving a little mass one pixel to the right breaks them, but the threshold's
-    gradient is zero, so only a straight-through gradient shows where to move it.
+    The clean images have a bright blob left of that column, which is just below the threshold:
+    moving a little mass one pixel to the right breaks them, but the threshold's gradient is zero,
+    so only a straight-through gradient shows where to move it.
     """
     x = torch.zeros(3, 1, H, W)
     x[:, 0, 2:6, 2:4] = 0.9
-    x[:, 0, 2:6, W // 2] = torch.tensor([0.45, 0.4, 0.35])[:, None]
+    x[:, 0, 2:6, W // 2] = torch.tensor([0.45, 0.42, 0.4])[:, None]
     lin = nn.Linear(H * W, 2)
     with torch.no_grad():
         lin.weight.zero_()
-        right = torch.zeros(H, W)
-        right[:, W // 2 :] = 1.0
-        lin.weight[1] = right.reshape(-1)
+        column = torch.zeros(H, W)
+        column[:, W // 2] = 1.0
+        lin.weight[1] = column.reshape(-1)
         lin.bias.copy_(torch.tensor([0.5, 0.0]))
     net = nn.Sequential(nn.Flatten(), lin)
     model = nn.Sequential(Threshold(), net).eval()
@@ -227,7 +227,7 @@ def _attack(name):
     if name not in available():
         pytest.skip(f"attack {name!r} is not registered in this checkout")
     if name == "sinkhorn_penalty":
-        return get(name, steps=25, binary_search_steps=2)
+        return get(name, steps=25, binary_search_steps=2, lr=0.5)
     return get(name, steps=20)
 
 

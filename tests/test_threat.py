@@ -151,6 +151,13 @@ def test_mass_on_out_of_image_entries_is_detected():
     assert not cert.feasible.item()
     assert cert.outside_mass.item() == pytest.approx(0.1 / x.sum().item(), rel=1e-12)
     assert cert.row_error.item() == 0
+    # A negative out-of-image entry must not cancel a positive one.
+    i2, left = entry(5, 5, 5, (4, 0), (0, -1))
+    plan[0, 0, i2, left] = -0.1
+    plan[0, 0, i2, T.stay_index(5)] = 0.6
+    cert = WassersteinBall(10.0, box=None).certify(x, T.column_sums(plan, 5, 5), plan)
+    assert cert.outside_mass.item() == pytest.approx(0.2 / x.sum().item(), rel=1e-12)
+    assert cert.negative.item() == pytest.approx(-0.1 / x.sum().item(), rel=1e-12)
 
 
 def test_box_violation_is_detected_and_ignored_without_a_box():

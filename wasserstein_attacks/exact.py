@@ -9,8 +9,9 @@ dense plans). It is solved in float64 by POT's network simplex on that sparse gr
 that makes the move impossible leaves the graph without a feasible flow; that is detected from the
 returned plan (its marginals do not match), never from a cost value.
 
-Speed (1000 MNIST pairs, one core): about 1.5 ms per pair for ``k = 5``, against about 10 ms for the
-dense support x support problem with forbidden entries (``benchmarks/verify_speed.py``).
+Speed: with ``k = 5`` the graph has about 25 arcs per source pixel instead of one per (source,
+target) pair, which makes a 1000-pair MNIST run several times faster than ``ot.emd`` on the dense
+support x support cost with forbidden entries (``benchmarks/verify_speed.py`` measures both).
 """
 
 from __future__ import annotations

@@ -92,8 +92,9 @@ def _plan_statistics(
         row_cost = P.reshape(-1, kk).mv(costs).reshape(bb, c * hw)
     cols = T.column_sums(P, x.shape[2], x.shape[3])  # drops the out-of-image entries
     negative = P.amin(dim=(1, 2, 3))
-    # Out-of-image mass = all row sums minus all column sums when no entry is negative; otherwise
-    # (rare: a plan with negative entries is infeasible beyond tolerance) sum |entries| exactly.
+    # Out-of-image mass = all row sums minus all column sums when no entry is negative (one subtraction
+    # instead of a gather); with negative entries (rare: attacks clamp) the signs could cancel, so
+    # those examples sum the absolute out-of-image entries instead.
     outside = rows.sum(dim=(1, 2)) - cols.sum(dim=(1, 2, 3))
     if bool((negative < 0).any()):
         outside = torch.where(negative < 0, P[:, :, inv_i, inv_o].abs().sum(dim=(1, 2)), outside)

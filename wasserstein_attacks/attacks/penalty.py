@@ -341,7 +341,6 @@ class SinkhornPenalty(Attack):
                 z, cost = z.detach(), cost.detach()
                 in_box = (y.detach() - 1).flatten(1).amax(1) <= _BOX_SLACK
                 inside = in_box & (cost <= sub["eps"])
-                print("DBG", t, fooled.tolist(), cost.tolist()[:1], margin.tolist()[:1], y[0,0,2:6,4].tolist(), grad.abs().max().item(), gpen.abs().max().item())
                 keep("cand", fooled & inside & (-cost > track["cand_score"][pos]), pos, z, -cost)
                 keep("att", ~fooled & inside & (margin > track["att_score"][pos]), pos, z, margin)
                 keep("fool", fooled & in_box & (-cost > track["fool_score"][pos]), pos, z, -cost)

@@ -304,8 +304,8 @@ class _Gathered:
         out = torch.log(torch.bmm(self.maps, ef)[..., 0]) + (self.shift + top)[:, None]
         if bool(self.risky.any()):
             idx = self.risky.nonzero()[:, 0]
-            e = self._exact(idx, torch.full((idx.numel(),), -1.0, dtype=_F64, device=f.device))  # v_j + 0
-            e = (e - 0.0) + f[idx].reshape(idx.numel(), f.shape[1], -1, 1)
+            zero = torch.zeros(idx.numel(), dtype=_F64, device=f.device)
+            e = self._exact(idx, zero) + 1 + f[idx].reshape(idx.numel(), f.shape[1], -1, 1)  # f_i + v_j
             e = e.flatten(1, 2)  # [n, C*HW, kk]
             out[idx] = torch.stack(
                 [torch.logsumexp(e[..., self.win.pair_of == q].flatten(1), 1)
@@ -447,17 +447,19 @@ def sinkhorn_projection(
     lg = _Gathered(win, g).log_window(psi)  # log(K e^g), reused by each f update
     active = torch.arange(b, device=dev)
     log_lam = math.log(lam)
+    full = True  # while every example is active, work on the tensors themselves (no gather / scatter)
     while active.numel() > 0:
         A = active
-        Xa, Ya, lxa, ga, psia, epsa = X[A], Y[A], logx[A], g[A], psi[A], eps[A]
-        fa = lxa - lg[A]  # alpha update: exact row sums x
+        sel = (lambda t: t) if full else (lambda t: t[A])  # noqa: E731
+        Xa, Ya, lxa, psia, epsa = sel(X), sel(Y), sel(logx), sel(psi), sel(eps)
+        fa = lxa - sel(lg)  # alpha update: exact row sums x
         lu = _Gathered(win, fa).log_window(psia)  # log u = log(K^T e^f)
         wl = lambertw_exp(log_lam + lam * Ya + lu)
         g1, z1 = lam * Ya - wl, wl / lam  # Wong et al.'s beta update; z1 = w + beta/lam
         if capv is None:
             gn, za, phia = g1, z1, torch.zeros_like(Ya)
         else:
-            ca = capv[A][:, None, None, None]
+            ca = sel(capv)[:, None, None, None]
             beta0 = lu - torch.log(ca)  # makes the column sum equal the cap
             phia = lam * (Ya - ca) + beta0
             free = phia < 0
@@ -484,7 +486,7 @@ def sinkhorn_projection(
             bp = -gn - phia
             obj = -_sum(bp**2) / (2 * lam) - psin * epsa + fx - _sum(bp * Ya) - mass_n
             if capv is not None:
-                obj = obj - capv[A] * _sum(phia)
+                obj = obj - sel(capv) * _sum(phia)
         elif capv is None:
             ef = torch.exp(fa)
             obj = (-_sum(ef**2) / (2 * lam) - psin * epsa + fx - _sum(ef.clamp(max=1e10) * Ya)
@@ -493,17 +495,25 @@ def sinkhorn_projection(
             bpp = -gn + phia
             obj = (-_sum(bpp**2) / (2 * lam) - psin * epsa + fx - _sum(bpp * Ya)
                    - _sum(torch.exp(gn + lu)) - _sum(phia))
-        ia = iters[A] + 1
-        close = (old[A] - obj).abs() <= 1e-4 + 1e-4 * obj.abs()
+        ia = sel(iters) + 1
+        close = (sel(old) - obj).abs() <= 1e-4 + 1e-4 * obj.abs()
         stop = close | (ia > maxiters)
         if feasibility is not None:
             feasible = (cost_a - epsa <= feasibility[0]) & ((_sum(za) - 1).abs() <= feasibility[1])
             stop &= feasible
             close &= feasible
         stop |= ia >= hard_maxiters
-        f[A], g[A], psi[A], lg[A], z[A], phi[A] = fa, gn, psin, lgn, za, phia
-        old[A], iters[A], cost[A], converged[A] = obj, ia, cost_a, close
-        active = A[~stop]
+        if full:
+            f, g, psi, lg, z, phi, old, iters, cost, converged = fa, gn, psin, lgn, za, phia, obj, ia, cost_a, close
+        else:
+            f[A], g[A], psi[A], lg[A], z[A], phi[A] = fa, gn, psin, lgn, za, phia
+            old[A], iters[A], cost[A], converged[A] = obj, ia, cost_a, close
+        if bool(stop.any()):
+            active = A[~stop]
+            if full:  # from now on the loop scatters into its own copies
+                f, g, psi, lg, z, phi = f.clone(), g.clone(), psi.clone(), lg.clone(), z.clone(), phi.clone()
+                old, iters, cost, converged = old.clone(), iters.clone(), cost.clone(), converged.clone()
+            full = False
     return Projection(z, SinkhornDuals(f, g, psi), phi, cost, iters, converged)
 
 
