@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from wasserstein_attacks import WassersteinBall
-from wasserstein_attacks.attacks import ModelChecks, StraightThrough, available, check_model, get, straight_through
+from wasserstein_attacks.attacks import (
+    ModelChecks,
+    StraightThrough,
+    available,
+    check_model,
+    get,
+    straight_through,
+)
 
 H = W = 8
 

@@ -241,10 +241,12 @@ def test_fit_box_returns_overflow_and_keeps_rows():
     k = 3
     x = images(2, 1, 5, 5, seed=11)
     rows = _Rows(x, k, 1)
-    g = torch.Generator().manual_seed(12)
-    R = torch.rand(rows.index.shape[0], k * k, generator=g, dtype=DT) * rows.valid
-    R = R / R.sum(-1, keepdim=True) * rows.mass[:, None]
-    assert rows.columns(R).max() > 1  # the random plan overflows the saturated pixels
+    # Every pixel next to (2, 2) sends all its mass there: a pile far above 1.
+    hub = 2 * 5 + 2 + torch.arange(2)[:, None] * 25
+    to_hub = (rows.target == hub[rows.example]) & rows.valid
+    R = torch.where(to_hub.any(-1, keepdim=True), to_hub.to(DT), rows.identity() / rows.mass[:, None])
+    R = R * rows.mass[:, None]
+    assert rows.columns(R).max() > 2
     F = fit_box(rows, R)
     assert rows.columns(F).max() <= 1
     torch.testing.assert_close(F.sum(-1), rows.mass)

@@ -48,14 +48,19 @@ def _sparse_solver():
 def _grid(height: int, width: int) -> np.ndarray:
     """Pixel coordinates ``(h, w)`` of each row-major index, int64 ``[H*W, 2]``."""
     h, w = np.divmod(np.arange(height * width), width)
-    return np.stack([h, w], axis=1)
+    grid = np.stack([h, w], axis=1)
+    grid.setflags(write=False)  # cached and shared between threads
+    return grid
 
 
 @functools.lru_cache(maxsize=32)
 def _window(height: int, width: int, kernel_size: int, p: int) -> tuple[np.ndarray, np.ndarray]:
     """Window targets ``[H*W, k*k]`` (-1 outside the image) and offset costs ``[k*k]``, as numpy."""
     targets = T.window_targets(height, width, kernel_size).numpy()
-    return targets, T.offset_costs(kernel_size, p).numpy()
+    costs = T.offset_costs(kernel_size, p).numpy()
+    targets.setflags(write=False)  # cached and shared between threads
+    costs.setflags(write=False)
+    return targets, costs
 
 
 @dataclass(frozen=True)

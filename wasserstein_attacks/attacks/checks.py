@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 
@@ -52,6 +52,7 @@ class ModelChecks:
         loss: the loss whose input gradient was checked (``"margin"`` or ``"ce"``).
         tiny: the vanishing-gradient threshold (loss units per unit of pixel value).
         warnings: one human-readable line per problem found (empty when none).
+
     """
 
     n_examples: int
@@ -71,7 +72,7 @@ class ModelChecks:
         return not self.warnings
 
     def as_dict(self) -> dict:
-        """The checks as a JSON-ready dict (plain floats, bools, ints, strings)."""
+        """Return the checks as a JSON-ready dict (plain floats, bools, ints, strings)."""
         d = asdict(self)
         d["warnings"] = list(self.warnings)
         d["ok"] = self.ok
@@ -109,6 +110,7 @@ def check_model(
 
     Returns:
         :class:`ModelChecks`.
+
     """
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
@@ -135,7 +137,8 @@ def check_model(
         # eval_mode (below) already warns about a top-level module in train mode; a submodule left in
         # train mode is as bad and gets its own warning.
         where = "model" if model.training else "a submodule of the model"
-        flag(f"{where} was in train mode: checks ran in eval mode and the modes were restored", not model.training)
+        msg = f"{where} was in train mode: checks ran in eval mode and the modes were restored"
+        flag(msg, warn=not model.training)
 
     devices = [x.device] if x.device.type == "cuda" else []
     with eval_mode(model), torch.random.fork_rng(devices=devices):
@@ -145,7 +148,7 @@ def check_model(
             out1 = model(xg)
             if not isinstance(out1, torch.Tensor) or out1.dim() != 2 or out1.shape[0] != x.shape[0]:
                 shape = tuple(out1.shape) if isinstance(out1, torch.Tensor) else type(out1).__name__
-                raise ValueError(f"model must return logits [B, num_classes] = [{x.shape[0]}, K], got {shape}")
+                raise ValueError(f"model must return logits [B, num_classes], B = {x.shape[0]}; got {shape}")
             k = out1.shape[1]
             if int(y.min()) < 0 or int(y.max()) >= k:
                 raise ValueError(f"labels must be class indices in [0, {k - 1}] for a model with {k} outputs")
@@ -163,12 +166,12 @@ def check_model(
     if nonfinite:
         flag("model outputs or input gradients are NaN/inf on clean images")
 
+    # NaN in the same place in both passes is a broken model, not a random one.
+    same = (out1 == out2) | (out1.isnan() & out2.isnan())
     both = torch.isfinite(out1) & torch.isfinite(out2)
     diff = torch.where(both, out1 - out2, torch.zeros_like(out1)).abs()
     max_diff = float(diff.max()) if diff.numel() else 0.0
-    # Non-finite entries count as a difference only where the two passes disagree on them.
-    same_nonfinite = bool((out1[~both].nan_to_num(0.0, 1.0, -1.0) == out2[~both].nan_to_num(0.0, 1.0, -1.0)).all())
-    stochastic = max_diff > 0 or not same_nonfinite or not torch.equal(torch.isfinite(out1), torch.isfinite(out2))
+    stochastic = not bool(same.all())
     if stochastic:
         flag(
             f"forward pass is random (two passes on the same input differ by up to {max_diff:.3g}): "
@@ -190,8 +193,8 @@ def check_model(
     zero_fraction = float((per_example <= tiny).float().mean())
     if zero_fraction > 0:
         flag(
-            f"input gradient of the {loss} loss vanishes (all |grad| <= {tiny:g}) on {zero_fraction:.0%} of the "
-            "examples: gradient masking (e.g. a thresholding input transform); use a straight-through "
+            f"input gradient of the {loss} loss vanishes (all |grad| <= {tiny:g}) on {zero_fraction:.0%} of "
+            "the examples: gradient masking (e.g. a thresholding input transform); use a straight-through "
             "gradient model (StraightThrough) as gradient_model="
         )
     return ModelChecks(
@@ -221,7 +224,10 @@ class _StraightThroughFn(torch.autograd.Function):
         return grad.to(ctx.dtype), None
 
 
-def straight_through(transform: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def straight_through(transform: Transform) -> Transform:
     """Wrap an input transform so that its forward value is kept and its gradient is the identity (BPDA).
 
     Backward Pass Differentiable Approximation (Athalye et al. 2018, Sec. 4.1): for a transform
@@ -233,9 +239,11 @@ def straight_through(transform: Callable[[torch.Tensor], torch.Tensor]) -> Calla
 
     Returns:
         A function ``x -> transform(x)`` whose backward pass is the identity.
+
     """
     if not callable(transform):
-        raise ValueError(f"transform must be a callable [B,C,H,W] -> [B,C,H,W], got {type(transform).__name__}")
+        got = type(transform).__name__
+        raise ValueError(f"transform must be a callable [B,C,H,W] -> [B,C,H,W], got {got}")
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -243,8 +251,8 @@ def straight_through(transform: Callable[[torch.Tensor], torch.Tensor]) -> Calla
         if not isinstance(out, torch.Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
-                f"transform must return a tensor of the input's shape {tuple(x.shape)} for a straight-through "
-                f"gradient, got {got}"
+                f"transform must return a tensor of the input's shape {tuple(x.shape)} for a "
+                f"straight-through gradient, got {got}"
             )
         return _StraightThroughFn.apply(x, out)
 
@@ -261,9 +269,10 @@ class StraightThrough(torch.nn.Module):
 
     Args:
         transform: ``[B, C, H, W] -> [B, C, H, W]`` callable or module.
+
     """
 
-    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, transform: Transform):
         super().__init__()
         self._apply_st = straight_through(transform)
         self.transform = transform

@@ -4,13 +4,12 @@ Carlini-Wagner / Lagrangian style (Carlini & Wagner, "Towards Evaluating the Rob
 Networks", S&P 2017, Eq. 6 with the constant moved onto the distance), over transport plans in the
 local layout of ``../shared/THREAT_MODEL.md``:
 
-    minimise over Z   max(-margin(Y), -kappa) + c * (S_blur(x / N_c, Y / N_c) + cost_weight * <P, C> / N),
+    minimise over Z   max(-margin(Y), -kappa) + c * (S_blur(x, Y) + cost_weight * <P, C> / N),
     P = R(x_i * softmax_o(Z_io)),  Y = column sums of P,
 
-where the row sums of ``P`` are ``x`` by construction and ``R`` is the local box repair (overflow above
-1 returns to its sources), so ``Y`` is in ``[0, 1]`` for every ``Z`` (a capacity-respecting map), and
-
-``S_blur`` is the debiased Sinkhorn divergence of GeomLoss (Feydy et al., "Interpolating
+where the row sums of ``P`` are ``x`` by construction and ``R`` is the local box repair (overflow
+above 1 returns to its sources), so ``Y`` is in ``[0, 1]`` for every ``Z`` (a capacity-respecting
+map), and ``S_blur`` is the debiased Sinkhorn divergence of GeomLoss (Feydy et al., "Interpolating
 between Optimal Transport and MMD using Sinkhorn Divergences", AISTATS 2019) between each channel
 of the clean and the adversarial image seen as weighted point clouds (pixel coordinates, weights =
 intensities normalised per channel), weighted by the channel's share of the mass so that it is in
@@ -43,7 +42,10 @@ _BOX_ROUNDS = 20
 
 
 def _padded_support(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the True entries of each row of ``mask [R, n]``, padded: ``(idx [R, m], valid [R, m])``."""
+    """Return the indices of the True entries of each row of ``mask [R, n]``, padded to a common length.
+
+    Returns ``(idx [R, m], valid [R, m])`` with ``m`` the largest row count (at least 1).
+    """
     counts = mask.sum(1)
     m = max(int(counts.max()) if counts.numel() else 0, 1)
     # A stable sort of ~mask lists each row's True positions first, in increasing order.
@@ -73,7 +75,7 @@ class _SinkhornTerm:
         has = self.mass > 0
         src = xr > 0
         r = kernel_size // 2
-        tgt = F.max_pool2d(src.to(x.dtype).reshape(b * c, 1, h, w), kernel_size, 1, r).reshape(b * c, h * w) > 0
+        tgt = F.max_pool2d(src.to(x.dtype).reshape(b * c, 1, h, w), kernel_size, 1, r).reshape(b * c, -1) > 0
         # Massless channels get a one-point dummy cloud on both sides (divergence exactly 0, weight 0).
         src[~has, 0] = True
         tgt[~has, 0] = True
@@ -94,7 +96,7 @@ class _SinkhornTerm:
         )
 
     def __call__(self, y: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
-        """Divergence per example ``[b]`` for images ``y [b, C, H, W]`` of the batch positions ``examples``."""
+        """Return the divergence ``[b]`` of images ``y [b, C, H, W]`` at batch positions ``examples [b]``."""
         rows = (examples[:, None] * self.c + torch.arange(self.c, device=examples.device)).reshape(-1)
         yr = y.reshape(-1, self.h * self.w)
         ti, tv, has = self.ti[rows], self.tv[rows], self.has[rows]
@@ -105,9 +107,15 @@ class _SinkhornTerm:
 
 
 def sinkhorn_divergence(
-    x: torch.Tensor, y: torch.Tensor, *, p: int = 1, blur: float = 0.5, scaling: float = 0.5, kernel_size: int = 5
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    p: int = 1,
+    blur: float = 0.25,
+    scaling: float = 0.3,
+    kernel_size: int = 5,
 ) -> torch.Tensor:
-    """GeomLoss Sinkhorn divergence between images, per example, in units of ``eps`` (differentiable in ``y``).
+    """GeomLoss Sinkhorn divergence between images per example, in units of ``eps``; differentiable in ``y``.
 
     Each channel is a weighted point cloud (pixel coordinates in pixels, weights = intensities
     normalised per channel); channel divergences are weighted by the channel's share of the total
@@ -118,12 +126,19 @@ def sinkhorn_divergence(
         x: ``[B, C, H, W]`` clean images (non-negative).
         y: ``[B, C, H, W]`` images with the same per-channel masses.
         p: 1 (cost ``|d|``) or 2 (cost ``|d|^2``).
-        blur: entropic blur in pixels; scaling: GeomLoss's epsilon-scaling ratio.
+        blur: entropic blur in pixels.
+        scaling: GeomLoss's epsilon-scaling ratio in (0, 1).
         kernel_size: window size defining the reachable support.
 
     Returns:
         ``[B]`` divergence.
+
     """
+    if p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    if x.dim() != 4 or x.shape != y.shape:
+        got = f"{tuple(x.shape)} and {tuple(y.shape)}"
+        raise ValueError(f"x and y must be [B, C, H, W] tensors of one shape, got {got}")
     term = _SinkhornTerm(x, T.check_kernel_size(kernel_size), p, blur, scaling)
     return term(y, torch.arange(x.shape[0], device=x.device))
 
@@ -142,8 +157,8 @@ class _Recorder(torch.nn.Module):
         return out
 
 
-def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor, box: tuple[int, int, int] | None) -> torch.Tensor:
-    """The plan of logits ``z``: ``x_i * softmax(z_i)`` over in-image offsets, then the box made to hold.
+def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor, box: tuple[int, int, int] | None):
+    """Map logits ``z`` to the plan ``x_i * softmax(z_i)`` over in-image offsets, then make the box hold.
 
     ``box = (H, W, k)`` applies the local box repair (:func:`return_overflow`: the share of moved
     mass that overflows a pixel goes back to its sources' "stay") as part of the map, so every plan
@@ -157,9 +172,8 @@ def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor, box: tuple[int
     h, w, k = box
     stay = k * k // 2
     with torch.no_grad():
-        fixed = return_overflow(
-            plan, lambda q: T.column_sums(q, h, w), lambda m: T.gather_neighbours(m, k), max_rounds=_BOX_ROUNDS
-        )
+        cols, at_targets = (lambda q: T.column_sums(q, h, w)), (lambda m: T.gather_neighbours(m, k))
+        fixed = return_overflow(plan, cols, at_targets, max_rounds=_BOX_ROUNDS)
         keep = torch.where(plan > 0, fixed / plan, torch.ones_like(plan)).clamp(0, 1)
         keep[..., stay] = 1.0
     back = ((1 - keep) * plan).sum(-1, keepdim=True)
@@ -168,14 +182,15 @@ def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor, box: tuple[int
 
 def _check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    ok_type = ok_type and not isinstance(value, bool)
+    if not ok_type or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         kind = "an int" if integer else "a finite float"
         raise ValueError(f"{name} must be {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 @register("sinkhorn_penalty")
 class SinkhornPenalty(Attack):
-    """Minimal-distance attack: margin loss + c * (GeomLoss Sinkhorn divergence + plan cost), CW binary search.
+    """Minimal-distance attack: margin + c * (GeomLoss Sinkhorn divergence + plan cost), CW binary search.
 
     Our own attack (no published defaults): Carlini & Wagner (2017, Eq. 6 and their binary search
     on the constant) over transport plans, with the debiased Sinkhorn divergence of GeomLoss
@@ -218,6 +233,7 @@ class SinkhornPenalty(Attack):
             about ``(k*k - 1) * exp(-init_logit)`` of the mass.
         init_noise: standard deviation of the Gaussian noise on the logits of random restarts.
         exact_refine: replace the final plan by an exact optimal plan to the same image (see above).
+
     """
 
     def __init__(
@@ -225,11 +241,11 @@ class SinkhornPenalty(Attack):
         *,
         steps: int = 100,
         binary_search_steps: int = 5,
-        initial_const: float = 10.0,
-        lr: float = 0.1,
+        initial_const: float = 1.0,
+        lr: float = 0.5,
         blur: float = 0.25,
         scaling: float = 0.3,
-        divergence_every: int = 1,
+        divergence_every: int = 5,
         cost_weight: float = 1.0,
         kappa: float = 0.0,
         loss: str = "margin",
@@ -305,7 +321,7 @@ class SinkhornPenalty(Attack):
         def image(sub):
             return T.column_sums(_plan(sub["var"], sub["xf"], valid, box), h, w)
 
-        def keep(name: str, where: torch.Tensor, pos: torch.Tensor, z: torch.Tensor, score: torch.Tensor) -> None:
+        def keep(name: str, where: torch.Tensor, pos: torch.Tensor, z: torch.Tensor, score: torch.Tensor):
             # Trackers live outside ``iterate``'s state (indexed by batch position) so that the loop
             # does not copy these plan-sized tensors in and out at every step.
             sel = pos[where]
@@ -367,7 +383,7 @@ class SinkhornPenalty(Attack):
                 z = z + self.init_noise * torch.stack(draws).to(dev)
             const = torch.full((todo.numel(),), self.initial_const, dtype=x.dtype, device=dev)
             lo, hi = torch.zeros_like(const), torch.full_like(const, math.inf)
-            state = {"xf": xf[todo], "n": n[todo], "eps": eps[todo], "pos": todo, "gdiv": x.new_zeros(x[todo].shape)}
+            state = dict(xf=xf[todo], n=n[todo], eps=eps[todo], pos=todo, gdiv=torch.zeros_like(x[todo]))
             for _ in range(self.binary_search_steps):
                 # Every round restarts from the init (as CW): warm-starting would inherit logits that a
                 # large constant drove far negative, from which Adam needs many steps to climb back.
@@ -402,12 +418,12 @@ class SinkhornPenalty(Attack):
             "exact_cost": exact_cost.tolist(),
             "const": const_out.tolist(),
             "blur": self.blur,
-            "divergence_units": "eps (per-channel GeomLoss Sinkhorn divergence weighted by channel mass share)",
+            "divergence_units": "eps (GeomLoss divergence per channel, weighted by the channel's mass)",
         }
         return RunOutput(plan=plan, adversarial=None, iterations=iterations, info=info)
 
     def _refine(self, x, plan, have, track, valid, threat, eps):
-        """Exact optimal plans (POT) to the chosen images where they are cheaper; try fooling iterates exactly."""
+        """Swap in exact optimal plans (POT) to the chosen images; try the fooling iterates exactly."""
         b, c, h, w = x.shape
         k = threat.kernel_size
         n = x.sum((1, 2, 3)).to(torch.float64)
@@ -433,7 +449,9 @@ class SinkhornPenalty(Attack):
             ex_plan, ok = exact_plan(x[idx], T.column_sums(sub, h, w), kernel_size=k, p=threat.p)
             ex_plan = ex_plan.to(plan.device)
             ex_cost = T.plan_cost(ex_plan, threat.p, mass=n[idx])
-            use = ok.to(plan.device) & (ex_cost <= T.plan_cost(sub, threat.p, mass=n[idx]))
+            ok = ok.to(plan.device)
+            # The LP optimum is never costlier; the slack absorbs float rounding of the marginals.
+            use = ok & (ex_cost <= T.plan_cost(sub, threat.p, mass=n[idx]) * (1 + 1e-6) + 1e-12)
             plan[idx[use]] = ex_plan[use]
-            exact_cost[idx.cpu()] = torch.where(use, ex_cost, torch.nan).cpu()
+            exact_cost[idx.cpu()] = torch.where(ok, ex_cost, torch.nan).cpu()
         return plan, exact_cost

@@ -263,9 +263,10 @@ class _Gathered:
 
     In the log domain with one shift per image: ``E = exp(v - s)``, ``s`` the image's largest finite
     ``v``; the window sums of ``E`` are grouped by cost class (:meth:`_Window.pair_sums`), so that
-    ``log sum_j exp(v_j - psi C_ij - 1)`` for any ``psi`` is a ``(r+1)^2``-term weighted sum. When some
-    finite ``v`` lies more than 599 below ``s`` (a window's sum could then underflow), that example is
-    computed instead by an exact per-window log-sum-exp on the plan layout. The window is symmetric
+    ``log sum_j exp(v_j - psi C_ij - 1)`` for any ``psi`` is a ``(r+1)^2``-term weighted sum. When the
+    spread of the finite ``v`` plus ``psi C_max`` exceeds 600 (a product could then underflow and a
+    window lose a significant term), that example is computed instead by an exact per-window
+    log-sum-exp on the plan layout. The window is symmetric
     and so is ``C``: the same sums give ``K e^v`` and ``K^T e^v``.
     """
 
@@ -274,8 +275,14 @@ class _Gathered:
         finite = torch.isfinite(v)
         s = torch.where(finite, v, -math.inf).flatten(1).amax(1)
         self.shift = torch.where(torch.isfinite(s), s, torch.zeros_like(s))  # [b]
-        self.risky = (finite & (v < self.shift[:, None, None, None] - 599)).flatten(1).any(1)
+        low = torch.where(finite, v, math.inf).flatten(1).amin(1)
+        self.spread = torch.where(torch.isfinite(low), self.shift - low, torch.zeros_like(low))  # [b]
         self.maps = win.pair_sums(torch.exp(v - self.shift[:, None, None, None]))  # [b, pairs, C*H*W]
+
+    def _risky(self, psi: torch.Tensor | None) -> torch.Tensor:
+        # The smallest product E_j exp(-psi C_ij - 1) is about exp(-spread - psi C_max): keep it far
+        # above the float64 underflow (e^-745) so that no window's sum can lose a significant term.
+        return self.spread + (0 if psi is None else psi * self.win.pair_cost[-1]) > 600
 
     def _exact(self, idx, psi):
         return self.win.logits(self.v[idx], psi[idx])
@@ -285,8 +292,9 @@ class _Gathered:
         weights = torch.exp(-psi[:, None] * self.win.pair_cost - 1)  # [b, pairs]
         out = torch.log(torch.bmm(weights[:, None, :], self.maps)[:, 0]) + self.shift[:, None]
         out = out.reshape(self.v.shape)
-        if bool(self.risky.any()):
-            idx = self.risky.nonzero()[:, 0]
+        risky = self._risky(psi)
+        if bool(risky.any()):
+            idx = risky.nonzero()[:, 0]
             out[idx] = torch.logsumexp(self._exact(idx, psi), -1).reshape(out[idx].shape)
         return out
 
@@ -302,8 +310,9 @@ class _Gathered:
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         ef = torch.exp(fs - top[:, None])[:, :, None]
         out = torch.log(torch.bmm(self.maps, ef)[..., 0]) + (self.shift + top)[:, None]
-        if bool(self.risky.any()):
-            idx = self.risky.nonzero()[:, 0]
+        risky = self._risky(None) | (top - torch.where(torch.isfinite(fs), fs, top[:, None]).amin(1) > 600)
+        if bool(risky.any()):
+            idx = risky.nonzero()[:, 0]
             zero = torch.zeros(idx.numel(), dtype=_F64, device=f.device)
             e = self._exact(idx, zero) + 1 + f[idx].reshape(idx.numel(), f.shape[1], -1, 1)  # f_i + v_j
             e = e.flatten(1, 2)  # [n, C*HW, kk]
