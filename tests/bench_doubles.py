@@ -55,11 +55,14 @@ if "test_random_shift" not in available():
 class CentreOfMass(torch.nn.Module):
     """Logits ``-||com(x) - centre_k||^2`` (pixels^2) for ``num_classes`` centres on a circle."""
 
-    def __init__(self, height: int = 12, width: int = 12, num_classes: int = 4):
+    def __init__(self, height: int = 12, width: int = 12, num_classes: int = 4, softmax: bool = False):
         super().__init__()
+        self.softmax = softmax
         angle = 2 * math.pi * (torch.arange(num_classes, dtype=torch.float64) + 0.5) / num_classes
         radius = 0.3 * min(height, width)
-        centres = torch.stack([(height - 1) / 2 + radius * torch.sin(angle), (width - 1) / 2 + radius * torch.cos(angle)], 1)
+        centres = torch.stack(
+            [(height - 1) / 2 + radius * torch.sin(angle), (width - 1) / 2 + radius * torch.cos(angle)], 1
+        )
         self.register_buffer("centres", centres.float())
         self.register_buffer("hh", torch.arange(height, dtype=torch.float32))
         self.register_buffer("ww", torch.arange(width, dtype=torch.float32))
@@ -70,9 +73,10 @@ class CentreOfMass(torch.nn.Module):
         cy = (m.sum(2) * self.hh).sum(1) / n
         cx = (m.sum(1) * self.ww).sum(1) / n
         com = torch.stack([cy, cx], 1)
-        return -((com[:, None, :] - self.centres[None]) ** 2).sum(-1)
+        logits = -((com[:, None, :] - self.centres[None]) ** 2).sum(-1)
+        return logits.softmax(1) if self.softmax else logits
 
 
-def centre_of_mass_model(height: int = 12, width: int = 12, num_classes: int = 4) -> CentreOfMass:
-    """Factory for Hydra configs."""
-    return CentreOfMass(height, width, num_classes)
+def centre_of_mass_model(height: int = 12, width: int = 12, num_classes: int = 4, softmax: bool = False):
+    """Factory for Hydra configs (``softmax=True``: outputs probabilities, which the model checks flag)."""
+    return CentreOfMass(height, width, num_classes, softmax)

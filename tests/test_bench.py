@@ -75,10 +75,19 @@ def test_run_writes_verified_results(base_run):
     loaded = bench.load_results(out)
     assert loaded == json.loads(json.dumps(results))
     assert set(loaded["robust_accuracy"]) == {"0.05", "0.2", "0.6"}
-    assert loaded["threat"]["p"] == 1 and loaded["threat"]["kernel_size"] == 5 and loaded["threat"]["box"] == [0, 1]
+    assert (
+        loaded["threat"]["p"] == 1
+        and loaded["threat"]["kernel_size"] == 5
+        and loaded["threat"]["box"] == [0, 1]
+    )
     assert loaded["threat"]["tolerances"]["cost_rel"] == 1e-4 and "eps" not in loaded["threat"]
-    assert loaded["suite"]["name"] == "toy" and [a["name"] for a in loaded["suite"]["attacks"]] == ["shift_a", "shift_b"]
-    assert "seconds" not in json.dumps(loaded) and "total_seconds" in json.loads((out / "timings.json").read_text())
+    assert loaded["suite"]["name"] == "toy" and [a["name"] for a in loaded["suite"]["attacks"]] == [
+        "shift_a",
+        "shift_b",
+    ]
+    assert "seconds" not in json.dumps(loaded) and "total_seconds" in json.loads(
+        (out / "timings.json").read_text()
+    )
 
     ex = loaded["examples"]
     n = loaded["n_examples"]
@@ -88,7 +97,9 @@ def test_run_writes_verified_results(base_run):
     cost = np.array([np.inf if c is None else c for c in ex["broken_cost"]])
     for key, acc in loaded["robust_accuracy"].items():
         assert acc == (correct & ~(cost <= float(key) * (1 + 1e-4))).mean()
-    assert list(loaded["per_attack_robust_accuracy"]["shift_b"].values()) == list(loaded["robust_accuracy"].values())
+    assert list(loaded["per_attack_robust_accuracy"]["shift_b"].values()) == list(
+        loaded["robust_accuracy"].values()
+    )
     broken = np.array([b is not None for b in ex["broken_by"]])
     assert broken.any() and (correct & ~broken).any() and (~correct).any()
 
@@ -151,9 +162,15 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path):
     bench.run(toy_cfg(*slow), ref)
     run_dir = tmp_path / "killed"
     cmd = cli(*TOY, *slow, f"hydra.run.dir={run_dir}")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
-    while len(list((run_dir / "state").glob("batch-*.npz"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        len(list((run_dir / "state").glob("batch-*.npz"))) < 2
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
@@ -167,8 +184,16 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path):
 @pytest.mark.parametrize("launcher", ["basic", "parallel"])
 def test_multirun_over_attacks(tmp_path, launcher):
     sweep = tmp_path / "sweep"
-    args = ["-m", *TOY, "radii=[0.6]", "dataset.n=4", "batch_size=4", f"hydra/launcher={launcher}",
-            f"hydra.sweep.dir={sweep}", "attack=toy_a,toy_b"]
+    args = [
+        "-m",
+        *TOY,
+        "radii=[0.6]",
+        "dataset.n=4",
+        "batch_size=4",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={sweep}",
+        "attack=toy_a,toy_b",
+    ]
     if launcher == "parallel":
         args.append("hydra.launcher.n_jobs=2")
     p = subprocess.run(cli(*args), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
@@ -223,12 +248,30 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path, monkeypatch, capsys):
         bench_main()
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("wattack-bench: error: attack: unknown attack 'nope'; available:")
-    p = subprocess.run(cli(*TOY, "radii=[0.1,-1]", f"hydra.run.dir={tmp_path / 'r'}"), cwd=tmp_path, env=env(),
-                       capture_output=True, text=True, timeout=120)
+    assert "\n" not in err and err.startswith(
+        "wattack-bench: error: attack: unknown attack 'nope'; available:"
+    )
+    p = subprocess.run(
+        cli(*TOY, "radii=[0.1,-1]", f"hydra.run.dir={tmp_path / 'r'}"),
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines()[-1] == "wattack-bench: error: radii must be finite and >= 0, got -1.0"
+    assert (
+        p.stderr.strip().splitlines()[-1] == "wattack-bench: error: radii must be finite and >= 0, got -1.0"
+    )
     assert not (tmp_path / "r" / "state").exists()
+
+
+def test_model_checks_are_reported_and_printed(tmp_path, capsys):
+    results = bench.run(toy_cfg("+model.build.softmax=true", "dataset.n=6", "radii=[0.6]"), tmp_path / "p")
+    checks = results["model_checks"]
+    assert checks["probabilities"] is True and checks["warnings"]
+    err = capsys.readouterr().err
+    assert all(f"model check warning: {w}" in err for w in checks["warnings"])
 
 
 def test_wandb_logger_runs_disabled(tmp_path, monkeypatch):
@@ -241,7 +284,8 @@ def test_wandb_logger_runs_disabled(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_wandb_logger_offline_writes_a_run(tmp_path):
     cmd = cli(*TOY, "logger=wandb", "dataset.n=6", "radii=[0.6]", f"hydra.run.dir={tmp_path / 'w'}")
-    p = subprocess.run(cmd, cwd=tmp_path, env={**env(), "WANDB_MODE": "offline"}, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        cmd, cwd=tmp_path, env={**env(), "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert list((tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb"))

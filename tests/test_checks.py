@@ -252,3 +252,20 @@ def test_bpda_gradient_model_breaks_a_threshold_model(name):
         assert bool((model(broken.adversarial).argmax(1) != labels).all())  # judged on the real model
     d = threat.distance(x, broken.adversarial)
     assert bool((d <= 0.1 * (1 + 1e-4)).all())
+
+
+def test_reference_binarize_model_is_flagged_and_its_bpda_version_not(shared_dir):
+    models = pytest.importorskip("wasserstein_attacks.models")
+    data = pytest.importorskip("wasserstein_attacks.data")
+    ds = data.load_dataset("mnist", "test", n=8)
+    robust = models.load_reference_model("adv_training", shared_dir)
+    assert _no_warnings(lambda: check_model(robust, ds.images, ds.labels)).ok
+    binarize = models.load_reference_model("binarize", shared_dir)
+    with pytest.warns(UserWarning, match="vanishes"):
+        flagged = check_model(binarize, ds.images, ds.labels)
+    assert flagged.zero_gradient_fraction == 1.0
+    # The same network behind our generic straight-through threshold has useful gradients.
+    bpda = nn.Sequential(StraightThrough(lambda t: (t > 0.5).to(t.dtype)), binarize.model).eval()
+    assert _no_warnings(lambda: check_model(bpda, ds.images, ds.labels)).zero_gradient_fraction == 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(bpda(ds.images), binarize(ds.images))

@@ -1,9 +1,12 @@
-"""Every Hydra config in conf/ composes, and what it instantiates instantiates; the presets run at tiny size."""
+"""Every Hydra config in conf/ composes and what it instantiates instantiates; presets run at tiny size."""
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -76,7 +79,9 @@ def test_model_configs(name):
     assert set(cfg.model) == {"name", "build", "checkpoint"}
     bind(cfg.model.build)
     if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():
-        pytest.skip(f"checkpoint {cfg.model.checkpoint} absent (reference models live in ../shared for developers)")
+        pytest.skip(
+            f"checkpoint {cfg.model.checkpoint} absent (reference models live in ../shared for developers)"
+        )
     if name == "standard_mnist":
         pytest.skip("instantiating trains the standard model: covered by the slow preset test")
     model, info = bench._build_model(cfg)
@@ -108,8 +113,11 @@ def test_suite_configs(name):
 def test_attack_configs_are_exactly_the_constructor_arguments(name):
     cfg = compose_cfg(f"attack={name}")
     cls = get_method(cfg.attack._target_)
-    params = {k for k, p in inspect.signature(cls.__init__).parameters.items()
-              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k != "self"}
+    params = {
+        k
+        for k, p in inspect.signature(cls.__init__).parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k != "self"
+    }
     assert set(cfg.attack) - {"_target_"} == params
     suite, desc = bench._build_suite(cfg, name)
     assert isinstance(suite.attacks[0], Attack) and desc["name"] == f"single-{name}"
@@ -136,8 +144,10 @@ def test_launchers_compose():
     assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
-                    reason="hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    reason="hydra-submitit-launcher is not installed (pip install -e '.[slurm]')",
+)
 def test_slurm_launcher_composes():
     cfg = compose_cfg("hydra/launcher=slurm", hydra_node=True)
     assert "submitit" in cfg.hydra.launcher._target_.lower()
@@ -156,22 +166,32 @@ def test_run_folder_is_deterministic_and_shard_safe():
     run = OmegaConf.to_container(cfg.hydra, resolve=False)
     assert run["run"]["dir"] == "runs/${name}/${wattack_dirname:${hydra:job.override_dirname}}"
     assert run["sweep"]["subdir"] == "${wattack_dirname:${hydra:job.override_dirname}}"
-    assert {"name", "logger", "progress", "experiment"} <= set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    assert {"name", "logger", "progress", "experiment"} <= set(
+        cfg.hydra.job.config.override_dirname.exclude_keys
+    )
     name = OmegaConf.create({"a": "${wattack_dirname:'seed=3,shard=1/4'}", "b": "${wattack_dirname:''}"})
     assert (name.a, name.b) == ("seed=3,shard=1-of-4", "default")
 
 
 def test_debug_preset_runs(tmp_path):
     results = bench.run(compose_cfg("experiment=debug", "progress=false"), tmp_path / "debug")
-    assert results["n_examples"] == 16 and results["dataset"]["name"] == "synthetic"
+    assert results["n_examples"] == 32 and results["dataset"]["name"] == "synthetic"
     assert results["exact_check"]["within_radius"] == results["exact_check"]["checked"]
 
 
 @pytest.mark.slow
 def test_quick_mnist_preset_runs_at_tiny_size(tmp_path):
-    cfg = compose_cfg("experiment=quick_mnist", "dataset.n=4", "radii=[0.1]", "batch_size=4", "progress=false",
-                      "model.build.train_size=256", "model.build.epochs=1", f"model.build.cache_dir={tmp_path}",
-                      "model.build.progress=false")
+    cfg = compose_cfg(
+        "experiment=quick_mnist",
+        "dataset.n=4",
+        "radii=[0.1]",
+        "batch_size=4",
+        "progress=false",
+        "model.build.train_size=256",
+        "model.build.epochs=1",
+        f"model.build.cache_dir={tmp_path}",
+        "model.build.progress=false",
+    )
     results = bench.run(cfg, tmp_path / "quick")
     assert results["n_examples"] == 4 and results["suite"]["name"] == "standard"
 
@@ -182,4 +202,29 @@ def test_reference_preset_runs_at_tiny_size(tmp_path):
     cfg = compose_cfg("experiment=reference", "dataset.n=4", "radii=[0.1]", "batch_size=4", "progress=false")
     results = bench.run(cfg, tmp_path / "ref")
     assert results["model"]["checkpoint_sha256"] == (
-        "cb1b02fecc0fa07a0b86a22ef87187c1e849ebaa24cd8f8004f039a0f9871f32")
+        "cb1b02fecc0fa07a0b86a22ef87187c1e849ebaa24cd8f8004f039a0f9871f32"
+    )
+
+
+@pytest.mark.slow
+def test_train_app_runs_at_tiny_size(tmp_path):
+    code = "import sys; sys.argv[0] = 'wattack-train'; import wasserstein_attacks.cli as c; c.train_main()"
+    args = [
+        "train.train_size=256",
+        "train.epochs=1",
+        f"train.cache_dir={tmp_path}",
+        "train.progress=false",
+        "report.test_n=200",
+        "report.natural_n=5",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(REPO))
+    p = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "clean accuracy" in p.stdout
+    report = json.loads((tmp_path / "run" / "natural_transformations.json").read_text())
+    assert 0 <= report["clean_accuracy"] <= 1 and report["test_n"] == 200
+    # With p = 1 a one-pixel shift that loses no mass is at distance exactly 1.
+    assert report["transformations"]["shift"]["distance"]["median"] == pytest.approx(1.0, rel=1e-6)

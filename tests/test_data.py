@@ -26,7 +26,18 @@ def test_mnist_package_shapes_and_canonical_order():
     assert test.labels[:5].tolist() == [7, 2, 1, 0, 4]
     assert test.images.min() == 0 and test.images.max() == 1
     assert test.num_classes == 10 and test.name == "mnist/test"
-    assert torch.bincount(test.labels, minlength=10).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert torch.bincount(test.labels, minlength=10).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
     train = load_dataset("mnist", "train")
     assert train.images.shape == (60_000, 1, 28, 28)
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]
@@ -104,11 +115,13 @@ def _tiny_mnist(n: int, seed: int):
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_idx_folder(tmp_path, compress):
     files = {}
-    for split, stems, n in (("train", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), 7),
-                            ("test", ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"), 5)):
+    for split, stems, n in (
+        ("train", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), 7),
+        ("test", ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"), 5),
+    ):
         img, lab = _tiny_mnist(n, seed=n)
         files[split] = (img, lab)
-        for stem, arr in zip(stems, (img, lab)):
+        for stem, arr in zip(stems, (img, lab), strict=True):
             data = _idx_bytes(arr)
             if compress:
                 (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(data))
@@ -136,9 +149,12 @@ def test_mnist_idx_truncated_file_is_rejected(tmp_path):
 def test_mnist_npz(tmp_path, keras_names):
     tr_img, tr_lab = _tiny_mnist(6, 1)
     te_img, te_lab = _tiny_mnist(4, 2)
-    names = ("x_train", "y_train", "x_test", "y_test") if keras_names else \
-        ("train_images", "train_labels", "test_images", "test_labels")
-    np.savez(tmp_path / "mnist.npz", **dict(zip(names, (tr_img, tr_lab, te_img, te_lab))))
+    names = (
+        ("x_train", "y_train", "x_test", "y_test")
+        if keras_names
+        else ("train_images", "train_labels", "test_images", "test_labels")
+    )
+    np.savez(tmp_path / "mnist.npz", **dict(zip(names, (tr_img, tr_lab, te_img, te_lab), strict=True)))
     for root in (tmp_path, tmp_path / "mnist.npz"):
         ds = load_dataset("mnist", "test", root=root)
         np.testing.assert_array_equal(ds.labels.numpy(), te_lab.astype(np.int64))
@@ -167,8 +183,16 @@ def _write_cifar(folder, per_batch=4, seed=0):
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, size=per_batch).tolist()
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels,
-                         b"filenames": [b"x.png"] * per_batch}, f, protocol=2)
+            pickle.dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"data": data,
+                    b"labels": labels,
+                    b"filenames": [b"x.png"] * per_batch,
+                },
+                f,
+                protocol=2,
+            )
         out[name] = (data, labels)
     return out
 
@@ -181,7 +205,9 @@ def test_cifar_folder(tmp_path):
         assert test.images.shape == (4, 3, 32, 32) and test.name == "cifar10/test"
         assert test.labels.tolist() == labels
         # Row layout: 1024 red, then green, then blue values, each row-major.
-        np.testing.assert_allclose(test.images[1, 1, 2, 3].item() * 255, data[1, 1024 + 2 * 32 + 3], atol=1e-4)
+        np.testing.assert_allclose(
+            test.images[1, 1, 2, 3].item() * 255, data[1, 1024 + 2 * 32 + 3], atol=1e-4
+        )
     train = load_cifar10("train", root=tmp_path)
     assert train.images.shape == (20, 3, 32, 32)
     assert train.labels.tolist() == sum((written[f"data_batch_{i}"][1] for i in range(1, 6)), [])
@@ -270,12 +296,17 @@ def test_shift_keeps_mnist_mass():
 
 def test_rotate_90_degrees_matches_rot90():
     x = torch.rand(2, 3, 6, 6)
-    torch.testing.assert_close(rotate(x, 90, rescale=False), torch.rot90(x, 1, dims=(2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        rotate(x, 90, rescale=False), torch.rot90(x, 1, dims=(2, 3)), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(rotate(x, 0, rescale=False), x, atol=1e-6, rtol=0)
 
 
 def test_rotate_rescales_mass_per_channel_and_stays_in_box():
-    x = load_dataset("mnist", "test", n=20).images.repeat(1, 2, 1, 1) * torch.tensor([1.0, 0.5])[None, :, None, None]
+    x = (
+        load_dataset("mnist", "test", n=20).images.repeat(1, 2, 1, 1)
+        * torch.tensor([1.0, 0.5])[None, :, None, None]
+    )
     y = rotate(x, 12)
     torch.testing.assert_close(y.double().sum((2, 3)), x.double().sum((2, 3)), rtol=1e-6, atol=0)
     assert y.min() >= 0 and y.max() <= 1

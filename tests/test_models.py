@@ -38,7 +38,7 @@ def test_build_model_seed_is_reproducible_and_leaves_global_rng():
     state = torch.random.get_rng_state()
     a, b = build_model("tiny", seed=3), build_model("tiny", seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb
         torch.testing.assert_close(va, vb, rtol=0, atol=0)
     c = build_model("tiny", seed=4)
@@ -105,9 +105,11 @@ def _sd(model):
 def test_three_reference_formats_load(tmp_path, fmt):
     src = build_model("mnist_convnet", seed=1)
     sd = _sd(src)
-    obj = {"list": {"state_dict": [sd], "err": torch.tensor(0.01), "epoch": 3},
-           "net": {"net": {f"module.{k}": v for k, v in sd.items()}, "acc": 81.2, "epoch": 16},
-           "raw": sd}[fmt]
+    obj = {
+        "list": {"state_dict": [sd], "err": torch.tensor(0.01), "epoch": 3},
+        "net": {"net": {f"module.{k}": v for k, v in sd.items()}, "acc": 81.2, "epoch": 16},
+        "raw": sd,
+    }[fmt]
     path = tmp_path / "ckpt.pth"
     torch.save(obj, path)
     dst = load_weights(build_model("mnist_convnet", seed=2), path)
@@ -151,7 +153,13 @@ def test_untrusted_checkpoint_is_not_unpickled(tmp_path):
 
 def test_own_checkpoint_roundtrip_atomic(tmp_path):
     m = build_model("tiny", in_channels=2, num_classes=3, seed=5)
-    meta = {"epochs": 2, "lr": 0.001, "name": "tiny", "history": [0.5, 0.25], "nested": {"ok": True, "none": None}}
+    meta = {
+        "epochs": 2,
+        "lr": 0.001,
+        "name": "tiny",
+        "history": [0.5, 0.25],
+        "nested": {"ok": True, "none": None},
+    }
     path = save_checkpoint(m, tmp_path / "sub" / "m.pt", meta)
     assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["m.pt"]  # no temp file left behind
     m2 = build_model("tiny", in_channels=2, num_classes=3, seed=6)
@@ -162,6 +170,8 @@ def test_own_checkpoint_roundtrip_atomic(tmp_path):
         load_checkpoint(build_model("tiny", in_channels=1, num_classes=3), path)
     with pytest.raises(ValueError, match="meta"):
         save_checkpoint(m, tmp_path / "x.pt", {"tensor": torch.zeros(1)})
+    with pytest.raises(ValueError, match="str, int, float"):
+        save_checkpoint(m, tmp_path / "x.pt", {"torch": torch.__version__})  # a str subclass
     with pytest.raises(ValueError, match="finite"):
         save_checkpoint(m, tmp_path / "x.pt", {"acc": float("nan")})
     assert not (tmp_path / "x.pt").exists()
@@ -201,8 +211,9 @@ def _accuracy(model, ds):
 
 # Published clean accuracies (Wong et al. 2019): 99 / 97 / 98 / 99 %; the floors are the issue's.
 @needs_refs
-@pytest.mark.parametrize("name, floor", [("vanilla", 0.985), ("adv_training", 0.965), ("robust", 0.975),
-                                         ("binarize", 0.985)])
+@pytest.mark.parametrize(
+    "name, floor", [("vanilla", 0.985), ("adv_training", 0.965), ("robust", 0.975), ("binarize", 0.985)]
+)
 def test_reference_models_reach_published_accuracy(mnist_test, name, floor):
     assert reference_model_path(name) == REFS / REFERENCE_MODELS[name][0]
     model = load_reference_model(name)

@@ -37,6 +37,15 @@ REPO = Path(__file__).resolve().parent.parent
 DT = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster, and the CI machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def images(b=3, c=1, h=4, w=4, seed=0, ones=True):
     """Sparse-ish images in [0, 1] with some pixels at exactly 0 and 1 (as MNIST)."""
     g = torch.Generator().manual_seed(seed)
@@ -262,9 +271,9 @@ def test_capacity_projection_restores_the_box():
     threat = WassersteinBall(0.3, kernel_size=k)
     loose = project_plan(V, x, threat)
     assert T.column_sums(loose, 5, 5).max() > 1.05
-    P = capacity_projection(V, x, threat, steps=3000)
+    P = capacity_projection(V, x, threat, steps=200)
     check_feasible(P, x, threat)
-    assert T.column_sums(P, 5, 5).max() <= 1.01  # approximate, as the authors'
+    assert T.column_sums(P, 5, 5).max() <= 1 + 1e-3  # approximate, as the authors'
 
 
 def test_rows_subset_matches_the_rows_of_the_subset():
@@ -325,7 +334,7 @@ def test_post_projection_brings_pgd_inside_the_box(setting):
     model, x, labels = setting
     threat = WassersteinBall(0.2)
     plain = ExactProjectionPGD(steps=20, stop_on_success=False)(model, x, labels, threat=threat)
-    post = ExactProjectionPGD(steps=20, stop_on_success=False, post_projection=True, post_steps=2000)(
+    post = ExactProjectionPGD(steps=20, stop_on_success=False, post_projection=True, post_steps=200)(
         model, x, labels, threat=threat)
     # The plain attack leaves the box, so the common ending must cut its plans back; post-projected ones much less.
     assert plain.repair.min() < 0.99
@@ -335,9 +344,9 @@ def test_post_projection_brings_pgd_inside_the_box(setting):
 def test_restarts_are_seeded_per_example(setting):
     model, x, labels = setting
     threat = WassersteinBall(0.03)
-    one = FrankWolfeBox(steps=10, restarts=1)(model, x, labels, threat=threat)
-    a = FrankWolfeBox(steps=10, restarts=3)(model, x, labels, threat=threat, seed=5)
-    b = FrankWolfeBox(steps=10, restarts=3)(model, x, labels, threat=threat, seed=5)
+    one = FrankWolfeBox(steps=8, restarts=1)(model, x, labels, threat=threat)
+    a = FrankWolfeBox(steps=8, restarts=3)(model, x, labels, threat=threat, seed=5)
+    b = FrankWolfeBox(steps=8, restarts=3)(model, x, labels, threat=threat, seed=5)
     torch.testing.assert_close(a.adversarial, b.adversarial)
     assert (a.success >= one.success).all()  # restarts only add successes (the first run is the same)
     assert a.certified.all()

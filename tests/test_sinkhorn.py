@@ -158,17 +158,19 @@ def test_dual_objective_increases_and_is_a_lower_bound():
 def test_projection_output_is_feasible_after_convergence():
     x, y = _images()
     eps = torch.tensor([0.1, 0.3], dtype=F64)
-    pr = sinkhorn_projection(x, y, eps, maxiters=3000, stopping="dual")
+    pr = sinkhorn_projection(x, y, eps, maxiters=3000, stopping="dual", tol=1e-8)
     assert bool(pr.converged.all())
     plan = sinkhorn_plan(pr.duals)
-    rows = T.row_sums(plan, 8, 8)
-    torch.testing.assert_close(rows, x, atol=2e-4, rtol=0)
-    torch.testing.assert_close(T.column_sums(plan, 8, 8), pr.z, atol=2e-4, rtol=0)
-    torch.testing.assert_close(pr.z.flatten(1).sum(1), torch.ones(2, dtype=F64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(T.row_sums(plan, 8, 8), x, atol=2e-4, rtol=0)
+    torch.testing.assert_close(T.column_sums(plan, 8, 8), pr.z, atol=2e-5, rtol=0)
+    torch.testing.assert_close(pr.z.flatten(1).sum(1), torch.ones(2, dtype=F64), atol=2e-4, rtol=0)
     cost = T.plan_cost(plan, 1, mass=torch.ones(2, dtype=F64))
     torch.testing.assert_close(cost, pr.cost)
-    assert bool((cost <= eps * 1.002).all()) and bool((pr.z >= 0).all())
+    assert bool((cost <= eps * (1 + 1e-3)).all()) and bool((pr.z >= 0).all())
     assert bool((plan * ~T.valid_mask(8, 8, 5)).eq(0).all())
+    # The authors' looser rule (tol 1e-4) stops earlier, with the plan further from its marginals.
+    loose = sinkhorn_projection(x, y, eps, maxiters=3000, stopping="dual")
+    assert bool((loose.iterations < pr.iterations).all())
 
 
 def test_projection_pulls_a_far_point_to_the_radius():
@@ -181,26 +183,33 @@ def test_projection_pulls_a_far_point_to_the_radius():
     assert pr.converged.item() and pr.duals.psi.item() > 1
     assert pr.cost.item() == pytest.approx(0.5, rel=5e-3)
     assert (pr.z - w).norm() < 0.7 * (x - w).norm()
-    assert pr.z[0, 0, :, 7:].sum().item() > 0.05  # mass did arrive near w
+    assert pr.z[0, 0, :, 6:].sum().item() > 0.1  # mass did arrive where w is
 
 
 def test_projection_is_nearly_idempotent():
     x, _ = _images()
-    # With large lam the entropic blur vanishes: projecting the centre barely moves it, and
-    # projecting a projected point moves it far less than the first projection did.
+    # A point inside the ball (a fifth of the mass moved one pixel right, cost <= 0.2 < eps) is nearly
+    # a fixed point; the entropic blur that remains shrinks like 1/lam.
+    w = x.clone()
+    w[..., 1:] = 0.8 * x[..., 1:] + 0.2 * x[..., :-1]
+    w[..., 0] = 0.8 * x[..., 0]
+    w[..., -1] += 0.2 * x[..., -1]
+    moved = (w - x).abs().flatten(1).sum(1)
+    blur = []
+    for lam in (1e4, 1e5):
+        pr = sinkhorn_projection(x, w, 0.3, lam=lam, maxiters=3000, stopping="dual")
+        assert bool(pr.converged.all())
+        blur.append((pr.z - w).abs().flatten(1).sum(1))
+    assert bool((blur[1] < 0.02 * moved).all())
+    assert bool((blur[1] < 0.2 * blur[0]).all())
+    # The centre itself: with lam = 1e5 the projection keeps it up to the blur.
     pr = sinkhorn_projection(x, x, 0.1, lam=1e5, maxiters=3000, stopping="dual")
     assert float((pr.z - x).abs().flatten(1).sum(1).max()) < 5e-3
-    _, y = _images(seed=3)
-    first = sinkhorn_projection(x, y, 0.1, lam=1e5, maxiters=3000, stopping="dual")
-    again = sinkhorn_projection(x, first.z, 0.1, lam=1e5, maxiters=3000, stopping="dual")
-    moved_first = (first.z - y).abs().flatten(1).sum(1)
-    moved_again = (again.z - first.z).abs().flatten(1).sum(1)
-    assert bool((moved_again < 0.1 * moved_first).all())
 
 
 def test_cap_is_respected_and_binds():
     x, y = _images()
-    cap = 0.03
+    cap = 0.08  # above every pixel of x (the problem is feasible)
     y = y.clone()
     y[:, :, 4, 4] = 0.2  # push one pixel far above the cap
     pr = sinkhorn_projection(x, y, 0.3, cap=cap, maxiters=100, feasibility=(1e-3, 1e-2))
@@ -292,7 +301,7 @@ def _model(size=8):
         w[0, :, : size // 2] = 1.0
         m[1].weight.copy_(w.reshape(2, -1))
         m[1].bias.zero_()
-    return m
+    return m.eval()
 
 
 FAST = {

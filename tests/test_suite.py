@@ -27,8 +27,9 @@ def setup():
     data = synthetic_dataset(20, split="test", height=12, width=12, num_classes=4, seed=3)
     model = CentreOfMass(12, 12, 4).eval()
     suite = Suite("toy", 1, [RandomShift(salt=0), RandomShift(salt=1)], labels=["a", "b"])
-    res = suite.run(model, data.images, data.labels, RADII, threat=THREAT, seed=5, exact_fraction=1.0,
-                    progress=False)
+    res = suite.run(
+        model, data.images, data.labels, RADII, threat=THREAT, seed=5, exact_fraction=1.0, progress=False
+    )
     return data, model, suite, res
 
 
@@ -99,8 +100,10 @@ def test_cumulative_curves_on_hand_made_result():
     assert res.clean_accuracy == 0.8
     # Example 4 costs 0.1 * (1 + 5e-5): inside the ball of radius 0.1 by the certificate's tolerance.
     assert [res.robust_accuracy(r) for r in res.radii] == [0.8, 0.4, 0.2]
-    assert res.cumulative_robust_accuracy() == {"a": {0.01: 0.8, 0.1: 0.6, 0.5: 0.6},
-                                                "b": {0.01: 0.8, 0.1: 0.4, 0.5: 0.2}}
+    assert res.cumulative_robust_accuracy() == {
+        "a": {0.01: 0.8, 0.1: 0.6, 0.5: 0.6},
+        "b": {0.01: 0.8, 0.1: 0.4, 0.5: 0.2},
+    }
     assert res.broken_by == ["a", "b", None, None, "b"]
     both = SuiteResult.concatenate([res, res])
     assert both.robust_accuracy(0.1) == 0.4 and both.indices.numel() == 10
@@ -109,8 +112,17 @@ def test_cumulative_curves_on_hand_made_result():
 def test_batches_reproduce_the_whole_run_and_seeds_come_from_indices(setup):
     data, model, suite, res = setup
     parts = [
-        suite.run(model, data.images[s], data.labels[s], RADII, threat=THREAT, seed=5, indices=torch.arange(20)[s],
-                  exact_fraction=1.0, progress=False)
+        suite.run(
+            model,
+            data.images[s],
+            data.labels[s],
+            RADII,
+            threat=THREAT,
+            seed=5,
+            indices=torch.arange(20)[s],
+            exact_fraction=1.0,
+            progress=False,
+        )
         for s in (slice(0, 7), slice(7, 20))
     ]
     joined = SuiteResult.concatenate(parts)
@@ -126,8 +138,9 @@ def test_batches_reproduce_the_whole_run_and_seeds_come_from_indices(setup):
             return super()._run(model, x, labels, threat=threat, targets=targets, seeds=seeds)
 
     idx = torch.arange(100, 108)
-    Suite("spy", 1, [Spy()]).run(model, data.images[:8], data.labels[:8], [0.1], threat=THREAT, seed=9,
-                                 indices=idx, progress=False)
+    Suite("spy", 1, [Spy()]).run(
+        model, data.images[:8], data.labels[:8], [0.1], threat=THREAT, seed=9, indices=idx, progress=False
+    )
     attacked = res.clean_correct[:8]
     assert seen == [example_seeds(9, idx[attacked])]
 

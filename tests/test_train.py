@@ -26,15 +26,16 @@ def _tiny_run(seed, data_seed=0, lr=1e-2, num_threads=1, **kw):
     # One thread: on a busy 2-core machine two threads mostly wait on each other.
     data = synthetic_dataset(256, seed=data_seed)
     model = build_model("tiny", num_classes=data.num_classes, seed=seed)
-    log = train_model(model, data, epochs=3, lr=lr, batch_size=32, seed=seed, progress=False,
-                      num_threads=num_threads, **kw)
+    log = train_model(
+        model, data, epochs=3, lr=lr, batch_size=32, seed=seed, progress=False, num_threads=num_threads, **kw
+    )
     return model, log
 
 
 def test_training_is_deterministic_and_learns():
     a, log_a = _tiny_run(seed=1)
     b, log_b = _tiny_run(seed=1)
-    for (k, va), vb in zip(_weights(a).items(), _weights(b).values()):
+    for (k, va), vb in zip(_weights(a).items(), _weights(b).values(), strict=True):
         torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=k)
     assert log_a["epoch_loss"] == log_b["epoch_loss"] and log_a["steps"] == 3 * 8
     c, _ = _tiny_run(seed=2)
@@ -68,9 +69,14 @@ def test_deterministic_context_restores_setting():
 def test_train_model_bad_arguments():
     data = synthetic_dataset(8)
     model = build_model("tiny", num_classes=4)
-    for kwargs, name in (({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"lr": 0.0}, "lr"),
-                         ({"optimizer": "lbfgs"}, "optimizer"), ({"schedule": "step"}, "schedule"),
-                         ({"num_threads": 0}, "num_threads")):
+    for kwargs, name in (
+        ({"epochs": -1}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"schedule": "step"}, "schedule"),
+        ({"num_threads": 0}, "num_threads"),
+    ):
         with pytest.raises(ValueError, match=name):
             train_model(model, data, progress=False, **kwargs)
 
@@ -93,20 +99,20 @@ def test_evaluate_restores_mode():
 
 
 def test_standard_model_is_cached_and_reloaded(tmp_path, monkeypatch):
-    kw = {"epochs": 1, "train_size": 512, "batch_size": 32, "seed": 3, "progress": False}
+    kw = {"epochs": 2, "train_size": 1024, "batch_size": 32, "seed": 3, "progress": False}
     first = standard_mnist_model(tmp_path, **kw)
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and files[0].suffix == ".pt"
     meta = first.checkpoint_meta
-    assert meta["config"]["train_size"] == 512 and meta["config"]["epochs"] == 1
-    assert 0.3 < meta["test_accuracy"] <= 1.0  # 512 images, one epoch: learns something
+    assert meta["config"]["train_size"] == 1024 and meta["config"]["epochs"] == 2
+    assert 0.6 < meta["test_accuracy"] <= 1.0  # 1024 images, two epochs: learns (83 % measured)
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached model should have been loaded")
 
     monkeypatch.setattr(train_module, "train_model", no_training)
     again = standard_mnist_model(tmp_path, **kw)
-    for (k, va), vb in zip(_weights(first).items(), _weights(again).values()):
+    for (k, va), vb in zip(_weights(first).items(), _weights(again).values(), strict=True):
         torch.testing.assert_close(va, vb, rtol=0, atol=0, msg=k)
     assert again.checkpoint_meta == meta
     with pytest.raises(AssertionError, match="cached"):

@@ -1,4 +1,4 @@
-"""The benchmark pipeline: how robust is a model under the Wasserstein threat model?
+"""The benchmark pipeline: how robust is a model under the Wasserstein threat model.
 
 :func:`run` evaluates one composed config (``conf/config.yaml``) into a run folder::
 
@@ -74,7 +74,7 @@ class ConfigError(ValueError):
 
 
 def radius_key(r: float) -> str:
-    """A radius as the shortest decimal string that round-trips (``0.1`` -> ``"0.1"``)."""
+    """Write a radius as the shortest decimal string that round-trips (``0.1`` -> ``"0.1"``)."""
     return repr(float(r))
 
 
@@ -167,8 +167,13 @@ register_resolvers()
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(_REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(_REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -228,6 +233,7 @@ class Prepared:
         suite, threat, model, images, labels: what the evaluation uses (images ``[N, C, H, W]``).
         radii, seed, batch_size, shard, exact_fraction, device, progress: run settings.
         logger: the logger config as a dict (``kind`` = ``"none"`` or ``"wandb"``).
+
     """
 
     header: dict
@@ -259,7 +265,7 @@ def _int_field(cfg: DictConfig, key: str, lo: int) -> int:
 
 
 def build_threat(cfg: DictConfig, eps: float = 0.0) -> WassersteinBall:
-    """The :class:`WassersteinBall` of ``cfg.threat`` with radius ``eps``; ``ConfigError`` naming the field."""
+    """Build the :class:`WassersteinBall` of ``cfg.threat`` with radius ``eps`` (or ``ConfigError``)."""
     if "threat" not in cfg or not OmegaConf.is_dict(cfg.threat):
         raise ConfigError("threat is missing: choose one of conf/threat/*.yaml (e.g. threat=w1_local5)")
     node = OmegaConf.to_container(cfg.threat, resolve=True)
@@ -274,7 +280,9 @@ def build_threat(cfg: DictConfig, eps: float = 0.0) -> WassersteinBall:
 
     # Built directly (not through instantiate) so the box stays a tuple, as WassersteinBall documents.
     try:
-        ball = get_class(str(node.pop("_target_", "wasserstein_attacks.threat.WassersteinBall")))(eps=float(eps), **node)
+        ball = get_class(str(node.pop("_target_", "wasserstein_attacks.threat.WassersteinBall")))(
+            eps=float(eps), **node
+        )
     except Exception as exc:  # noqa: BLE001 - an import error, an unknown argument or a bad value
         raise ConfigError(f"threat: {_first_line(exc)}") from exc
     if not isinstance(ball, WassersteinBall):
@@ -295,7 +303,9 @@ def _build_suite(cfg: DictConfig, attack_label: str | None) -> tuple[Suite, dict
         configs = {label: OmegaConf.to_container(node, resolve=True)}
     else:
         if cfg.get("suite") is None:
-            raise ConfigError("suite is missing: choose suite=<name> (conf/suite/) or attack=<name> (conf/attack/)")
+            raise ConfigError(
+                "suite is missing: choose suite=<name> (conf/suite/) or attack=<name> (conf/attack/)"
+            )
         try:
             suite = suite_from_config(cfg.suite)
         except ValueError as exc:
@@ -304,8 +314,10 @@ def _build_suite(cfg: DictConfig, attack_label: str | None) -> tuple[Suite, dict
     desc = {
         "name": suite.name,
         "version": suite.version,
-        "attacks": [{"name": label, "attack": a.name, "config": configs[label]}
-                    for label, a in zip(suite.labels, suite.attacks, strict=True)],
+        "attacks": [
+            {"name": label, "attack": a.name, "config": configs[label]}
+            for label, a in zip(suite.labels, suite.attacks, strict=True)
+        ],
     }
     return suite, desc
 
@@ -313,7 +325,9 @@ def _build_suite(cfg: DictConfig, attack_label: str | None) -> tuple[Suite, dict
 def _build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
     node = cfg.get("model")
     if node is None or not OmegaConf.is_dict(node) or node.get("build") is None:
-        raise ConfigError("model must have `name`, `build` (a _target_ returning an nn.Module) and `checkpoint`")
+        raise ConfigError(
+            "model must have `name`, `build` (a _target_ returning an nn.Module) and `checkpoint`"
+        )
     name = str(node.get("name") or "model")
     ckpt = node.get("checkpoint")
     ckpt_path = Path(str(ckpt)).expanduser() if ckpt else None
@@ -329,10 +343,18 @@ def _build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
         try:
             load_weights(model, ckpt_path)
         except (ValueError, RuntimeError, KeyError, EOFError, OSError) as exc:
-            raise ConfigError(f"model.checkpoint: {ckpt_path} does not match model {name!r}: {_first_line(exc)}") from exc
+            raise ConfigError(
+                f"model.checkpoint: {ckpt_path} does not match model {name!r}: {_first_line(exc)}"
+            ) from exc
         sha = _file_sha256(ckpt_path)
-    info = {"name": name, "checkpoint": ckpt_path.name if ckpt_path else None, "checkpoint_sha256": sha,
-            "weights_sha256": _weights_sha256(model)}
+        # Freshly built modules start in train mode; weights loaded for evaluation are meant for eval mode.
+        model.eval()
+    info = {
+        "name": name,
+        "checkpoint": ckpt_path.name if ckpt_path else None,
+        "checkpoint_sha256": sha,
+        "weights_sha256": _weights_sha256(model),
+    }
     return model, info
 
 
@@ -348,8 +370,11 @@ def _load_data(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, dict]:
         raise ConfigError("dataset must build an object with images [N, C, H, W] and labels [N] tensors")
     if images.shape[0] == 0:
         raise ConfigError("dataset is empty")
-    info = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
-            if k not in ("_target_", "root")}
+    info = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
+        if k not in ("_target_", "root")
+    }
     info["n"] = int(images.shape[0])
     return images.float(), labels.long(), info
 
@@ -388,7 +413,11 @@ def prepare(cfg: DictConfig, *, attack_label: str | None = None) -> Prepared:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:<i>, got {dev!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device is {dev!r} but CUDA is not available (use device=auto or cpu)")
-    logger = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") is not None else {"kind": "none"}
+    logger = (
+        OmegaConf.to_container(cfg.logger, resolve=True)
+        if cfg.get("logger") is not None
+        else {"kind": "none"}
+    )
     if logger.get("kind", "none") not in ("none", "wandb"):
         raise ConfigError(f"logger.kind must be 'none' or 'wandb', got {logger.get('kind')!r}")
     threat = build_threat(cfg)
@@ -397,8 +426,10 @@ def prepare(cfg: DictConfig, *, attack_label: str | None = None) -> Prepared:
     images, labels, data_info = _load_data(cfg)
     n_batches = math.ceil(images.shape[0] / batch_size)
     if shard is not None and shard[1] > n_batches:
-        raise ConfigError(f"shard: {shard[1]} shards but only {n_batches} batches of {batch_size}: "
-                          "use fewer shards or a smaller batch_size")
+        raise ConfigError(
+            f"shard: {shard[1]} shards but only {n_batches} batches of {batch_size}: "
+            "use fewer shards or a smaller batch_size"
+        )
 
     hashed = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in HASH_EXCLUDE}
     hashed.pop("suite" if cfg.get("attack") is not None else "attack", None)
@@ -429,10 +460,22 @@ def prepare(cfg: DictConfig, *, attack_label: str | None = None) -> Prepared:
         "hardware": _hardware(device),
         "model_checks": checks,
     }
-    return Prepared(header=_plain(header), suite=suite, threat=threat, model=model.to(device), images=images,
-                    labels=labels, radii=radii, seed=seed, batch_size=batch_size, shard=shard,
-                    exact_fraction=float(frac), device=device, progress=bool(cfg.get("progress", True)),
-                    logger=logger)
+    return Prepared(
+        header=_plain(header),
+        suite=suite,
+        threat=threat,
+        model=model.to(device),
+        images=images,
+        labels=labels,
+        radii=radii,
+        seed=seed,
+        batch_size=batch_size,
+        shard=shard,
+        exact_fraction=float(frac),
+        device=device,
+        progress=bool(cfg.get("progress", True)),
+        logger=logger,
+    )
 
 
 def check_radii_cfg(radii) -> tuple[float, ...]:
@@ -447,8 +490,16 @@ def check_radii_cfg(radii) -> tuple[float, ...]:
 
 # ---------------------------------------------------------------------------- per-batch state
 
-_ARRAYS = ("indices", "labels", "clean_correct", "broken_cost", "broken_attack", "broken_radius", "adversarial",
-           "exact_distance")
+_ARRAYS = (
+    "indices",
+    "labels",
+    "clean_correct",
+    "broken_cost",
+    "broken_attack",
+    "broken_radius",
+    "adversarial",
+    "exact_distance",
+)
 
 
 def _batch_path(run_dir: Path, k: int) -> Path:
@@ -464,7 +515,7 @@ def _save_batch(path: Path, res: SuiteResult, clean: torch.Tensor, chash: str, s
 
 
 def _load_batch(path: Path, header: dict) -> tuple[SuiteResult, torch.Tensor, dict] | None:
-    """A saved batch, or ``None`` if the file is unreadable or from another config (then it is redone)."""
+    """Read a saved batch; ``None`` if the file is unreadable or from another config (then it is redone)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["config_hash"]) != header["config_hash"]:
@@ -474,8 +525,13 @@ def _load_batch(path: Path, header: dict) -> tuple[SuiteResult, torch.Tensor, di
             timing = json.loads(str(z["timings"]))
     except (OSError, KeyError, ValueError, EOFError):
         return None
-    res = SuiteResult(radii=tuple(header["radii"]), attacks=tuple(a["name"] for a in header["suite"]["attacks"]),
-                      cost_tol=float(header["exact_check"]["tolerance"]), timings=timing["calls"], **arrays)
+    res = SuiteResult(
+        radii=tuple(header["radii"]),
+        attacks=tuple(a["name"] for a in header["suite"]["attacks"]),
+        cost_tol=float(header["exact_check"]["tolerance"]),
+        timings=timing["calls"],
+        **arrays,
+    )
     return res, clean, timing
 
 
@@ -486,11 +542,15 @@ def _start_state(run_dir: Path, header: dict, run_info: dict) -> dict:
     if hpath.is_file():
         old = _read_json(hpath)
         if old.get("config_hash") != header["config_hash"]:
-            raise ConfigError(f"output folder {run_dir} holds a run with another config "
-                              f"(hash {old.get('config_hash')} vs {header['config_hash']}): choose another "
-                              "folder (hydra.run.dir=...) or delete it")
+            raise ConfigError(
+                f"output folder {run_dir} holds a run with another config "
+                f"(hash {old.get('config_hash')} vs {header['config_hash']}): choose another "
+                "folder (hydra.run.dir=...) or delete it"
+            )
         if rpath.is_file() and _read_json(rpath) != run_info:
-            raise ConfigError(f"shard: output folder {run_dir} holds another shard ({_read_json(rpath)['shard']})")
+            raise ConfigError(
+                f"shard: output folder {run_dir} holds another shard ({_read_json(rpath)['shard']})"
+            )
         # Resuming: keep the provenance of the run's start, so a resumed run reports what a whole one does.
         return old
     write_json(hpath, header)
@@ -519,14 +579,17 @@ def _results(header: dict, res: SuiteResult, shard: dict | None) -> dict:
             "clean_accuracy": res.clean_accuracy,
             "robust_accuracy": {radius_key(r): res.robust_accuracy(r) for r in res.radii},
             "per_attack_robust_accuracy": {
-                a: {radius_key(r): v for r, v in curve.items()} for a, curve in res.cumulative_robust_accuracy().items()
+                a: {radius_key(r): v for r, v in curve.items()}
+                for a, curve in res.cumulative_robust_accuracy().items()
             },
             "per_attack_broken": {a: sum(1 for b in broken_by if b == a) for a in labels},
             "exact_check": {
                 **header["exact_check"],
                 "checked": n_checked,
                 "within_radius": int(within.sum()),
-                "max_exact_over_cost": float((exact[checked] / res.broken_cost[checked].clamp_min(1e-300)).max())
+                "max_exact_over_cost": float(
+                    (exact[checked] / res.broken_cost[checked].clamp_min(1e-300)).max()
+                )
                 if n_checked
                 else None,
             },
@@ -560,11 +623,15 @@ def _timings(res: SuiteResult, batch_times: list[dict]) -> dict:
     }
 
 
-def _write_outputs(run_dir: Path, results: dict, res: SuiteResult, clean: torch.Tensor, timings: dict) -> dict:
+def _write_outputs(
+    run_dir: Path, results: dict, res: SuiteResult, clean: torch.Tensor, timings: dict
+) -> dict:
     """results.json, examples.npz, timings.json, curve.png, examples.png; returns their paths."""
     validate_results(results)
-    paths = {name: run_dir / name for name in ("results.json", "examples.npz", "timings.json", "curve.png",
-                                                "examples.png")}
+    paths = {
+        name: run_dir / name
+        for name in ("results.json", "examples.npz", "timings.json", "curve.png", "examples.png")
+    }
     write_json(paths["results.json"], results)
     arrays = {
         "index": res.indices.numpy(),
@@ -605,8 +672,14 @@ def _plot_curve(results: dict, path: Path) -> None:
         curve = results["per_attack_robust_accuracy"][name]
         label = "after " + " + ".join(names[: j + 1])
         ax.plot(radii, [curve[radius_key(r)] for r in radii], marker="o", lw=1, alpha=0.8, label=label)
-    ax.plot(radii, [results["robust_accuracy"][radius_key(r)] for r in radii], marker="o", lw=2.5, color="black",
-            label=f"suite worst case ({' + '.join(names)})")
+    ax.plot(
+        radii,
+        [results["robust_accuracy"][radius_key(r)] for r in radii],
+        marker="o",
+        lw=2.5,
+        color="black",
+        label=f"suite worst case ({' + '.join(names)})",
+    )
     ax.axhline(results["clean_accuracy"], ls=":", color="gray", label="clean accuracy")
     if all(r > 0 for r in radii) and max(radii) / min(radii) > 5:
         ax.set_xscale("log")
@@ -614,9 +687,14 @@ def _plot_curve(results: dict, path: Path) -> None:
     ax.set_xlabel(f"radius eps ({t['name']}; fraction of mass x pixel distance^{t['p']})")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{results['model']['name']} / {results['suite']['name']} v{results['suite']['version']} "
-                 f"(n={results['n_examples']})", fontsize=9)
-    ax.legend(title="cumulative: each attack runs on what the earlier ones left", fontsize=7, title_fontsize=7)
+    ax.set_title(
+        f"{results['model']['name']} / {results['suite']['name']} v{results['suite']['version']} "
+        f"(n={results['n_examples']})",
+        fontsize=9,
+    )
+    ax.legend(
+        title="cumulative: each attack runs on what the earlier ones left", fontsize=7, title_fontsize=7
+    )
     ax.grid(alpha=0.3)
     _savefig(fig, path)
 
@@ -642,7 +720,9 @@ def _plot_examples(res: SuiteResult, clean: torch.Tensor, path: Path, n: int = 8
         axes[2, col].imshow(diff, cmap="bwr", vmin=-lim, vmax=lim)
         cost = float(res.broken_cost[i])
         axes[0, col].set_title(f"#{int(res.indices[i])} y={int(res.labels[i])}", fontsize=7)
-        axes[1, col].set_title(f"{by[i] or '-'}\ncost {cost:.3g}" if math.isfinite(cost) else "not broken", fontsize=7)
+        axes[1, col].set_title(
+            f"{by[i] or '-'}\ncost {cost:.3g}" if math.isfinite(cost) else "not broken", fontsize=7
+        )
         for row in range(3):
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])
@@ -666,8 +746,10 @@ def _print_summary(results: dict, paths: dict, run_dir: Path) -> None:
         cum = "  ".join(f"{results['per_attack_robust_accuracy'][n][k]:>15.4f}" for n in names)
         lines.append(f"{k:>8}  {results['robust_accuracy'][k]:>7.4f}  {cum}")
     ec = results["exact_check"]
-    lines.append(f"exact LP re-check: {ec['within_radius']}/{ec['checked']} sampled adversarial examples inside "
-                 "their radius")
+    lines.append(
+        f"exact LP re-check: {ec['within_radius']}/{ec['checked']} sampled adversarial examples inside "
+        "their radius"
+    )
     lines.append(f"outputs in {run_dir}:")
     lines += [f"  {p}" for p in paths.values()]
     print("\n".join(lines), flush=True)
@@ -676,28 +758,51 @@ def _print_summary(results: dict, paths: dict, run_dir: Path) -> None:
 # ---------------------------------------------------------------------------- wandb
 
 
-def _log_wandb(logger: dict, results: dict, res: SuiteResult, clean: torch.Tensor, paths: dict, run_dir: Path):
+def _log_wandb(
+    logger: dict, results: dict, res: SuiteResult, clean: torch.Tensor, paths: dict, run_dir: Path
+):
     import wandb
 
     mode = os.environ.get("WANDB_MODE") or logger.get("mode", "offline")
-    run = wandb.init(project=logger.get("project", "wasserstein-attacks"), entity=logger.get("entity"), mode=mode,
-                     dir=str(run_dir), name=f"{results['model']['name']}-{results['config_hash']}",
-                     config={"config": results["config"], "threat": results["threat"], "suite": results["suite"],
-                             "config_hash": results["config_hash"]},
-                     tags=list(logger.get("tags") or []), reinit="finish_previous")
+    run = wandb.init(
+        project=logger.get("project", "wasserstein-attacks"),
+        entity=logger.get("entity"),
+        mode=mode,
+        dir=str(run_dir),
+        name=f"{results['model']['name']}-{results['config_hash']}",
+        config={
+            "config": results["config"],
+            "threat": results["threat"],
+            "suite": results["suite"],
+            "config_hash": results["config_hash"],
+        },
+        tags=list(logger.get("tags") or []),
+        reinit="finish_previous",
+    )
     try:
         metrics = {"clean_accuracy": results["clean_accuracy"]}
         metrics.update({f"robust_accuracy/{k}": v for k, v in results["robust_accuracy"].items()})
         for a, curve in results["per_attack_robust_accuracy"].items():
             metrics.update({f"cumulative/{a}/{k}": v for k, v in curve.items()})
         run.log(metrics)
-        run.log({"curve": wandb.Image(str(paths["curve.png"])), "examples_grid": wandb.Image(str(paths["examples.png"]))})
+        run.log(
+            {
+                "curve": wandb.Image(str(paths["curve.png"])),
+                "examples_grid": wandb.Image(str(paths["examples.png"])),
+            }
+        )
         table = wandb.Table(columns=["index", "label", "broken_by", "broken_cost", "clean", "adversarial"])
         as_img = lambda t: (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()  # noqa: E731
         by = res.broken_by
         for i in (res.broken_attack >= 0).nonzero()[:, 0][: int(logger.get("n_images", 16))].tolist():
-            table.add_data(int(res.indices[i]), int(res.labels[i]), by[i], float(res.broken_cost[i]),
-                           wandb.Image(as_img(clean[i])), wandb.Image(as_img(res.adversarial[i])))
+            table.add_data(
+                int(res.indices[i]),
+                int(res.labels[i]),
+                by[i],
+                float(res.broken_cost[i]),
+                wandb.Image(as_img(clean[i])),
+                wandb.Image(as_img(res.adversarial[i])),
+            )
         run.log({"examples": table})
         run.summary.update(metrics)
     finally:
@@ -719,8 +824,16 @@ def run(cfg: DictConfig, run_dir: str | Path, *, attack_label: str | None = None
         for w in prep.header["model_checks"].get("warnings", []):
             print(f"model check warning: {w}", file=sys.stderr, flush=True)
     batches = shard_batches(prep.n_batches, prep.shard)
-    shard = None if prep.shard is None else {"index": prep.shard[0], "count": prep.shard[1],
-                                             "batches": [batches.start, batches.stop], "n_batches": prep.n_batches}
+    shard = (
+        None
+        if prep.shard is None
+        else {
+            "index": prep.shard[0],
+            "count": prep.shard[1],
+            "batches": [batches.start, batches.stop],
+            "n_batches": prep.n_batches,
+        }
+    )
     header = _start_state(run_dir, prep.header, {"shard": shard, "n_batches": prep.n_batches})
     from tqdm.auto import tqdm
 
@@ -737,9 +850,17 @@ def run(cfg: DictConfig, run_dir: str | Path, *, attack_label: str | None = None
             start = time.perf_counter()
             # Guard against any global-RNG use inside models or attacks: fixed per batch, whatever ran before.
             torch.manual_seed(prep.seed * 1_000_003 + k)
-            res = prep.suite.run(prep.model, x, y, prep.radii, threat=prep.threat, seed=prep.seed,
-                                 indices=torch.arange(lo, hi), exact_fraction=prep.exact_fraction,
-                                 progress=prep.progress)
+            res = prep.suite.run(
+                prep.model,
+                x,
+                y,
+                prep.radii,
+                threat=prep.threat,
+                seed=prep.seed,
+                indices=torch.arange(lo, hi),
+                exact_fraction=prep.exact_fraction,
+                progress=prep.progress,
+            )
             seconds = time.perf_counter() - start
             _save_batch(path, res, prep.images[lo:hi], header["config_hash"], seconds)
             loaded = _load_batch(path, header)  # what the results are built from, in every mode
@@ -762,8 +883,13 @@ def _finish(run_dir: Path, header: dict, parts, cleans, times, shard, logger: di
     paths = _write_outputs(run_dir, results, res, clean, _timings(res, times))
     ec = results["exact_check"]
     if ec["within_radius"] != ec["checked"]:
-        print(f"WARNING: exact LP distance exceeds the radius for {ec['checked'] - ec['within_radius']} sampled "
-              "adversarial examples: a verification bug, please report it", file=sys.stderr, flush=True)
+        bad = ec["checked"] - ec["within_radius"]
+        print(
+            f"WARNING: the exact LP distance exceeds the radius for {bad} sampled adversarial examples:"
+            " a verification bug, please report it",
+            file=sys.stderr,
+            flush=True,
+        )
     if logger.get("kind") == "wandb":
         _log_wandb(logger, results, res, clean, paths, run_dir)
     _print_summary(results, paths, run_dir)
@@ -790,18 +916,24 @@ def merge(folders: list[str | Path], out_dir: str | Path, *, logger: dict | None
     for f, h, _ in infos[1:]:
         if strip(h) != strip(header):
             diff = sorted(k for k in set(h) | set(header) if k != "hardware" and h.get(k) != header.get(k))
-            raise ValueError(f"folders: {f} differs from {infos[0][0]} in {', '.join(diff)}: not shards of one run")
+            raise ValueError(
+                f"folders: {f} differs from {infos[0][0]} in {', '.join(diff)}: not shards of one run"
+            )
     shards = {}
     for f, _, r in infos:
         s = r.get("shard")
         if s is None:
             raise ValueError(f"folders: {f} is not a shard (it ran unsharded)")
         if s["index"] in shards:
-            raise ValueError(f"folders: shard {s['index']}/{s['count']} given twice ({shards[s['index']][0]}, {f})")
+            raise ValueError(
+                f"folders: shard {s['index']}/{s['count']} given twice ({shards[s['index']][0]}, {f})"
+            )
         shards[s["index"]] = (f, s)
     counts = {s["count"] for _, s in shards.values()}
     if len(counts) != 1 or sorted(shards) != list(range(counts.pop())):
-        got = ", ".join(f"{s['index']}/{s['count']}" for _, s in sorted(shards.values(), key=lambda t: t[1]["index"]))
+        got = ", ".join(
+            f"{s['index']}/{s['count']}" for _, s in sorted(shards.values(), key=lambda t: t[1]["index"])
+        )
         raise ValueError(f"folders: shards must be 0/n .. n-1/n exactly once, got {got}")
     parts, cleans, times = [], [], []
     for i in sorted(shards):
@@ -809,7 +941,9 @@ def merge(folders: list[str | Path], out_dir: str | Path, *, logger: dict | None
         for k in range(*s["batches"]):
             loaded = _load_batch(_batch_path(f, k), header) if _batch_path(f, k).is_file() else None
             if loaded is None:
-                raise ValueError(f"folders: {f} lacks finished batch {k}: rerun that shard's command to finish it")
+                raise ValueError(
+                    f"folders: {f} lacks finished batch {k}: rerun that shard's command to finish it"
+                )
             parts.append(loaded[0])
             cleans.append(loaded[1])
             times.append({"batch": k, "seconds": loaded[2]["seconds"]})
@@ -817,7 +951,9 @@ def merge(folders: list[str | Path], out_dir: str | Path, *, logger: dict | None
     merged = dict(header)
     merged["hardware"] = hardware[0] if all(h == hardware[0] for h in hardware) else {"shards": hardware}
     out_dir = Path(out_dir)
-    _start_state(out_dir, merged, {"shard": None, "n_batches": infos[0][2]["n_batches"], "merged_from": len(infos)})
+    _start_state(
+        out_dir, merged, {"shard": None, "n_batches": infos[0][2]["n_batches"], "merged_from": len(infos)}
+    )
     return _finish(out_dir, merged, parts, cleans, times, None, logger or {"kind": "none"})
 
 

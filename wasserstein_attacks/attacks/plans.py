@@ -24,13 +24,23 @@ kernels work on those rows alone (:class:`_Rows`), which is what makes them fast
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from .. import transport as T
 from ..threat import WassersteinBall
-from .base import Attack, RunOutput, example_generators, iterate, predict, register, repair_plan, return_overflow
+from .base import (
+    Attack,
+    RunOutput,
+    example_generators,
+    iterate,
+    predict,
+    register,
+    repair_plan,
+    return_overflow,
+)
 
 __all__ = [
     "project_simplex",
@@ -60,6 +70,7 @@ class _Rows:
             where invalid; such entries are kept at zero).
         cost: ``[k*k]`` ground cost of each offset (pixels ** p).
         total: ``[B]`` the images' masses ``N``.
+
     """
 
     def __init__(self, x: torch.Tensor, kernel_size: int, p: int):
@@ -161,6 +172,7 @@ def project_simplex(values: torch.Tensor, mass: torch.Tensor, valid: torch.Tenso
 
     Returns:
         ``[..., K]`` the projections (same dtype).
+
     """
     if valid is not None:
         # Any value below max(valid) - mass falls under the threshold: such entries end at exactly 0.
@@ -226,6 +238,7 @@ def _search(
     Returns:
         ``(S [M, k*k], lambda [B], evaluations)``; ``S``'s cost may exceed the budget by the tolerance
         (:func:`_shrink_to_budget` then makes it exact).
+
     """
     lo = torch.zeros_like(budget)
     hi = upper.clone()
@@ -394,6 +407,7 @@ def project_plan(
     Returns:
         ``[B, C, H*W, k*k]`` a plan in ``Pi(x, eps)`` (rows with ``x_i = 0`` are zero). A multiplier not
         converged within ``steps`` gives a feasible but not exactly nearest plan.
+
     """
     _check_solver(solver)
     rows = _Rows(x, threat.kernel_size, threat.p)
@@ -481,6 +495,7 @@ def entropic_lmo(
 
     Returns:
         ``[B, C, H*W, k*k]`` a plan in ``Pi(x, eps)``.
+
     """
     _check_solver(solver)
     rows = _Rows(x, threat.kernel_size, threat.p)
@@ -542,6 +557,7 @@ def capacity_projection(
 
     Returns:
         ``[B, C, H*W, k*k]`` plan.
+
     """
     rows = _Rows(x, threat.kernel_size, threat.p)
     budget = _budget(rows, threat.eps_for(x.shape[0]).to(x.device))
@@ -705,6 +721,7 @@ class ExactProjectionPGD(_PlanAttack):
         loss: ``"ce"`` (theirs) or ``"margin"``.
         restarts: runs; the first from the identity plan.
         stop_on_success: freeze an example at its first (pre-repair) success.
+
     """
 
     clamp_output = False
@@ -783,6 +800,7 @@ class FrankWolfe(_PlanAttack):
         loss: ``"ce"`` (theirs) or ``"margin"``.
         restarts: runs; the first from the identity plan.
         stop_on_success: freeze an example at its first (pre-repair) success.
+
     """
 
     def __init__(
@@ -849,6 +867,7 @@ class FrankWolfeBox(_PlanAttack):
         loss: ``"ce"`` or ``"margin"``.
         restarts: runs; the first from the identity plan, later ones from seeded random feasible plans.
         stop_on_success: freeze an example at its first success.
+
     """
 
     keeps_box = True
@@ -905,6 +924,7 @@ class PGDBox(_PlanAttack):
         dual_lr: step of the capacity multipliers; dual_steps: projections per iteration.
         newton_steps: maximum multiplier evaluations per projection; tol: their relative tolerance.
         loss, restarts, stop_on_success: as :class:`FrankWolfeBox`.
+
     """
 
     keeps_box = True

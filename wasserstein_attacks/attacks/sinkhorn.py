@@ -313,7 +313,7 @@ class _Gathered:
         risky = self._risky(None) | (top - torch.where(torch.isfinite(fs), fs, top[:, None]).amin(1) > 600)
         if bool(risky.any()):
             idx = risky.nonzero()[:, 0]
-            zero = torch.zeros(idx.numel(), dtype=_F64, device=f.device)
+            zero = torch.zeros(b, dtype=_F64, device=f.device)
             e = self._exact(idx, zero) + 1 + f[idx].reshape(idx.numel(), f.shape[1], -1, 1)  # f_i + v_j
             e = e.flatten(1, 2)  # [n, C*HW, kk]
             out[idx] = torch.stack(
@@ -399,6 +399,7 @@ def sinkhorn_projection(
     feasibility: tuple[float, float] | None = None,
     init: SinkhornDuals | None = None,
     hard_maxiters: int | None = None,
+    tol: float = 1e-4,
 ) -> Projection:
     """Entropic projection of ``w`` onto the local Wasserstein ball around ``x`` (Wong et al. 2019,
     Algorithm 1; with ``cap``, Hu et al. 2020's constrained version). See the module docstring.
@@ -413,7 +414,7 @@ def sinkhorn_projection(
             (Hu et al.: ``1/N``, i.e. pixel value 1).
         maxiters: an example stops once ``iterations > maxiters`` (the authors' ``i > maxiters`` test:
             at most ``maxiters + 1`` iterations) or once its objective changes by at most
-            ``1e-4 + 1e-4 |obj|`` between iterations.
+            ``tol + tol |obj|`` between iterations (the authors: ``tol = 1e-4``).
         stopping: which objective that rule watches. ``"authors"``: the expression the released code
             evaluates (Wong et al.'s passes ``exp(-alpha)`` and ``beta`` in swapped argument positions;
             Hu et al.'s uses ``beta + phi`` and ``sum phi`` where the dual has ``beta - phi`` and
@@ -424,6 +425,7 @@ def sinkhorn_projection(
         init: warm start (Hu et al. reuse the previous PGD step's duals); default the authors' start.
         hard_maxiters: absolute bound on iterations (default ``10 (maxiters + 1)`` with
             ``feasibility``, else ``maxiters + 1``); examples stopped by it have ``converged = False``.
+        tol: tolerance of the stopping rule (see ``maxiters``).
 
     Returns:
         :class:`Projection`. Every example runs and stops on its own (the authors stop the whole batch
@@ -436,6 +438,8 @@ def sinkhorn_projection(
         raise ValueError(f"lam must be a positive float, got {lam!r}")
     if isinstance(maxiters, bool) or not isinstance(maxiters, int) or maxiters < 0:
         raise ValueError(f"maxiters must be an int >= 0, got {maxiters!r}")
+    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a non-negative float, got {tol!r}")
     b, c, h, wd = x.shape
     dev = x.device
     X, Y = x.to(_F64), w.to(_F64)
@@ -505,7 +509,7 @@ def sinkhorn_projection(
             obj = (-_sum(bpp**2) / (2 * lam) - psin * epsa + fx - _sum(bpp * Ya)
                    - _sum(torch.exp(gn + lu)) - _sum(phia))
         ia = sel(iters) + 1
-        close = (sel(old) - obj).abs() <= 1e-4 + 1e-4 * obj.abs()
+        close = (sel(old) - obj).abs() <= tol + tol * obj.abs()
         stop = close | (ia > maxiters)
         if feasibility is not None:
             feasible = (cost_a - epsa <= feasibility[0]) & ((_sum(za) - 1).abs() <= feasibility[1])

@@ -32,7 +32,10 @@ __all__ = ["Suite", "SuiteResult", "load_suite", "suite_from_config", "check_rad
 
 
 def check_radii(radii, name: str = "radii") -> tuple[float, ...]:
-    """Radii as an ascending tuple of distinct floats ``>= 0`` (units of eps), or ``ValueError`` naming ``name``."""
+    """Return radii as an ascending tuple of distinct floats ``>= 0`` (units of eps).
+
+    Raises ``ValueError`` naming ``name`` otherwise.
+    """
     if isinstance(radii, (int, float)) and not isinstance(radii, bool):
         radii = [radii]
     try:
@@ -75,13 +78,14 @@ class SuiteResult:
         clean_correct: bool, the model classifies the clean image correctly.
         broken_cost: float64, certified cost of the verified adversarial example that broke the example
             (units of eps); 0 for clean errors, ``+inf`` if no attack broke it.
-        broken_attack: long, position in ``attacks`` of the attack that broke it, -1 if none (or a clean error).
+        broken_attack: long, position in ``attacks`` of the attack that broke it; -1 if none or a clean error.
         broken_radius: float64, grid radius at which it was broken; 0 for clean errors, ``+inf`` if never.
         adversarial: ``[B, C, H, W]``, the verified adversarial example (the clean image if none).
         exact_distance: float64, exact LP distance of the adversarial example for the sampled successes,
             NaN elsewhere (see :func:`in_exact_sample`).
         cost_tol: relative cost tolerance (from the threat model) used to decide "broken at radius r".
         timings: one dict per (radius, attack) call: radius, attack, attacked, broken, seconds.
+
     """
 
     radii: tuple[float, ...]
@@ -142,11 +146,24 @@ class SuiteResult:
                 raise ValueError("parts must share radii, attacks and cost_tol")
         cat = {
             name: torch.cat([getattr(p, name) for p in parts])
-            for name in ("indices", "labels", "clean_correct", "broken_cost", "broken_attack", "broken_radius",
-                         "adversarial", "exact_distance")
+            for name in (
+                "indices",
+                "labels",
+                "clean_correct",
+                "broken_cost",
+                "broken_attack",
+                "broken_radius",
+                "adversarial",
+                "exact_distance",
+            )
         }
-        return SuiteResult(radii=head.radii, attacks=head.attacks, cost_tol=head.cost_tol,
-                           timings=[t for p in parts for t in p.timings], **cat)
+        return SuiteResult(
+            radii=head.radii,
+            attacks=head.attacks,
+            cost_tol=head.cost_tol,
+            timings=[t for p in parts for t in p.timings],
+            **cat,
+        )
 
 
 class Suite:
@@ -158,6 +175,7 @@ class Suite:
         attacks: the attacks, in the order they run at each radius.
         labels: one distinct label per attack (default: the attacks' registry names, which must then be
             distinct).
+
     """
 
     def __init__(self, name: str, version: int, attacks: list[Attack], *, labels: list[str] | None = None):
@@ -208,6 +226,7 @@ class Suite:
 
         Returns:
             A :class:`SuiteResult` on CPU.
+
         """
         radii = check_radii(radii)
         if not isinstance(threat, WassersteinBall):
@@ -240,11 +259,20 @@ class Suite:
                 n = int(todo.sum())
                 if n == 0:
                     continue
-                with tqdm(total=n, desc=f"r={r:g} {label}", unit="ex", leave=False, disable=not progress) as bar:
+                with tqdm(
+                    total=n, desc=f"r={r:g} {label}", unit="ex", leave=False, disable=not progress
+                ) as bar:
                     idx = todo.nonzero()[:, 0]
                     dev_idx = idx.to(x.device)
-                    res = attack(model, x[dev_idx], labels[dev_idx], threat=ball, seed=seed, indices=indices[idx],
-                                 **extra)
+                    res = attack(
+                        model,
+                        x[dev_idx],
+                        labels[dev_idx],
+                        threat=ball,
+                        seed=seed,
+                        indices=indices[idx],
+                        **extra,
+                    )
                     won = res.success.cpu()
                     hit = idx[won]
                     broken_cost[hit] = res.cost.cpu()[won]
@@ -254,7 +282,9 @@ class Suite:
                     bar.update(n)
                     still = int((clean_correct & ~(broken_cost <= r * (1.0 + tol))).sum())
                     bar.set_postfix(robust=f"{still}/{b}", elapsed=f"{time.perf_counter() - start:.1f}s")
-                timings.append(dict(radius=r, attack=label, attacked=n, broken=int(won.sum()), seconds=res.seconds))
+                timings.append(
+                    dict(radius=r, attack=label, attacked=n, broken=int(won.sum()), seconds=res.seconds)
+                )
         exact = torch.full((b,), float("nan"), dtype=torch.float64)
         check = torch.from_numpy(sample) & (broken_attack >= 0)
         if bool(check.any()):
@@ -302,17 +332,20 @@ def suite_from_config(cfg) -> Suite:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"suite.attacks.{label}: cannot build the attack: {reason}") from exc
         if not isinstance(attack, Attack):
-            raise ValueError(f"suite.attacks.{label}: _target_ must build an Attack, got {type(attack).__name__}")
+            raise ValueError(
+                f"suite.attacks.{label}: _target_ must build an Attack, got {type(attack).__name__}"
+            )
         attacks.append(attack)
     return Suite(str(cfg.name), int(cfg.version), attacks, labels=[str(k) for k in cfg.attacks])
 
 
 def load_suite(name: str, conf_dir: str | Path | None = None) -> Suite:
-    """The named, versioned suite of ``conf/suite/<name>.yaml`` (e.g. ``load_suite("standard-v1")``).
+    """Build the named, versioned suite of ``conf/suite/<name>.yaml`` (e.g. ``load_suite("standard-v1")``).
 
     Args:
         name: file name without ``.yaml``.
         conf_dir: config root (default: the project's ``conf/``).
+
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
