@@ -102,14 +102,14 @@ def run_attack(spec: str, x, y, model, radius: float, batch: int, seed: int, exa
         "kwargs": kwargs,
         "radius": radius_key(radius),
         "images": n,
-        "clean_accuracy": float(clean.float().mean()),
-        "robust_accuracy": float(robust.float().mean()),
-        "claimed_robust_accuracy": float((clean & ~claimed).float().mean()) if has_claimed else None,
-        "success_rate": float(success.float().mean()),
-        "certified_fraction": float(certified.float().mean()),
+        "clean_accuracy": float(clean.double().mean()),
+        "robust_accuracy": float(robust.double().mean()),
+        "claimed_robust_accuracy": float((clean & ~claimed).double().mean()) if has_claimed else None,
+        "success_rate": float(success.double().mean()),
+        "certified_fraction": float(certified.double().mean()),
         "mean_repair_kept": float(repair.mean()),
-        "fraction_cut_by_repair": float(moved.float().mean()),
-        "mean_iterations": float(iterations.float().mean()),
+        "fraction_cut_by_repair": float(moved.double().mean()),
+        "mean_iterations": float(iterations.double().mean()),
         "seconds": seconds,
         "seconds_per_100_images": seconds * 100 / n,
         "exact_check": check,
@@ -179,13 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
         out["suite"].append({
             "radius": radius_key(radius),
             "members": members,
-            "robust_accuracy": float(suite_robust.float().mean()),
-            "robust_accuracy_all_attacks": float(every.float().mean()),
+            "robust_accuracy": float(suite_robust.double().mean()),
+            "robust_accuracy_all_attacks": float(every.double().mean()),
             "seconds_upper_bound": seconds,
             "images": args.n,
         })
-        print(f"eps {radius_key(radius):>5} suite robust {float(suite_robust.float().mean()):.3f} "
-              f"(all attacks {float(every.float().mean()):.3f}) <= {seconds:.0f}s", flush=True)
+        print(f"eps {radius_key(radius):>5} suite robust {float(suite_robust.double().mean()):.3f} "
+              f"(all attacks {float(every.double().mean()):.3f}) <= {seconds:.0f}s", flush=True)
         write_json(path, out)
     if args.post_n > 0:
         n = min(args.post_n, args.n)

@@ -222,12 +222,13 @@ def test_cap_is_respected_and_binds():
 
 def test_warm_start_and_per_example_stopping():
     x, y = _images()
-    cold = sinkhorn_projection(x, y, 0.2, maxiters=200)
-    warm = sinkhorn_projection(x, y + 1e-4, 0.2, maxiters=200, init=cold.duals)
-    assert bool((warm.iterations < cold.iterations).all())
+    cold = sinkhorn_projection(x, y, 0.3, maxiters=400, stopping="dual")
+    warm = sinkhorn_projection(x, y + 1e-4, 0.3, maxiters=400, stopping="dual", init=cold.duals)
+    assert bool(cold.converged.all()) and bool(warm.converged.all())
+    assert bool((warm.iterations < cold.iterations / 5).all())
     # Each example stops on its own: the batch equals its examples one by one.
     for i in range(2):
-        one = sinkhorn_projection(x[i : i + 1], y[i : i + 1], 0.2, maxiters=200)
+        one = sinkhorn_projection(x[i : i + 1], y[i : i + 1], 0.3, maxiters=400, stopping="dual")
         assert one.iterations.item() == cold.iterations[i].item()
         torch.testing.assert_close(one.z[0], cold.z[i], rtol=1e-12, atol=1e-15)
 
@@ -305,9 +306,13 @@ def _model(size=8):
 
 
 FAST = {
-    "sinkhorn_wong": dict(steps=6, sinkhorn_maxiters=30),
-    "sinkhorn_hu": dict(steps=6, sinkhorn_maxiters=30),
+    "sinkhorn_wong": dict(steps=4, sinkhorn_maxiters=15),
+    "sinkhorn_hu": dict(steps=4, sinkhorn_maxiters=15, cost_tol=1e-2, mass_tol=5e-2),
 }
+HU_LOOSE = {k: v for k, v in FAST["sinkhorn_hu"].items() if k != "steps"}
+# Hu et al.'s 1.5 % mass check fails on these tiny high-contrast images; it is recorded, and the
+# warning is the expected behaviour here (it is tested in test_mass_check_is_recorded).
+quiet_mass_check = pytest.mark.filterwarnings("ignore:ConstrainedSinkhorn. the authors' check:RuntimeWarning")
 
 
 def test_registered():
@@ -316,6 +321,7 @@ def test_registered():
     assert isinstance(get("sinkhorn_hu"), ConstrainedSinkhorn)
 
 
+@quiet_mass_check
 @pytest.mark.parametrize("name", ["sinkhorn_wong", "sinkhorn_hu"])
 def test_attack_is_certified_and_succeeds(name):
     x, labels = _blobs()
@@ -342,14 +348,15 @@ def test_attack_is_certified_and_succeeds(name):
     assert max(info["raw_plan_cost"]) < 0.5 * 1.2
 
 
+@quiet_mass_check
 @pytest.mark.parametrize("name", ["sinkhorn_wong", "sinkhorn_hu"])
 def test_batch_equals_examples_one_by_one(name):
-    x, labels = _blobs(n=4, seed=1)
+    x, labels = _blobs(n=3, seed=1)
     model = _model()
-    eps = torch.tensor([0.3, 0.5, 0.4, 0.6])
+    eps = torch.tensor([0.3, 0.5, 0.6])
     attack = get(name, **FAST[name])
     res = attack(model, x, labels, threat=WassersteinBall(eps=eps))
-    for i in range(4):
+    for i in range(3):
         one = attack(model, x[i : i + 1], labels[i : i + 1], threat=WassersteinBall(eps=float(eps[i])),
                      indices=torch.tensor([i]))
         assert one.success.item() == res.success[i].item()
@@ -369,9 +376,10 @@ def test_ramp_schedules_follow_the_authors():
     assert ConstrainedSinkhorn()._radius(5, eps).tolist() == eps.tolist()  # fixed radius by default
 
 
+@quiet_mass_check
 def test_ramp_run_records_the_radius_of_success():
     x, labels = _blobs(n=4, seed=2)
-    res = ConstrainedSinkhorn(steps=8, sinkhorn_maxiters=30, ramp=True, ramp_start=0.1, ramp_increment=0.1)(
+    res = ConstrainedSinkhorn(steps=6, ramp=True, ramp_start=0.1, ramp_increment=0.1, **HU_LOOSE)(
         _model(), x, labels, threat=WassersteinBall(eps=2.0))
     radius = torch.tensor(res.info["radius"], dtype=F64)
     its = res.iterations.to(F64)
@@ -381,23 +389,25 @@ def test_ramp_run_records_the_radius_of_success():
     assert bool((res.cost[res.success] <= 2.0 * (1 + 1e-4)).all())
 
 
+@quiet_mass_check
 def test_output_image_and_restarts():
     x, labels = _blobs(n=4, seed=3)
     model = _model()
     threat = WassersteinBall(eps=0.3)
-    img = ConstrainedSinkhorn(steps=4, sinkhorn_maxiters=20, output="image")(model, x, labels, threat=threat)
+    img = ConstrainedSinkhorn(steps=3, output="image", **HU_LOOSE)(model, x, labels, threat=threat)
     assert bool(img.certified.all()) and img.info["output"] == "image"
-    att = ProjectedSinkhorn(steps=3, sinkhorn_maxiters=20, restarts=2)
+    att = ProjectedSinkhorn(steps=3, sinkhorn_maxiters=15, restarts=2)
     a, b = att(model, x, labels, threat=threat, seed=5), att(model, x, labels, threat=threat, seed=5)
     torch.testing.assert_close(a.adversarial, b.adversarial, rtol=0, atol=0)
     used = torch.tensor(a.info["restarts_used"])
     assert bool(((used == 1) | (used == 2) | (used == 0)).all())
 
 
+@quiet_mass_check
 def test_degenerate_inputs_stay_put():
     x, labels = _blobs(n=2)
     x[1] = 0  # an all-zero image: its ball is {x}
-    res = ConstrainedSinkhorn(steps=3, sinkhorn_maxiters=10)(_model(), x, labels, threat=WassersteinBall(eps=0.5))
+    res = ConstrainedSinkhorn(steps=3, **HU_LOOSE)(_model(), x, labels, threat=WassersteinBall(eps=0.5))
     torch.testing.assert_close(res.adversarial[1], x[1], rtol=0, atol=0)
     assert res.info["projections"][1] == 0
     res0 = ProjectedSinkhorn(steps=3, sinkhorn_maxiters=10)(_model(), x, labels, threat=WassersteinBall(eps=0.0))
@@ -437,3 +447,16 @@ def test_config_is_exactly_the_constructor(name, cls):
     assert cfg == defaults
     built = cls(**cfg)
     assert type(built) is cls
+
+
+def test_mass_check_is_recorded():
+    # A one-pixel-wide bright bar: clamping after the capped projection changes the mass by more than
+    # the authors' 1.5 %; their assert becomes a record and a RuntimeWarning, and the run goes on.
+    x = torch.full((1, 1, 8, 8), 0.02)
+    x[0, 0, 2:6, 4] = 1.0
+    labels = torch.tensor([1])
+    with pytest.warns(RuntimeWarning, match="1.5 %"):
+        res = ConstrainedSinkhorn(steps=3, **HU_LOOSE)(_model(), x, labels, threat=WassersteinBall(eps=0.5))
+    assert res.info["mass_check_failures"][0] >= 1
+    assert res.info["max_mass_change"][0] >= 0.015
+    assert bool(res.certified.all())

@@ -37,7 +37,8 @@ def _check_group_choices(argv: list[str]) -> None:
             continue
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
-        if key not in ("attack", "suite", "dataset", "model", "threat", "logger", "experiment") or not value:
+        groups = ("attack", "suite", "dataset", "model", "threat", "logger", "experiment")
+        if key not in groups or not value or "(" in value:  # sweep functions (choice, glob): Hydra checks
             continue
         values = value.split(",") if "," in value and not value.startswith(("[", "{")) else [value]
         known = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))

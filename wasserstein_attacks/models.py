@@ -426,7 +426,8 @@ def load_reference_model(
 
     """
     path = reference_model_path(name, shared_dir)
-    model = load_weights(mnist_convnet(), path)
+    # Seeded build: loading a checkpoint must not consume the caller's global random state.
+    model = load_weights(build_model("mnist_convnet", seed=0), path)
     if name == "binarize":
         model = BinarizedInput(model, 0.5, straight_through)
     return model.eval()

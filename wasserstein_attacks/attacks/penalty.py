@@ -211,7 +211,15 @@ class SinkhornPenalty(Attack):
     Per-example logic throughout (constants, candidates, restarts, random init from the example's
     seed): a batch equals its examples one by one; there is no whole-batch stopping or batch-level
     best-so-far. Every example runs all its steps (a minimal-distance search does not stop at
-    the first success).
+    the first success). ``threat.eps`` is the cap of a fixed-radius evaluation; the search itself
+    looks for the smallest radius (there is no ramp protocol: this is not a published attack).
+
+    ``result.info`` holds, per example (``None`` where not applicable): ``sinkhorn_divergence``
+    (GeomLoss value of the returned image, units of ``eps``; an approximation, not a bound),
+    ``plan_cost`` (cost of the returned plan before the common ending; ``result.cost`` is the
+    certified one), ``exact_cost`` (exact LP cost of the returned image, where re-solved) and
+    ``const`` (the ``c`` at which the returned plan was found). The divergence dominates the cost
+    of a step (dense ``[N, M]`` Sinkhorn problems per channel), hence ``divergence_every``.
 
     Args:
         steps: Adam steps per binary-search round.
@@ -314,19 +322,20 @@ class SinkhornPenalty(Attack):
         for name in ("cand", "att", "fool"):
             track[name + "_z"] = x.new_zeros(b, c, h * w, kk)
             track[name + "_score"] = torch.full((b,), -math.inf, dtype=x.dtype, device=dev)
+            track[name + "_const"] = torch.full((b,), math.nan, dtype=x.dtype, device=dev)
         iterations = torch.zeros(b, dtype=torch.long, device=dev)
-        cand_const = torch.full((b,), math.nan, dtype=torch.float64)  # c at which the kept plan was found
         beta1, beta2 = 0.9, 0.999
 
         def image(sub):
             return T.column_sums(_plan(sub["var"], sub["xf"], valid, box), h, w)
 
-        def keep(name: str, where: torch.Tensor, pos: torch.Tensor, z: torch.Tensor, score: torch.Tensor):
+        def keep(name: str, where, pos, z, score, const) -> None:
             # Trackers live outside ``iterate``'s state (indexed by batch position) so that the loop
             # does not copy these plan-sized tensors in and out at every step.
             sel = pos[where]
             track[name + "_z"][sel] = z[where]
             track[name + "_score"][sel] = score[where]
+            track[name + "_const"][sel] = const[where]
 
         def step(sub, grad, t, idx):
             # ``idx`` indexes the sub-batch handed to ``iterate``; ``pos`` is the position in the batch.
@@ -359,11 +368,10 @@ class SinkhornPenalty(Attack):
                 z, cost = z.detach(), cost.detach()
                 in_box = (y.detach() - 1).flatten(1).amax(1) <= _BOX_SLACK
                 inside = in_box & (cost <= sub["eps"])
-                better = fooled & inside & (-cost > track["cand_score"][pos])
-                cand_const[pos[better].cpu()] = sub["const"][better].cpu().to(torch.float64)
-                keep("cand", better, pos, z, -cost)
-                keep("att", ~fooled & inside & (margin > track["att_score"][pos]), pos, z, margin)
-                keep("fool", fooled & in_box & (-cost > track["fool_score"][pos]), pos, z, -cost)
+                const = sub["const"]
+                keep("cand", fooled & inside & (-cost > track["cand_score"][pos]), pos, z, -cost, const)
+                keep("att", ~fooled & inside & (margin > track["att_score"][pos]), pos, z, margin, const)
+                keep("fool", fooled & in_box & (-cost > track["fool_score"][pos]), pos, z, -cost, const)
                 new["fooled_round"] = sub["fooled_round"] | fooled
                 # CW's max(-margin, -kappa): the attack term is flat once the margin exceeds kappa.
                 push = (margin < self.kappa).to(grad.dtype)[:, None, None, None]
@@ -411,10 +419,13 @@ class SinkhornPenalty(Attack):
             plan = torch.where(some[:, None, None, None], _plan(z, xf, valid, box), T.identity_plan(x, k))
             plan = plan.to(torch.float64)
             exact_cost = torch.full((b,), math.nan, dtype=torch.float64)
+            used = torch.where(have, track["cand_const"], torch.nan)
             if self.exact_refine:
-                plan, exact_cost = self._refine(x, plan, have, track, valid, threat, eps)
+                plan, exact_cost, rescued = self._refine(x, plan, have, track, valid, threat, eps)
+                used = torch.where(rescued, track["fool_const"], used)
             y = T.column_sums(plan.to(x.dtype), h, w)
             div = term(y, torch.arange(b, device=dev))
+
         def listed(t: torch.Tensor) -> list:
             return [None if math.isnan(v) else v for v in t.detach().cpu().tolist()]  # JSON has no NaN
 
@@ -422,18 +433,23 @@ class SinkhornPenalty(Attack):
             "sinkhorn_divergence": listed(div),
             "plan_cost": listed(T.plan_cost(plan, threat.p, mass=n.to(torch.float64))),
             "exact_cost": listed(exact_cost),
-            "const": listed(cand_const),
+            "const": listed(used),
             "blur": self.blur,
             "divergence_units": "eps (GeomLoss divergence per channel, weighted by the channel's mass)",
         }
         return RunOutput(plan=plan, adversarial=None, iterations=iterations, info=info)
 
     def _refine(self, x, plan, have, track, valid, threat, eps):
-        """Swap in exact optimal plans (POT) to the chosen images; try the fooling iterates exactly."""
+        """Swap in exact optimal plans (POT) to the chosen images; try the fooling iterates exactly.
+
+        Returns ``(plan, exact_cost [B], rescued [B])``: ``rescued`` marks examples whose only fooling
+        iterate had a plan costlier than ``eps`` but an image inside the ball.
+        """
         b, c, h, w = x.shape
         k = threat.kernel_size
         n = x.sum((1, 2, 3)).to(torch.float64)
         exact_cost = torch.full((b,), math.nan, dtype=torch.float64)
+        rescued = torch.zeros_like(have)
         fool_only = ~have & torch.isfinite(track["fool_score"])
         if bool(fool_only.any()):
             # An example with no plan inside the ball may still have a fooling image inside it.
@@ -447,8 +463,7 @@ class SinkhornPenalty(Attack):
             sel = fool_only.nonzero()[:, 0][use]
             plan[sel] = alt_plan[use]
             exact_cost[sel.cpu()] = alt_cost[use].cpu()
-            have = have.clone()
-            have[sel] = True
+            rescued[sel] = True
         idx = have.nonzero()[:, 0]
         if idx.numel():
             sub = plan[idx]
@@ -460,4 +475,4 @@ class SinkhornPenalty(Attack):
             use = ok & (ex_cost <= T.plan_cost(sub, threat.p, mass=n[idx]) * (1 + 1e-6) + 1e-12)
             plan[idx[use]] = ex_plan[use]
             exact_cost[idx.cpu()] = torch.where(ok, ex_cost, torch.nan).cpu()
-        return plan, exact_cost
+        return plan, exact_cost, rescued

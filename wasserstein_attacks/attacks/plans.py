@@ -80,10 +80,9 @@ class _Rows:
         valid = T.valid_mask(h, w, kernel_size, device=x.device)[index % (h * w)]
         off = T.window_offsets(kernel_size).to(x.device)
         target = torch.where(valid, index[:, None] + (off[:, 0] * w + off[:, 1]), index[:, None])
-        self._set(
-            (b, c, h, w), index, flat[index], torch.div(index, c * h * w, rounding_mode="floor"), valid, target,
-            T.offset_costs(kernel_size, p, dtype=x.dtype, device=x.device), x.reshape(b, -1).sum(1),
-        )
+        example = torch.div(index, c * h * w, rounding_mode="floor")
+        cost = T.offset_costs(kernel_size, p, dtype=x.dtype, device=x.device)
+        self._set((b, c, h, w), index, flat[index], example, valid, target, cost, x.reshape(b, -1).sum(1))
 
     def _set(self, shape, index, mass, example, valid, target, cost, total):
         self.shape, self.index, self.mass, self.example = shape, index, mass, example
@@ -91,7 +90,7 @@ class _Rows:
         self.batch, self.kk = shape[0], cost.shape[0]
 
     def subset(self, examples: torch.Tensor) -> tuple[_Rows, torch.Tensor]:
-        """The rows of ``examples`` (ascending example indices ``[b]``), renumbered ``0..b-1``.
+        """Select the rows of ``examples`` (ascending example indices ``[b]``), renumbered ``0..b-1``.
 
         Returns ``(rows, selection)`` where ``selection [M']`` picks those rows out of this view.
         """
@@ -132,10 +131,11 @@ class _Rows:
 
     def columns(self, rows: torch.Tensor) -> torch.Tensor:
         """Column sums of the plan given by ``rows`` (the image it produces), flat ``[B*C*H*W]``."""
-        return rows.new_zeros(self.size).index_add_(0, self.target.reshape(-1), (rows * self.valid).reshape(-1))
+        flat = (rows * self.valid).reshape(-1)
+        return rows.new_zeros(self.size).index_add_(0, self.target.reshape(-1), flat)
 
     def image(self, rows: torch.Tensor) -> torch.Tensor:
-        """The image ``[B, C, H, W]`` the plan given by ``rows`` produces."""
+        """Return the image ``[B, C, H, W]`` that the plan given by ``rows`` produces."""
         return self.columns(rows).reshape(self.shape)
 
     def at_targets(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -159,7 +159,9 @@ class _Rows:
 # --------------------------------------------------------------------------------------- kernels
 
 
-def project_simplex(values: torch.Tensor, mass: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def project_simplex(
+    values: torch.Tensor, mass: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Euclidean projection of each row onto ``{p >= 0, sum(p) = mass, p = 0 where not valid}``.
 
     Sort-based (Held, Wolfe, Crowder 1974; Duchi et al. 2008): the projection is ``max(v - tau, 0)`` with
@@ -223,7 +225,10 @@ def _search(
     as its examples one by one.
 
     Args:
+        rows: the compact rows the plans live on.
+        family: the plans ``S(lambda)`` and their cost.
         budget: ``[B]`` the cost allowed (``eps * N``, unnormalised).
+        upper: ``[B]`` a multiplier past which the cost is (about) 0.
         solver: ``"bisection"``, Wu et al.'s search on ``[0, upper]``: an example stops when
             ``|cost - budget| < tol`` or its bracket is narrower than ``tol``, and gets the plan at the
             bracket's feasible end. ``"newton"`` (ours): a Newton step from ``start`` (the previous
@@ -233,6 +238,9 @@ def _search(
             the bracket's two ends whose cost is the budget: a point of the feasible set and, on a cost
             curve with jumps (small ``gamma``), what the exact solution is made of.
         steps: maximum cost evaluations.
+        tol: stopping tolerance (see ``solver``).
+        start: ``[B]`` warm start of ``"newton"`` (default 0).
+        width: bracket width at which ``"newton"`` stops and mixes the ends.
         log_scale: regula falsi on ``log(cost)`` (for costs that decay exponentially in ``lambda``).
 
     Returns:
@@ -315,7 +323,8 @@ def _shrink_to_budget(rows: _Rows, S: torch.Tensor, budget: torch.Tensor) -> tor
 
 def _example_max(rows: _Rows, values: torch.Tensor) -> torch.Tensor:
     """Per-example maximum of per-row ``values [M]`` (0 for examples without rows): ``[B]``."""
-    return values.new_zeros(rows.batch).scatter_reduce(0, rows.example, values, reduce="amax", include_self=True)
+    out = values.new_zeros(rows.batch)
+    return out.scatter_reduce(0, rows.example, values, reduce="amax", include_self=True)
 
 
 def _budget(rows: _Rows, eps: torch.Tensor) -> torch.Tensor:
@@ -401,8 +410,9 @@ def project_plan(
         solver: ``"bisection"`` (the authors', on ``[0, 2 ||V||_inf + ||x||_inf]``, keeping the feasible
             end) or ``"newton"`` (ours: Newton / regula falsi on the piecewise-linear cost, exact in a few
             evaluations).
-        steps: maximum multiplier evaluations; ``tol``: stopping tolerance (absolute on the unnormalised
-            cost and on the bracket for bisection, relative for Newton).
+        steps: maximum multiplier evaluations.
+        tol: stopping tolerance (absolute on the unnormalised cost and on the bracket for bisection,
+            relative for Newton).
 
     Returns:
         ``[B, C, H*W, k*k]`` a plan in ``Pi(x, eps)`` (rows with ``x_i = 0`` are zero). A multiplier not
@@ -462,11 +472,13 @@ def lmo_rows(
         # Tighter: past max_ij (G'_ij - G'_i,stay) / C_j (G' = G - price) no row gains by moving.
         Gp = G if price is None else G - price
         stay = rows.kk // 2
-        ratio = ((Gp - Gp[:, stay : stay + 1]) / rows.cost.clamp_min(1e-30)).masked_fill(~rows.valid, -math.inf)
+        ratio = (Gp - Gp[:, stay : stay + 1]) / rows.cost.clamp_min(1e-30)
+        ratio = ratio.masked_fill(~rows.valid, -math.inf)
         ratio[:, stay] = 0
         gain, width = _example_max(rows, ratio.amax(-1).clamp_min(0)), gamma
-    S, lam, n = _search(rows, family, budget, (gain + margin).clamp_min(1e-12), solver=solver, steps=steps, tol=tol,
-                        start=start, width=width, log_scale=True)
+    upper = (gain + margin).clamp_min(1e-12)
+    S, lam, n = _search(rows, family, budget, upper, solver=solver, steps=steps, tol=tol, start=start,
+                        width=width, log_scale=True)
     return _shrink_to_budget(rows, S, budget), lam, n
 
 
@@ -489,9 +501,12 @@ def entropic_lmo(
     Args:
         gradient: ``[B, C, H*W, k*k]`` the linear objective ``G`` (local layout).
         x: ``[B, C, H, W]`` source images.
+        threat: the ball (``eps``, ``p``, ``kernel_size``).
         gamma: entropic temperature (Wu et al.: 1e-3 for an l_inf-normalised ``G``).
-        solver, steps, tol: multiplier search (see :func:`project_plan`; ``"newton"`` here also stops
-            once the bracket is narrower than ``gamma`` and mixes its ends).
+        solver: multiplier search, ``"bisection"`` (theirs) or ``"newton"`` (see :func:`project_plan`;
+            here it also stops once the bracket is narrower than ``gamma`` and mixes its ends).
+        steps: maximum multiplier evaluations.
+        tol: stopping tolerance (as :func:`project_plan`).
 
     Returns:
         ``[B, C, H*W, k*k]`` a plan in ``Pi(x, eps)``.
@@ -553,6 +568,7 @@ def capacity_projection(
     Args:
         values: ``[B, C, H*W, k*k]`` point to project (e.g. a plan from :class:`ExactProjectionPGD`).
         x: ``[B, C, H, W]`` source images.
+        threat: the ball (``eps``, ``p``, ``kernel_size``).
         steps: dual-ascent iterations (authors: 5000).
 
     Returns:
@@ -579,7 +595,8 @@ def _positive_int(value, name: str) -> int:
 
 
 def _positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
     return float(value)
 
@@ -626,7 +643,7 @@ class _PlanAttack(Attack):
 
     # -- driver
     def _random_rows(self, rows: _Rows, eps: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
-        """A random plan in ``Pi(x, eps)`` (in the box too for box-aware attacks), drawn per example.
+        """Draw a random plan in ``Pi(x, eps)`` (in the box too for box-aware attacks) per example.
 
         Each example draws uniform weights over its whole window layout and a cost fraction in
         ``[0, 1)`` of its budget from its own generator, so the draw does not depend on the batch.
@@ -683,7 +700,8 @@ class _PlanAttack(Attack):
                 claimed[todo] = fooled(predict(model, out.clamp(0, 1) if self.clamp_output else out), todo)
                 if r + 1 < self.restarts:
                     # Restart exactly the examples whose plan does not survive the common ending.
-                    fixed, _ = repair_plan(x[todo], sub.scatter(P), threat.with_eps(threat.eps_for(b)[todo.cpu()]))
+                    ball = threat.with_eps(threat.eps_for(b)[todo.cpu()])
+                    fixed, _ = repair_plan(x[todo], sub.scatter(P), ball)
                     adv = T.column_sums(fixed, *x.shape[2:]).clamp(0, 1).to(x.dtype)
                     broken[todo] = fooled(predict(model, adv), todo)
         info = {"claimed_success": claimed.tolist(), "multiplier_evaluations": int(self._evaluations)}
@@ -755,10 +773,10 @@ class ExactProjectionPGD(_PlanAttack):
         V = P + self.lr * G
         # Their bracket takes ||V||_inf over the whole plan, where rows without mass hold lr * G.
         vmax = torch.maximum(_example_max(rows, V.abs().amax(-1)), V.new_tensor(self.lr))
-        P, lam, n = project_rows(
-            rows, V, _budget(rows, state["eps"]), solver=self.solver, steps=self.bisection_steps, tol=self.tol,
-            start=state["lam"] if self.solver == "newton" else None, upper=2 * vmax + _example_max(rows, rows.mass),
-        )
+        upper = 2 * vmax + _example_max(rows, rows.mass)
+        start = state["lam"] if self.solver == "newton" else None
+        P, lam, n = project_rows(rows, V, _budget(rows, state["eps"]), solver=self.solver,
+                                 steps=self.bisection_steps, tol=self.tol, start=start, upper=upper)
         self._evaluations += n
         return P, {"lam": lam}
 
