@@ -187,10 +187,10 @@ def test_quick_mnist_preset_runs_at_tiny_size(tmp_path):
         "radii=[0.1]",
         "batch_size=4",
         "progress=false",
-        "model.build.train_size=256",
-        "model.build.epochs=1",
-        f"model.build.cache_dir={tmp_path}",
-        "model.build.progress=false",
+        "+model.build.train_size=256",
+        "+model.build.epochs=1",
+        f"+model.build.cache_dir={tmp_path}",
+        "+model.build.progress=false",
     )
     results = bench.run(cfg, tmp_path / "quick")
     assert results["n_examples"] == 4 and results["suite"]["name"] == "standard"
@@ -210,8 +210,8 @@ def test_reference_preset_runs_at_tiny_size(tmp_path):
 def test_train_app_runs_at_tiny_size(tmp_path):
     code = "import sys; sys.argv[0] = 'wattack-train'; import wasserstein_attacks.cli as c; c.train_main()"
     args = [
-        "train.train_size=256",
-        "train.epochs=1",
+        "+train.train_size=256",
+        "+train.epochs=1",
         f"train.cache_dir={tmp_path}",
         "train.progress=false",
         "report.test_n=200",

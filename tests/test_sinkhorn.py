@@ -45,8 +45,8 @@ def test_lambertw_matches_scipy():
     np.testing.assert_allclose(got[~near], ref[~near], rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(got[near], ref[near], rtol=1e-6)
     assert lambertw(torch.tensor([-1 / math.e], dtype=F64)).item() == pytest.approx(-1.0, abs=1e-7)
-    np.testing.assert_allclose((got * np.exp(got))[z.numpy() < 1e300], z.numpy()[z.numpy() < 1e300], rtol=1e-10,
-                               atol=1e-15)
+    finite = z.numpy() < 1e300
+    np.testing.assert_allclose((got * np.exp(got))[finite], z.numpy()[finite], rtol=1e-10, atol=1e-15)
 
 
 def test_lambertw_keeps_dtype_and_rejects_bad_input():
@@ -151,7 +151,8 @@ def test_dual_objective_increases_and_is_a_lower_bound():
     assert bool((objs[-1] > objs[0] + 1).all())
     # Weak duality: the identity plan (z = x, cost 0 <= eps) is feasible for the primal.
     lam = 1000.0
-    primal = lam / 2 * ((y - x) ** 2).flatten(1).sum(1) + torch.where(x > 0, x * torch.log(x), 0.0).flatten(1).sum(1)
+    entropy = torch.where(x > 0, x * torch.log(x), 0.0).flatten(1).sum(1)
+    primal = lam / 2 * ((y - x) ** 2).flatten(1).sum(1) + entropy
     assert bool((objs[-1] <= primal).all())
 
 
@@ -254,8 +255,8 @@ def test_window_sums_fast_path_equals_exact_log_sum_exp():
     v2[2, 0, 0, 0] = 900.0
     wide = _Gathered(win, v2)
     assert bool(wide._risky(psi)[2])
-    torch.testing.assert_close(wide.log_window(psi), torch.logsumexp(win.logits(v2, psi), -1).reshape(v.shape),
-                               rtol=1e-12, atol=1e-12)
+    exact2 = torch.logsumexp(win.logits(v2, psi), -1).reshape(v.shape)
+    torch.testing.assert_close(wide.log_window(psi), exact2, rtol=1e-12, atol=1e-12)
 
 
 def test_projection_rejects_bad_input():
@@ -342,8 +343,8 @@ def test_attack_is_certified_and_succeeds(name):
         assert len(info[key]) == x.shape[0]
     moved = torch.tensor(info["projections"]) > 0
     assert bool(moved.any())
-    torch.testing.assert_close(torch.tensor(info["radius"], dtype=F64)[moved], torch.full((int(moved.sum()),), 0.5,
-                                                                                          dtype=F64))
+    radius = torch.tensor(info["radius"], dtype=F64)[moved]
+    torch.testing.assert_close(radius, torch.full_like(radius, 0.5))
     # The raw entropic plan's cost is the projection's, near the radius (the common ending then rescales).
     assert max(info["raw_plan_cost"]) < 0.5 * 1.2
 
@@ -410,7 +411,8 @@ def test_degenerate_inputs_stay_put():
     res = ConstrainedSinkhorn(steps=3, **HU_LOOSE)(_model(), x, labels, threat=WassersteinBall(eps=0.5))
     torch.testing.assert_close(res.adversarial[1], x[1], rtol=0, atol=0)
     assert res.info["projections"][1] == 0
-    res0 = ProjectedSinkhorn(steps=3, sinkhorn_maxiters=10)(_model(), x, labels, threat=WassersteinBall(eps=0.0))
+    wong = ProjectedSinkhorn(steps=3, sinkhorn_maxiters=10)
+    res0 = wong(_model(), x, labels, threat=WassersteinBall(eps=0.0))
     torch.testing.assert_close(res0.adversarial, x, rtol=0, atol=0)
 
 
@@ -438,7 +440,8 @@ def test_constructor_rejects_bad_arguments(cls, kwargs, match):
         cls(**kwargs)
 
 
-@pytest.mark.parametrize("name,cls", [("sinkhorn_wong", ProjectedSinkhorn), ("sinkhorn_hu", ConstrainedSinkhorn)])
+@pytest.mark.parametrize("name,cls", [("sinkhorn_wong", ProjectedSinkhorn),
+                                      ("sinkhorn_hu", ConstrainedSinkhorn)])
 def test_config_is_exactly_the_constructor(name, cls):
     cfg = yaml.safe_load((REPO / "conf" / "attack" / f"{name}.yaml").read_text())
     assert cfg.pop("_target_") == f"wasserstein_attacks.attacks.{cls.__name__}"

@@ -385,7 +385,7 @@ def _model_checks(model, images, labels, seed: int) -> dict | None:
     check_model = getattr(checks, "check_model", None)
     if check_model is None:
         return None
-    # The checks warn once per problem; they are printed by run() from the report, so record them here.
+    # check_model also warns per problem; run() prints the report's list once, so keep these from doubling it.
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         report = check_model(model, images, labels, seed=seed)

@@ -105,6 +105,7 @@ def lambertw_exp(s: torch.Tensor) -> torch.Tensor:
     Returns:
         ``W0(e^s)``, same shape and dtype as ``s`` (computed in float64; relative error ~1e-15; 0
         where ``e^s`` underflows float64, ``s < -745``).
+
     """
     if not isinstance(s, torch.Tensor) or not s.is_floating_point():
         raise ValueError(f"s must be a floating-point tensor, got {type(s).__name__}")
@@ -127,6 +128,7 @@ def lambertw(z: torch.Tensor) -> torch.Tensor:
     Returns:
         ``W0(z)``, same shape and dtype (float64 inside; relative error ~1e-15 except within ~1e-8 of
         the branch point ``-1/e``, where the problem itself is ill-conditioned).
+
     """
     if not isinstance(z, torch.Tensor) or not z.is_floating_point():
         raise ValueError(f"z must be a floating-point tensor, got {type(z).__name__}")
@@ -168,6 +170,7 @@ class SinkhornDuals:
         f: float64 ``[B, C, H, W]`` log row scaling (``-alpha`` of Wong et al.), ``-inf`` on empty pixels.
         g: float64 ``[B, C, H, W]`` log column scaling (``-beta``).
         psi: float64 ``[B]`` multiplier of the cost constraint (scaled by ``lam``).
+
     """
 
     f: torch.Tensor
@@ -176,7 +179,7 @@ class SinkhornDuals:
 
     @staticmethod
     def initial(shape: torch.Size | tuple, device=None) -> SinkhornDuals:
-        """The authors' start: ``alpha = beta = log(1/m)`` (``m = C*H*W``), ``psi = 1``."""
+        """Return the authors' start: ``alpha = beta = log(1/m)`` (``m = C*H*W``), ``psi = 1``."""
         m = math.prod(shape[1:])
         f = torch.full(shape, math.log(m), dtype=_F64, device=device)
         return SinkhornDuals(f, f.clone(), torch.ones(shape[0], dtype=_F64, device=device))
@@ -195,6 +198,7 @@ class Projection:
         iterations: long ``[B]`` iterations run per example.
         converged: bool ``[B]``: the objective settled (and, with ``feasibility``, the checks held) at
             the last iteration; False when the example was stopped by ``maxiters`` / ``hard_maxiters``.
+
     """
 
     z: torch.Tensor
@@ -233,7 +237,7 @@ class _Window:
         return nb.add_(self.outside).sub_(psi[:, None, None, None] * self.cost + 1)
 
     def pair_sums(self, e: torch.Tensor) -> torch.Tensor:
-        """``M[b, pair, (c, i)] = sum over the offsets o of the pair of e[b, c, i + o]`` (0 outside the image).
+        """``M[b, pair, (c, i)]``: sum of ``e[b, c, i + o]`` over the offsets ``o`` of the pair (0 outside).
 
         Shifted sums, separable by rows and columns: about ``(r+1)^2 + 2r`` additions of an image,
         instead of materialising the ``[B, C, H*W, k*k]`` window tensor.
@@ -241,14 +245,16 @@ class _Window:
         b, c, h, w = e.shape
         r = self.r
         ep = torch.nn.functional.pad(e, (r, r, r, r))
-        cols = [ep[..., r : r + w]] + [ep[..., r - a : r - a + w] + ep[..., r + a : r + a + w] for a in range(1, r + 1)]
+        cols = [ep[..., r : r + w]]
+        cols += [ep[..., r - a : r - a + w] + ep[..., r + a : r + a + w] for a in range(1, r + 1)]
         out = torch.empty(b, r + 1, r + 1, c, h, w, dtype=e.dtype, device=e.device)
         for dh in range(r + 1):
             for a, col in enumerate(cols):
                 if dh == 0:
                     out[:, 0, a] = col[:, :, r : r + h]
                 else:
-                    torch.add(col[:, :, r - dh : r - dh + h], col[:, :, r + dh : r + dh + h], out=out[:, dh, a])
+                    up, down = col[:, :, r - dh : r - dh + h], col[:, :, r + dh : r + dh + h]
+                    torch.add(up, down, out=out[:, dh, a])
         return out.reshape(b, (r + 1) ** 2, c * h * w)
 
 
@@ -328,7 +334,7 @@ def _sum(t: torch.Tensor) -> torch.Tensor:
 
 def _check_pair(x: torch.Tensor, w: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError("x must be a floating-point tensor [B, C, H, W] (non-negative, each example summing to 1)")
+        raise ValueError("x must be a floating-point tensor [B, C, H, W] (non-negative, unit mass each)")
     if not isinstance(w, torch.Tensor) or w.shape != x.shape or not w.is_floating_point():
         raise ValueError(f"w must be a floating-point tensor of the shape of x {tuple(x.shape)}")
     if bool((x < 0).any()) or not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(w).all()):
@@ -395,15 +401,18 @@ def sinkhorn_projection(
     hard_maxiters: int | None = None,
     tol: float = 1e-4,
 ) -> Projection:
-    """Entropic projection of ``w`` onto the local Wasserstein ball around ``x`` (Wong et al. 2019,
-    Algorithm 1; with ``cap``, Hu et al. 2020's constrained version). See the module docstring.
+    """Project ``w`` entropically onto the local Wasserstein ball around ``x``.
+
+    Wong et al. 2019, Algorithm 1; with ``cap``, Hu et al. 2020's constrained version. See the module
+    docstring for the updates.
 
     Args:
         x: ``[B, C, H, W]`` centre, non-negative, each example summing to 1 (image / its mass ``N``).
         w: ``[B, C, H, W]`` point to project, same units (any sign, any mass).
         eps: radius, float or ``[B]``: bound on ``<P, C>`` (threat-model units).
         lam: entropy regularisation (inverse temperature): 1000 for MNIST, 3000 for CIFAR-10.
-        p, kernel_size: ground cost ``||d||_2 ** p`` and window, as in the threat model.
+        p: ground-cost exponent (cost ``||d||_2 ** p`` in pixels), as in the threat model.
+        kernel_size: odd window size ``k``, as in the threat model.
         cap: ``None`` (Wong et al.) or the per-pixel upper bound ``u`` on ``z``, float or ``[B]``
             (Hu et al.: ``1/N``, i.e. pixel value 1).
         maxiters: an example stops once ``iterations > maxiters`` (the authors' ``i > maxiters`` test:
@@ -424,6 +433,7 @@ def sinkhorn_projection(
     Returns:
         :class:`Projection`. Every example runs and stops on its own (the authors stop the whole batch
         when all have converged, so a batch there is not the same as its examples one by one).
+
     """
     _check_pair(x, w)
     if stopping not in ("authors", "dual"):
@@ -457,7 +467,7 @@ def sinkhorn_projection(
     full = True  # while every example is active, work on the tensors themselves (no gather / scatter)
     while active.numel() > 0:
         A = active
-        sel = (lambda t: t) if full else (lambda t: t[A])  # noqa: E731
+        sel = (lambda t: t) if full else (lambda t, a=A: t[a])  # noqa: E731
         Xa, Ya, lxa, psia, epsa = sel(X), sel(Y), sel(logx), sel(psi), sel(eps)
         fa = lxa - sel(lg)  # alpha update: exact row sums x
         lu = _Gathered(win, fa).log_window(psia)  # log u = log(K^T e^f)
@@ -511,7 +521,8 @@ def sinkhorn_projection(
             close &= feasible
         stop |= ia >= hard_maxiters
         if full:
-            f, g, psi, lg, z, phi, old, iters, cost, converged = fa, gn, psin, lgn, za, phia, obj, ia, cost_a, close
+            f, g, psi, lg, z, phi = fa, gn, psin, lgn, za, phia
+            old, iters, cost, converged = obj, ia, cost_a, close
         else:
             f[A], g[A], psi[A], lg[A], z[A], phi[A] = fa, gn, psin, lgn, za, phia
             old[A], iters[A], cost[A], converged[A] = obj, ia, cost_a, close
@@ -525,7 +536,7 @@ def sinkhorn_projection(
 
 
 def sinkhorn_plan(duals: SinkhornDuals, *, p: int = 1, kernel_size: int = 5) -> torch.Tensor:
-    """The entropic plan ``P_ij = exp(f_i + g_j - psi C_ij - 1)`` in the local layout ``[B, C, H*W, k*k]``.
+    """Return the entropic plan ``P_ij = exp(f_i + g_j - psi C_ij - 1)``, layout ``[B, C, H*W, k*k]``.
 
     Float64, zero on entries that leave the image; in the units of the projection (unit mass).
     """
@@ -545,8 +556,10 @@ def _check_int(v, name: str, low: int) -> int:
 
 
 def _check_pos(v, name: str, allow_zero: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite float, got {v!r}")
+    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+    if bad or (v == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a {kind} finite float, got {v!r}")
     return float(v)
 
 
@@ -625,9 +638,7 @@ class _SinkhornPGD(Attack):
         b = x.shape[0]
         dev = x.device
         n_all = _sum(x.to(_F64))
-        # The radius at the images' precision: a float32 eps tensor and the same scalar eps give the
-        # same attack (the common ending certifies against the exact radius, with its tolerance).
-        eps_all = threat.eps_for(b).to(dev, x.dtype).to(_F64)
+        eps_all = threat.eps_for(b).to(dev)
         # Every example starts from the clean image with the identity plan; an all-zero image (ball {x})
         # and eps = 0 never move.
         plan = T.identity_plan(x.to(_F64), threat.kernel_size)
@@ -691,7 +702,8 @@ class _SinkhornPGD(Attack):
             "var": x.clone(), "f": init.f, "g": init.g, "psi": init.psi, "eps": eps.clone(),
             "projected": torch.zeros(b, dtype=torch.bool, device=dev),
             "radius": zero.clone(), "raw_mass_change": zero.clone(), "max_mass_change": zero.clone(),
-            "projection_iterations": zero.clone(), "projections": torch.zeros(b, dtype=torch.long, device=dev),
+            "projection_iterations": zero.clone(),
+            "projections": torch.zeros(b, dtype=torch.long, device=dev),
             "projections_unconverged": torch.zeros(b, dtype=torch.long, device=dev),
             "mass_check_failures": torch.zeros(b, dtype=torch.long, device=dev),
         }
@@ -712,7 +724,8 @@ class _SinkhornPGD(Attack):
 
         if restart > 0:
             # Random start: one ascent step along a random direction drawn per example, then projected.
-            gens = [torch.Generator().manual_seed(example_seeds(s, torch.tensor([restart]))[0]) for s in seeds]
+            seeds_r = [example_seeds(sd, torch.tensor([restart]))[0] for sd in seeds]
+            gens = [torch.Generator().manual_seed(sd) for sd in seeds_r]
             noise = torch.stack([torch.rand(x.shape[1:], generator=gn, dtype=_F64) * 2 - 1 for gn in gens])
             idx = torch.arange(b, device=dev)
             y = self._ascent(x.to(_F64), noise.to(dev), n)
@@ -793,6 +806,7 @@ class ProjectedSinkhorn(_SinkhornPGD):
             example) projected onto the ball, and runs only on examples not yet broken (verified).
         output: ``"plan"`` (default): return the entropic plan of the final duals; ``"image"``: return
             the clamped image and let the common ending solve an exact plan to it.
+
     """
 
     def __init__(
@@ -871,6 +885,7 @@ class ConstrainedSinkhorn(_SinkhornPGD):
         restarts: attempts per example; attempt ``r > 0`` starts from a random normalised step (seeded
             per example) projected onto the ball, and runs only on examples not yet broken (verified).
         output: ``"plan"`` (default): the entropic plan of the final duals; ``"image"``: the clamped image.
+
     """
 
     capped = True
