@@ -283,7 +283,13 @@ def iterate(
         with torch.enable_grad():
             logits = model(image(sub))
             obj = loss_per_example(logits, labels[idx], loss, None if targets is None else targets[idx])
-            (grad,) = torch.autograd.grad(obj.sum(), var)
+            # A model whose input transform cuts the graph (a hard threshold) gives no gradient: zeros,
+            # and the gradient-masking checks / a BPDA gradient_model are the remedy.
+            (grad,) = (
+                torch.autograd.grad(obj.sum(), var, allow_unused=True) if obj.requires_grad else (None,)
+            )
+            if grad is None:
+                grad = torch.zeros_like(var)
         with torch.no_grad():
             pred = logits.argmax(1)
             fooled = (pred == targets[idx]) if targets is not None else (pred != labels[idx])

@@ -198,11 +198,12 @@ def _check_solver(solver: str) -> str:
 class _Family(NamedTuple):
     """Plans ``S(lambda)`` whose cost is non-increasing in the multiplier ``lambda [B]``.
 
-    ``measure(lambda) -> (cost [B], slope [B])`` (``slope = d cost / d lambda <= 0``, unnormalised cost);
+    ``measure(lambda, on_rows=None) -> (cost [B], slope [B])`` (``slope = d cost / d lambda <= 0``,
+    unnormalised cost; with ``on_rows`` only those rows are evaluated, and examples without rows read 0);
     ``plan(lambda) -> S [M, k*k]``.
     """
 
-    measure: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    measure: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     plan: Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -257,7 +258,8 @@ def _search(
             if bool(done.all()):
                 break
             mid = (lo + hi) / 2
-            cost, _ = family.measure(mid)
+            rows_on = None if bool((~done).float().mean() > 0.5) else (~done)[rows.example].nonzero()[:, 0]
+            cost, _ = family.measure(mid, rows_on)
             n_eval += 1
             gap = cost - budget
             over = gap > 0
@@ -274,10 +276,13 @@ def _search(
     f_lo = torch.full_like(budget, math.nan)
     f_hi = residual(torch.zeros_like(budget))  # cost(upper) is about 0 (Illinois-weighted residuals)
     side = torch.zeros_like(budget)  # +1: lo moved last, -1: hi moved last
+    hi_known = torch.zeros_like(done)  # hi evaluated (not just the a-priori upper bound)
     lam = torch.zeros_like(budget) if start is None else torch.minimum(start.clamp(min=0), hi)
     exact = done.clone()
     for i in range(steps):
-        cost, slope = family.measure(lam)
+        # Once most examples are done, evaluate the rows of the others only.
+        rows_on = None if bool((~done).float().mean() > 0.5) else (~done)[rows.example].nonzero()[:, 0]
+        cost, slope = family.measure(lam, rows_on)
         n_eval += 1
         res = residual(cost)
         act = ~done
@@ -289,6 +294,7 @@ def _search(
         f_lo = torch.where(up_hi & (side < 0), f_lo / 2, f_lo)
         lo, c_lo, f_lo = (torch.where(up_lo, v, u) for u, v in ((lo, lam), (c_lo, cost), (f_lo, res)))
         hi, f_hi = (torch.where(up_hi | hit, v, u) for u, v in ((hi, lam), (f_hi, res)))
+        hi_known = hi_known | up_hi | hit
         side = torch.where(up_lo, 1.0, torch.where(up_hi, -1.0, side))
         exact = exact | hit
         done = done | hit | (hi - lo <= width)
@@ -296,8 +302,11 @@ def _search(
             break
         d_res = slope / (cost + floor) if log_scale else slope
         newton = (lam - res / d_res.clamp(max=-1e-30)).clamp_min(0)
+        # Until an upper end is evaluated, grow at most geometrically (a Newton step at a kink of the
+        # cost curve can shoot far past the root, and regula falsi toward the a-priori bound crawls).
+        newton = torch.where(hi_known | (lam <= 0), newton, torch.minimum(newton, 4 * lam))
         falsi = lo - f_lo * (hi - lo) / (f_hi - f_lo).clamp(max=-1e-30)
-        guess = torch.where((i == 0) | torch.isnan(c_lo), newton, falsi)
+        guess = torch.where(hi_known & ~torch.isnan(c_lo), falsi, newton)
         inside = torch.isfinite(guess) & (guess < hi) & ((guess > lo) | ((guess == 0) & (lo == 0)))
         lam = torch.where(done, lam, torch.where(inside, guess, (lo + hi) / 2))
     S = family.plan(hi)
@@ -341,13 +350,17 @@ def _projection_family(rows: _Rows, V: torch.Tensor, price: torch.Tensor | None 
     def plan(lam):
         return project_simplex(W0 - lam[rows.example][:, None] * c, rows.mass, rows.valid)
 
-    def measure(lam):
-        P = plan(lam)
+    def measure(lam, on_rows=None):
+        ex, W, mass, valid = rows.example, W0, rows.mass, rows.valid
+        if on_rows is not None:
+            ex, W, mass, valid = ex[on_rows], W[on_rows], mass[on_rows], valid[on_rows]
+        P = project_simplex(W - lam[ex][:, None] * c, mass, valid)
         on = (P > 0).to(P.dtype)
-        s = on @ cc
+        s = torch.cat([P @ cc[:, :1], on @ cc], 1)
         # On a piece where the supports are fixed, d P_ij / d lambda = -c_j + mean_support(c).
-        slope = -(s[:, 1] - s[:, 0] ** 2 / on.sum(-1).clamp_min(1))
-        return rows.transport_cost(P), rows.per_example(slope)
+        slope = -(s[:, 2] - s[:, 1] ** 2 / on.sum(-1).clamp_min(1))
+        per = lam.new_zeros(rows.batch, 2).index_add_(0, ex, torch.stack([s[:, 0], slope], 1))
+        return per[:, 0], per[:, 1]
 
     return _Family(measure, plan)
 
@@ -437,10 +450,14 @@ def _lmo_family(rows: _Rows, G: torch.Tensor, gamma: float, price: torch.Tensor 
     def soft(lam):
         return torch.softmax(base - lam[rows.example][:, None] * c_g, dim=-1)
 
-    def measure(lam):
-        e = soft(lam) @ cc
-        cost = rows.per_example(rows.mass * e[:, 0])
-        return cost, rows.per_example(-rows.mass * (e[:, 1] - e[:, 0] ** 2) / gamma)
+    def measure(lam, on_rows=None):
+        ex, B, mass = rows.example, base, rows.mass
+        if on_rows is not None:
+            ex, B, mass = ex[on_rows], B[on_rows], mass[on_rows]
+        e = torch.softmax(B - lam[ex][:, None] * c_g, dim=-1) @ cc
+        terms = torch.stack([mass * e[:, 0], -mass * (e[:, 1] - e[:, 0] ** 2) / gamma], 1)
+        per = lam.new_zeros(rows.batch, 2).index_add_(0, ex, terms)
+        return per[:, 0], per[:, 1]
 
     return _Family(measure, lambda lam: rows.mass[:, None] * soft(lam))
 

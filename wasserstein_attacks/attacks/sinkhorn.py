@@ -6,8 +6,9 @@
   Wasserstein Attacks and Defenses", 2020 (box inside the projection, l_inf-normalised gradient steps
   scaled by the image mass, warm-started duals).
 
-Both share ONE projection kernel, :func:`sinkhorn_projection`, which approximately solves (Wong et al.,
-eq. 6, with Hu et al.'s optional per-pixel cap ``z <= u``), for images normalised to unit mass::
+Both share ONE projection kernel, :func:`sinkhorn_projection`, which approximately solves the entropic
+projection problem of Wong et al. (their "projected Sinkhorn iteration"; with Hu et al.'s optional
+per-pixel cap ``z <= u``), for images normalised to unit mass::
 
     min_{z, P >= 0}  lam/2 ||w - z||^2 + sum P log P
     s.t.  P 1 = x,  P^T 1 = z,  <P, C> <= eps  (, z <= u)
@@ -22,11 +23,20 @@ by block-coordinate ascent on its dual. Writing the plan as ``P_ij = exp(f_i + g
     psi <- max(0, psi - t g'(psi) / g''(psi))   damped Newton, t = 1/2^k, k <= 7 (authors' rule)
            g'(psi) = <P, C> - eps,  g''(psi) = -<P, C^2>
 
-The window operator ``v -> log sum_{j in window(i)} exp(v_j - psi C_ij - 1)`` is evaluated in the log
-domain on the plan layout (:func:`wasserstein_attacks.transport.gather_neighbours`, a stabilised
-log-sum-exp per window) and the Lambert W argument ``lam e^{lam w} u``, which overflows float32 in the
-authors' code (hence Hu et al.'s cap ``x/N <= 60/(H W n_ch)``), is handled through
-``W0(e^s)`` (:func:`lambertw_exp`), all in float64.
+The window operator ``v -> log sum_{j in window(i)} exp(v_j - psi C_ij - 1)`` (the ``k x k`` local
+``K``, per channel) is evaluated in the log domain: ``exp(v - max v)`` is summed over each window by
+cost class (``C`` depends on ``(|dh|, |dw|)`` only, so ``(r+1)^2`` shifted sums serve every ``psi``),
+and an example whose values span more than float64 can hold falls back to an exact log-sum-exp over
+the plan layout (:func:`wasserstein_attacks.transport.gather_neighbours`). The Lambert W argument
+``lam e^{lam w} u``, which overflows float32 in the authors' code (hence Hu et al.'s cap
+``x/N <= 60/(H W n_ch)``, kept in the attack), is handled as ``W0(e^s)`` (:func:`lambertw_exp`). All
+of it runs in float64.
+
+What the attacks return: the plan of the final duals, ``N exp(f_i + g_j - psi C_ij - 1)`` in the local
+layout (its row sums are ``x`` up to the projection's convergence; the common ending rescales them
+exactly, returns box overflow to its sources and scales toward the identity plan where the cost
+overshoots). ``result.info`` records how far the raw outputs were from the ball (cost overshoot of
+the plan, mass change of the authors' clamp) and the radius each example was claimed at.
 
 Units: the projection works on images divided by the clean image's mass ``N`` (total over channels),
 so its ``eps`` is exactly the threat model's ``eps`` (``../shared/THREAT_MODEL.md``): both authors'
@@ -87,7 +97,8 @@ def _lambertw_exp(x: torch.Tensor) -> torch.Tensor:
     xs = torch.where(ok, x, 1.0)
     for _ in range(3):
         h = w + torch.log(w) - xs
-        new = w - 2 * h * w * (w + 1) / (2 * (w + 1) ** 2 + h)
+        w1 = w + 1
+        new = w - h * w * w1 / (w1 * w1 + 0.5 * h)
         w = torch.where(new > 0, new, w / 2)  # a step may never leave w > 0 (never taken from this start)
     w = torch.where(ok, w, torch.where(x == math.inf, math.inf, 0.0))
     return w
@@ -403,7 +414,8 @@ def sinkhorn_projection(
 ) -> Projection:
     """Project ``w`` entropically onto the local Wasserstein ball around ``x``.
 
-    Wong et al. 2019, Algorithm 1; with ``cap``, Hu et al. 2020's constrained version. See the module
+    Wong et al. 2019's projected Sinkhorn iteration; with ``cap``, Hu et al. 2020's constrained version
+    (equations as in ``../shared/ALGORITHMS.md`` sections 1-2 and the authors' code). See the module
     docstring for the updates.
 
     Args:
@@ -609,8 +621,8 @@ class _SinkhornPGD(Attack):
     def _ascent(self, var: torch.Tensor, grad: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _schedule(self, t: int) -> float | None:
-        """Ramp radius at iteration ``t`` (0-based), or ``None`` for the fixed radius."""
+    def _schedule(self, t: int) -> float:
+        """Ramp radius at iteration ``t`` (0-based), before the cap at the threat's radius."""
         raise NotImplementedError
 
     # -- the projection step shared by both attacks
@@ -774,9 +786,9 @@ class _SinkhornPGD(Attack):
 class ProjectedSinkhorn(_SinkhornPGD):
     """Projected Sinkhorn PGD of Wong, Schmidt, Kolter (ICML 2019), a faithful port of their released code.
 
-    Each iteration, for the examples not yet fooled (Wong et al., Section 4 and ``pgd.py``):
+    Each iteration, for the examples not yet fooled (Wong et al.'s PGD attack, their ``pgd.py``):
     ``y = x_t + alpha sign(grad)`` (pixel units), ``x_{t+1} = clamp(N Proj(y / N), 0, 1)`` with the
-    entropic projection :func:`sinkhorn_projection` (no cap; their eq. 6 and Algorithm 1: alpha / beta
+    entropic projection :func:`sinkhorn_projection` (no cap; their projected Sinkhorn iteration: alpha / beta
     updates with Lambert W, one damped Newton step on psi per iteration, stop when the objective
     changes by <= 1e-4 + 1e-4|obj| or after ``sinkhorn_maxiters``), ``N`` the clean image's mass.
     Their final clamp to [0, 1] is kept; it changes the mass and the image the plan describes, and the
@@ -845,7 +857,7 @@ OVERFLOW_CAP = 60.0
 class ConstrainedSinkhorn(_SinkhornPGD):
     """Constrained-Sinkhorn PGD of Hu, Swaminathan, Salman, Yang (2020), a faithful port of their code.
 
-    Each iteration, for the examples not yet fooled (Hu et al., Section 3, and their ``pgd.py`` with
+    Each iteration, for the examples not yet fooled (Hu et al.'s improved attack, their ``pgd.py`` with
     ``norm='grad'``, ``constrained_sinkhorn=True``, ``clamping=True``)::
 
         y = x_t + (alpha / n_ch) * g / ||g||_inf * N           (l_inf-normalised gradient, scaled by mass)
