@@ -57,7 +57,7 @@ def provenance() -> dict:
     return {"package_version": __version__, "git_commit": commit, "git_dirty": dirty}
 
 
-def mnist_and_model(n: int, model: str = "adv_training") -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
+def mnist_and_model(n: int, model: str = "adv_training"):
     """First ``n`` MNIST test images ``[n, 1, 28, 28]``, labels ``[n]`` and a reference model (eval mode)."""
     ds = load_dataset("mnist", "test", n=n)
     return ds.images, ds.labels, load_reference_model(model)
@@ -76,7 +76,8 @@ def parse_attack(spec: str) -> tuple[str, str, dict]:
         except (ValueError, SyntaxError):
             kwargs[key.strip()] = value.strip()
     if name not in attack_base.available():
-        raise ValueError(f"unknown attack {name!r} in {spec!r}; available: {', '.join(attack_base.available())}")
+        names = ", ".join(attack_base.available())
+        raise ValueError(f"unknown attack {name!r} in {spec!r}; available: {names}")
     return spec, name, kwargs
 
 

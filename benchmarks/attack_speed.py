@@ -3,7 +3,8 @@
 For every registered attack (and a few variants, e.g. Wu et al.'s bisection in Frank-Wolfe) this runs the
 attack with 1 and with ``1 + steps`` iterations on the same batch and takes the difference, so the fixed
 costs (validation, set-up) cancel, and the common verified ending (repair, certificate, re-evaluation) is
-timed apart and left out; each is the fastest of ``--repeats`` runs (the machine may be shared). Attacks that take ``stop_on_success`` run with it off, so every example stays in
+timed apart and left out; each is the fastest of ``--repeats`` runs (the machine may be shared).
+Attacks that take ``stop_on_success`` run with it off, so every example stays in
 the loop; for the others the per-iteration time is scaled to the mean number of iterations actually run.
 One forward + backward pass of the model on the same batch (gradient w.r.t. the input) is measured in the
 same run, and the ratio reported.
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (the fastest is kept)")
     parser.add_argument("--eps", type=float, default=0.05, help="radius (units of eps, p=1, k=5, box [0,1])")
     parser.add_argument("--attacks", nargs="*", default=None,
-                        help="attack specs 'name' or 'name:key=value,...' (default: all registered + variants)")
+                        help="specs 'name' or 'name:key=value,...' (default: all registered + variants)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=str(RESULTS / "attack_speed.json"))
     args = parser.parse_args(argv)
@@ -127,8 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
         m = attack_pass(name, kwargs, model, x, y, threat, args.steps, args.repeats)
         m["ratio_to_model_pass"] = m["seconds_per_iteration"] / base["min_s"]
         rows.append({"attack": label, "name": name, **m})
-        print(f"{label:45s} {m['seconds_per_iteration'] * 1e3:8.1f} ms/it  x{m['ratio_to_model_pass']:6.1f} model pass",
-              flush=True)
+        ms, ratio = m["seconds_per_iteration"] * 1e3, m["ratio_to_model_pass"]
+        print(f"{label:45s} {ms:8.1f} ms/it  x{ratio:6.1f} model pass", flush=True)
     out = {
         "benchmark": "attack_speed",
         "protocol": {
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
             "model": "mnist_adv_training.pth (Wong et al.)",
             "iterations_timed": args.steps,
             "repeats": args.repeats,
-            "method": "(fastest run with 1 + steps iterations - fastest with 1) / iterations beyond the first; "
+            "method": "(fastest run with 1 + steps iterations - fastest with 1) / iterations beyond the "
+                      "first; "
                       "the common ending (repair, certificate, re-evaluation) excluded",
             "torch_threads": torch.get_num_threads(),
         },
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
             if isinstance(v, float) and not math.isfinite(v):
                 r[k] = None
     write_json(Path(args.out), out)
-    print(f"model forward+backward: {base['min_s'] * 1e3:.1f} ms (min of {base['repeats']}); wrote {args.out}")
+    print(f"model forward+backward: {base['min_s'] * 1e3:.1f} ms (min of {base['repeats']})")
+    print(f"wrote {args.out}")
     return out
 
 

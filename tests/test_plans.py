@@ -77,7 +77,8 @@ def test_simplex_projection_known_cases():
     v = torch.tensor([[3.0, 0.0, 0.0], [0.5, 0.2, 0.1], [0.0, 0.0, 0.0]], dtype=DT)
     mass = torch.tensor([1.0, 1.0, 0.6], dtype=DT)
     out = project_simplex(v, mass)
-    expect = torch.tensor([[1.0, 0.0, 0.0], [0.5 + 0.2 / 3, 0.2 + 0.2 / 3, 0.1 + 0.2 / 3], [0.2, 0.2, 0.2]], dtype=DT)
+    third = 0.2 / 3  # the missing mass 0.2 of the second row, shared by its 3 entries
+    expect = torch.tensor([[1.0, 0, 0], [0.5 + third, 0.2 + third, 0.1 + third], [0.2, 0.2, 0.2]], dtype=DT)
     torch.testing.assert_close(out, expect)
 
 
@@ -115,7 +116,8 @@ def _slsqp_projection(V, x, eps, k, p=1):
     cost = T.offset_costs(k, p).numpy()
     xs = x.reshape(c, h * w).numpy()
     Vn = V.reshape(c, h * w, k * k).numpy()
-    var = [(ch, i, o) for ch in range(c) for i in range(h * w) if xs[ch, i] > 0 for o in range(k * k) if valid[i, o]]
+    var = [(ch, i, o) for ch in range(c) for i in range(h * w) if xs[ch, i] > 0
+           for o in range(k * k) if valid[i, o]]
     idx = {v: n for n, v in enumerate(var)}
     target = np.array([Vn[v] for v in var])
     cvec = np.array([cost[v[2]] for v in var])
@@ -166,8 +168,8 @@ def test_exact_projection_feasible_and_idempotent_on_a_batch():
     for solver in ("bisection", "newton"):
         P = project_plan(V, x, threat, solver=solver, steps=100, tol=1e-12)
         check_feasible(P, x, threat)
-        torch.testing.assert_close(project_plan(P, x, threat, solver=solver, steps=100, tol=1e-12), P, atol=1e-9,
-                                   rtol=0)
+        again = project_plan(P, x, threat, solver=solver, steps=100, tol=1e-12)
+        torch.testing.assert_close(again, P, atol=1e-9, rtol=0)
     # The authors' bisection (25 steps, tolerance 1e-4) is feasible and close to the exact projection.
     rough = project_plan(V, x, threat, solver="bisection")
     check_feasible(rough, x, threat)
@@ -199,10 +201,11 @@ def _lp_value(G, x, eps, k):
     cost = T.offset_costs(k).numpy()
     xs = x.reshape(c, h * w).numpy()
     Gn = G.reshape(c, h * w, k * k).numpy()
-    var = [(ch, i, o) for ch in range(c) for i in range(h * w) if xs[ch, i] > 0 for o in range(k * k) if valid[i, o]]
+    var = [(ch, i, o) for ch in range(c) for i in range(h * w) if xs[ch, i] > 0
+           for o in range(k * k) if valid[i, o]]
     rows = sorted({(ch, i) for ch, i, _ in var})
     A = np.zeros((len(rows), len(var)))
-    for n, (ch, i, o) in enumerate(var):
+    for n, (ch, i, _) in enumerate(var):
         A[rows.index((ch, i)), n] = 1
     res = linprog(-np.array([Gn[v] for v in var]), A_ub=np.array([[cost[v[2]] for v in var]]),
                   b_ub=[eps * xs.sum()], A_eq=A, b_eq=[xs[r] for r in rows], bounds=(0, None), method="highs")
@@ -336,7 +339,7 @@ def test_post_projection_brings_pgd_inside_the_box(setting):
     plain = ExactProjectionPGD(steps=20, stop_on_success=False)(model, x, labels, threat=threat)
     post = ExactProjectionPGD(steps=20, stop_on_success=False, post_projection=True, post_steps=200)(
         model, x, labels, threat=threat)
-    # The plain attack leaves the box, so the common ending must cut its plans back; post-projected ones much less.
+    # The plain attack leaves the box, so the common ending cuts its plans back; post-projected ones less.
     assert plain.repair.min() < 0.99
     assert post.repair.mean() > plain.repair.mean()
 
@@ -355,7 +358,8 @@ def test_restarts_are_seeded_per_example(setting):
 def test_margin_loss_and_targeted(setting):
     model, x, labels = setting
     targets = (labels + 1) % 3
-    res = FrankWolfeBox(steps=30, loss="margin")(model, x, labels, threat=WassersteinBall(0.3), targets=targets)
+    attack = FrankWolfeBox(steps=30, loss="margin")
+    res = attack(model, x, labels, threat=WassersteinBall(0.3), targets=targets)
     assert res.certified.all()
     hit = model(res.adversarial).argmax(1) == targets
     assert (res.success == hit).all() and res.success.any()
@@ -371,7 +375,8 @@ def test_bad_arguments_raise_value_errors_naming_them(name, kwargs):
 
 
 @pytest.mark.parametrize("name,kwargs", [("pgd_wu", dict(lr=-1.0)), ("pgd_wu", dict(solver="exact")),
-                                         ("frank_wolfe", dict(gamma=0.0)), ("frank_wolfe_box", dict(dual_lr=math.inf)),
+                                         ("frank_wolfe", dict(gamma=0.0)),
+                                         ("frank_wolfe_box", dict(dual_lr=math.inf)),
                                          ("pgd_box", dict(newton_steps=0))])
 def test_bad_hyperparameters_raise(name, kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -385,3 +390,15 @@ def test_config_file_is_the_constructor_with_its_defaults(name):
     assert cfg.pop("_target_") == f"wasserstein_attacks.attacks.{cls.__name__}"
     params = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
     assert cfg == params
+
+
+@pytest.mark.parametrize("fn", [project_plan, entropic_lmo, capacity_projection])
+def test_public_kernels_validate_their_inputs(fn):
+    x = images(2, 1, 4, 4)
+    good = T.identity_plan(x, 5)
+    with pytest.raises(ValueError, match="k\\*k"):
+        fn(good[:, :, :, :9], x, WassersteinBall(0.1))
+    with pytest.raises(ValueError, match="x"):
+        fn(good, x * 2, WassersteinBall(0.1))
+    with pytest.raises(ValueError, match="threat"):
+        fn(good, x, None)

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 
 from .. import transport as T
-from ..threat import WassersteinBall
+from ..threat import WassersteinBall, check_images
 from .base import (
     Attack,
     RunOutput,
@@ -187,6 +187,20 @@ def project_simplex(
     tau = csum.gather(-1, rho - 1) / rho.to(values.dtype)
     out = (values - tau).clamp_min(0)
     return out if valid is None else out * valid
+
+
+def _public_rows(values: torch.Tensor, x: torch.Tensor, threat: WassersteinBall, name: str):
+    """Validate a public kernel's inputs; return its compact rows and per-example budgets ``eps * N``."""
+    if not isinstance(threat, WassersteinBall) or threat.kernel_size is None:
+        raise ValueError("threat must be a WassersteinBall with an odd kernel_size (local plans)")
+    check_images(x, "x")
+    b, c, h, w = x.shape
+    shape = (b, c, h * w, threat.kernel_size**2)
+    if not isinstance(values, torch.Tensor) or tuple(values.shape) != shape or not values.is_floating_point():
+        got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"{name} must be a float tensor [B, C, H*W, k*k] = {shape}, got {got}")
+    rows = _Rows(x, threat.kernel_size, threat.p)
+    return rows, _budget(rows, threat.eps_for(b).to(x.device))
 
 
 def _check_solver(solver: str) -> str:
@@ -433,9 +447,8 @@ def project_plan(
 
     """
     _check_solver(solver)
-    rows = _Rows(x, threat.kernel_size, threat.p)
-    budget = _budget(rows, threat.eps_for(x.shape[0]).to(x.device))
-    P, _, _ = project_rows(rows, rows.gather(values), budget, solver=solver, steps=steps, tol=tol)
+    rows, budget = _public_rows(values, x, threat, "values")
+    P, _, _ = project_rows(rows, rows.gather(values.to(x.dtype)), budget, solver=solver, steps=steps, tol=tol)
     return rows.scatter(P)
 
 
@@ -530,9 +543,9 @@ def entropic_lmo(
 
     """
     _check_solver(solver)
-    rows = _Rows(x, threat.kernel_size, threat.p)
-    budget = _budget(rows, threat.eps_for(x.shape[0]).to(x.device))
-    S, _, _ = lmo_rows(rows, rows.gather(gradient), budget, gamma=gamma, solver=solver, steps=steps, tol=tol)
+    rows, budget = _public_rows(gradient, x, threat, "gradient")
+    G = rows.gather(gradient.to(x.dtype))
+    S, _, _ = lmo_rows(rows, G, budget, gamma=gamma, solver=solver, steps=steps, tol=tol)
     return rows.scatter(S)
 
 
@@ -592,9 +605,8 @@ def capacity_projection(
         ``[B, C, H*W, k*k]`` plan.
 
     """
-    rows = _Rows(x, threat.kernel_size, threat.p)
-    budget = _budget(rows, threat.eps_for(x.shape[0]).to(x.device))
-    return rows.scatter(capacity_rows(rows, rows.gather(values), budget, steps=steps))
+    rows, budget = _public_rows(values, x, threat, "values")
+    return rows.scatter(capacity_rows(rows, rows.gather(values.to(x.dtype)), budget, steps=steps))
 
 
 def fit_box(rows: _Rows, P: torch.Tensor, max_rounds: int = 100) -> torch.Tensor:
