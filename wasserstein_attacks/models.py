@@ -340,7 +340,12 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return load_state_dict_checked(model, extract_state_dict(checkpoint))
+    state = extract_state_dict(checkpoint)
+    if isinstance(model, BinarizedInput) and not any(k.startswith("model.") for k in state):
+        # Checkpoints of the binarization baseline hold the bare network (the threshold has no weights).
+        load_state_dict_checked(model.model, state)
+        return model
+    return load_state_dict_checked(model, state)
 
 
 # ---------------------------------------------------------------------------- reference models
