@@ -129,7 +129,7 @@ def loss_per_example(logits: torch.Tensor, labels: torch.Tensor, loss: str, targ
 
 
 def _overflow_slack(dtype: torch.dtype) -> float:
-    """Pixel excess over 1 that is rounding noise, not overflow (the certificate's box tolerance is far larger)."""
+    """Excess over 1 that is rounding noise, not overflow (far below the certificate's box tolerance)."""
     return 16 * torch.finfo(dtype).eps
 
 
@@ -153,6 +153,7 @@ def return_overflow(
         plan: non-negative plan, last dim ``k*k``.
         columns: plan -> pixel masses it produces (any shape, e.g. ``[B, C, H, W]`` or flat).
         at_targets: pixel masses of that shape -> per-entry value at each entry's target (plan shape).
+        max_rounds: rounds at most (cascades are short in practice).
 
     Returns:
         the repaired plan (new tensor); pixels may exceed 1 by rounding noise (16 ulps), or more only if
@@ -228,7 +229,8 @@ def repair_plan(
     if threat.box is not None:
         Y = T.column_sums(P, h, w)
         # A pixel of x at exactly 1 left a few ulps over 1 would otherwise scale the whole plan to identity.
-        ratio = torch.where(Y > 1 + _overflow_slack(P.dtype), (1 - X) / (Y - X).clamp_min(1e-300), torch.ones_like(Y))
+        over = Y > 1 + _overflow_slack(P.dtype)
+        ratio = torch.where(over, (1 - X) / (Y - X).clamp_min(1e-300), torch.ones_like(Y))
         s = torch.minimum(s, ratio.flatten(1).amin(1) * (1 - 1e-7))
     s = s.clamp(0, 1)
     P = ident + s[:, None, None, None] * (P - ident)
