@@ -167,6 +167,24 @@ def test_shards_merge_to_the_unsharded_bytes(base_run, tmp_path):
     assert exc.value.code == 2
 
 
+def test_worker_processes_give_the_sequential_results(base_run, tmp_path):
+    out, results = base_run
+    par = bench.run(toy_cfg("workers=2"), tmp_path / "par")
+    for key in ("clean_accuracy", "robust_accuracy", "n_examples"):
+        assert par[key] == results[key]
+    with np.load(out / "examples.npz") as a, np.load(tmp_path / "par" / "examples.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            if np.issubdtype(a[name].dtype, np.floating):
+                # Worker processes run with fewer torch threads: sums may round differently in the last bits.
+                np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(a[name], b[name])
+    # Resuming the parallel run sequentially reuses every batch it saved.
+    again = bench.run(toy_cfg(), tmp_path / "par")
+    assert again["robust_accuracy"] == par["robust_accuracy"]
+
+
 def test_kill_and_resume_gives_identical_bytes(tmp_path):
     slow = ["suite.attacks.shift_a.delay=0.25", "batch_size=3", "radii=[0.6]"]
     ref = tmp_path / "ref"
@@ -226,6 +244,8 @@ def test_multirun_over_attacks(tmp_path, launcher):
         ("shard=one", "shard"),
         ("shard=0/9", "shard"),
         ("batch_size=0", "batch_size"),
+        ("workers=0", "workers"),
+        ("workers=many", "workers"),
         ("exact_fraction=2", "exact_fraction"),
         ("device=tpu", "device"),
         ("suite.attacks.shift_a._target_=bench_doubles.Nope", "suite.attacks.shift_a"),

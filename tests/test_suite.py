@@ -83,6 +83,41 @@ def test_later_attacks_run_only_on_what_is_still_robust(setup):
     assert all(cum["a"][r] >= cum["b"][r] for r in RADII)
 
 
+def test_descending_order_attacks_inside_a_ball_only_what_it_broke(setup):
+    data, model, _, asc = setup
+    suite = Suite("toy", 2, [RandomShift(salt=0), RandomShift(salt=1)], labels=["a", "b"], order="descending")
+    res = suite.run(
+        model, data.images, data.labels, RADII, threat=THREAT, seed=5, exact_fraction=1.0, progress=False
+    )
+    tol = THREAT.cost_tol
+    calls = [(t["radius"], t["attack"], t["attacked"]) for t in res.timings]
+    assert [c[0] for c in calls] == sorted((c[0] for c in calls), reverse=True)  # largest radius first
+    # The largest radius sees every clean-correct example; a smaller one only those broken at the next
+    # larger radius with a cost above the smaller one.
+    assert calls[0] == (RADII[-1], "a", int(asc.clean_correct.sum()))
+    for r in RADII:
+        broken = res.clean_correct & (res.broken_cost <= r * (1 + tol))
+        assert res.robust_accuracy(r) == (res.clean_correct & ~broken).double().mean().item()
+    # Verified: every break lies in the ball of its radius (exact LP), and broken_radius is the smallest.
+    hit = res.broken_attack >= 0
+    exact = THREAT.distance(data.images[hit], res.adversarial[hit])
+    assert (exact <= res.broken_radius[hit] * (1 + tol)).all()
+    assert (res.broken_cost[hit] <= res.broken_radius[hit] * (1 + tol)).all()
+    for r, rp in zip(RADII[:-1], RADII[1:]):
+        # Inside a ball, only what was broken in the next larger one is attacked again.
+        attacked_here = sum(n for rr, a, n in calls if rr == r and a == "a")
+        broken_above = sum(t["broken"] for t in res.timings if t["radius"] == rp)
+        assert attacked_here <= broken_above
+    assert sum(n for rr, a, n in calls if rr == RADII[0]) < sum(n for rr, a, n in calls if rr == RADII[-1])
+    # Examples that resisted at the largest radius were never broken anywhere.
+    never = res.clean_correct & torch.isinf(res.broken_cost)
+    assert never.any() and (res.broken_attack[never] == -1).all()
+    accs = [res.robust_accuracy(r) for r in RADII]
+    assert accs == sorted(accs, reverse=True)
+    with pytest.raises(ValueError, match="order"):
+        Suite("x", 1, [RandomShift()], order="random")
+
+
 def test_cumulative_curves_on_hand_made_result():
     res = SuiteResult(
         radii=(0.01, 0.1, 0.5),

@@ -61,7 +61,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 #: Top-level config keys that do not change the numbers: left out of the config hash.
-HASH_EXCLUDE = ("shard", "logger", "name", "progress", "hydra")
+HASH_EXCLUDE = ("shard", "logger", "name", "progress", "hydra", "workers")
 _STATE = "state"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +86,18 @@ def parse_shard(value) -> tuple[int, int] | None:
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
         raise ConfigError(f"shard must be 'i/n' with 0 <= i < n (e.g. shard=0/4), got {value!r}")
     return int(m.group(1)), int(m.group(2))
+
+
+def parse_workers(value) -> int:
+    """``workers``: an int >= 1, or ``"auto"`` (one per CPU core available to this process)."""
+    if value == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"workers must be an integer >= 1 or 'auto', got {value!r}")
+    return value
 
 
 def shard_batches(n_batches: int, shard: tuple[int, int] | None) -> range:
@@ -250,6 +262,7 @@ class Prepared:
     device: torch.device
     progress: bool
     logger: dict
+    workers: int
 
     @property
     def n_batches(self) -> int:
@@ -314,6 +327,7 @@ def _build_suite(cfg: DictConfig, attack_label: str | None) -> tuple[Suite, dict
     desc = {
         "name": suite.name,
         "version": suite.version,
+        "order": suite.order,
         "attacks": [
             {"name": label, "attack": a.name, "config": configs[label]}
             for label, a in zip(suite.labels, suite.attacks, strict=True)
@@ -403,6 +417,7 @@ def prepare(cfg: DictConfig, *, attack_label: str | None = None) -> Prepared:
     seed = _int_field(cfg, "seed", 0)
     batch_size = _int_field(cfg, "batch_size", 1)
     shard = parse_shard(cfg.get("shard"))
+    workers = parse_workers(cfg.get("workers", 1))
     frac = cfg.get("exact_fraction", 0.0)
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac <= 1:
         raise ConfigError(f"exact_fraction must be a float in [0, 1], got {frac!r}")
@@ -475,6 +490,7 @@ def prepare(cfg: DictConfig, *, attack_label: str | None = None) -> Prepared:
         device=device,
         progress=bool(cfg.get("progress", True)),
         logger=logger,
+        workers=workers,
     )
 
 
@@ -838,31 +854,16 @@ def run(cfg: DictConfig, run_dir: str | Path, *, attack_label: str | None = None
     from tqdm.auto import tqdm
 
     parts, cleans, times = [], [], []
-    n_total = prep.images.shape[0]
+    todo = [k for k in batches if _load_batch(_batch_path(run_dir, k), header) is None]
+    workers = min(prep.workers, len(todo))
+    if workers > 1 and prep.device.type == "cpu":
+        _run_parallel(prep, header, run_dir, todo, workers)
     bar = tqdm(batches, desc="batches", unit="batch", disable=not prep.progress)
     for k in bar:
         path = _batch_path(run_dir, k)
         loaded = _load_batch(path, header) if path.is_file() else None
         if loaded is None:
-            lo, hi = k * prep.batch_size, min((k + 1) * prep.batch_size, n_total)
-            x = prep.images[lo:hi].to(prep.device)
-            y = prep.labels[lo:hi].to(prep.device)
-            start = time.perf_counter()
-            # Guard against any global-RNG use inside models or attacks: fixed per batch, whatever ran before.
-            torch.manual_seed(prep.seed * 1_000_003 + k)
-            res = prep.suite.run(
-                prep.model,
-                x,
-                y,
-                prep.radii,
-                threat=prep.threat,
-                seed=prep.seed,
-                indices=torch.arange(lo, hi),
-                exact_fraction=prep.exact_fraction,
-                progress=prep.progress,
-            )
-            seconds = time.perf_counter() - start
-            _save_batch(path, res, prep.images[lo:hi], header["config_hash"], seconds)
+            _compute_batch(_batch_job(prep, header, run_dir, k))
             loaded = _load_batch(path, header)  # what the results are built from, in every mode
             if loaded is None:
                 raise RuntimeError(f"could not read back {path}")
@@ -874,6 +875,72 @@ def run(cfg: DictConfig, run_dir: str | Path, *, attack_label: str | None = None
         bar.set_postfix(robust_at_max=f"{robust}/{sum(p.indices.numel() for p in parts)}")
     bar.close()
     return _finish(run_dir, header, parts, cleans, times, shard, prep.logger)
+
+
+def _batch_job(prep: Prepared, header: dict, run_dir: Path, k: int, *, progress: bool | None = None) -> dict:
+    """Everything one batch needs, as plain picklable values (a worker process gets exactly this)."""
+    lo, hi = k * prep.batch_size, min((k + 1) * prep.batch_size, prep.images.shape[0])
+    return {
+        "suite": prep.suite, "model": prep.model, "threat": prep.threat, "radii": prep.radii,
+        "images": prep.images[lo:hi], "labels": prep.labels[lo:hi], "indices": torch.arange(lo, hi),
+        "seed": prep.seed, "batch": k, "exact_fraction": prep.exact_fraction, "device": prep.device,
+        "progress": prep.progress if progress is None else progress,
+        "path": _batch_path(run_dir, k), "config_hash": header["config_hash"],
+    }
+
+
+def _compute_batch(job: dict) -> int:
+    """Run the suite on one batch and save its state file (atomically); returns the batch number."""
+    dev = job["device"]
+    start = time.perf_counter()
+    # Guard against any global-RNG use inside models or attacks: fixed per batch, whatever ran before.
+    torch.manual_seed(job["seed"] * 1_000_003 + job["batch"])
+    res = job["suite"].run(
+        job["model"],
+        job["images"].to(dev),
+        job["labels"].to(dev),
+        job["radii"],
+        threat=job["threat"],
+        seed=job["seed"],
+        indices=job["indices"],
+        exact_fraction=job["exact_fraction"],
+        progress=job["progress"],
+    )
+    _save_batch(job["path"], res, job["images"], job["config_hash"], time.perf_counter() - start)
+    return job["batch"]
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", message="model was in train mode")
+
+
+def _run_parallel(prep: Prepared, header: dict, run_dir: Path, todo: list[int], workers: int) -> None:
+    """Compute the batches ``todo`` in ``workers`` processes (CPU), each with its share of the threads.
+
+    Each batch is the same computation as in the sequential loop and writes the same state file, so a run
+    can be killed and resumed with any number of workers. Processes are spawned (not forked): torch's
+    thread pools are not fork-safe.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    threads = max(1, torch.get_num_threads() // workers)
+    ctx = multiprocessing.get_context("spawn")
+    bar = tqdm(total=len(todo), desc=f"batches ({workers} workers)", unit="batch", disable=not prep.progress)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = [pool.submit(_compute_batch, _batch_job(prep, header, run_dir, k, progress=False)) for k in todo]
+        try:
+            for fut in as_completed(futures):
+                fut.result()
+                bar.update(1)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    bar.close()
 
 
 def _finish(run_dir: Path, header: dict, parts, cleans, times, shard, logger: dict) -> dict:

@@ -690,7 +690,10 @@ def add_entry(
         "added": added or _now(),
         "dataset": dataset,
         "threat": threat,
-        "suite": {k: _need(results, f"suite.{k}") for k in ("name", "version", "attacks")},
+        "suite": {
+            **{k: _need(results, f"suite.{k}") for k in ("name", "version", "attacks")},
+            **({"order": results["suite"]["order"]} if "order" in results.get("suite", {}) else {}),
+        },
         "claimed": {
             "n_examples": n,
             "clean_accuracy": float(_need(results, "clean_accuracy")),

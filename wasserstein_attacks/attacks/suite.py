@@ -1,15 +1,16 @@
 """Attack ensembles: the worst case per example over attacks and radii, AutoAttack style.
 
-A :class:`Suite` runs its attacks at each radius of a grid, smallest radius first; at each radius the
-attacks run in order, each only on the examples that are still robust. Every adversarial example is
-certified by the common ending of :class:`~wasserstein_attacks.attacks.base.Attack`; one with certified
-cost ``c`` lies inside every ball of radius ``>= c``, so it breaks the example at all those radii:
+A :class:`Suite` runs its attacks at each radius of a grid (smallest radius first, or largest first: see
+``order``); at each radius the attacks run in order, each only on the examples that are still robust.
+Every adversarial example is certified by the common ending of
+:class:`~wasserstein_attacks.attacks.base.Attack`; one with certified cost ``c`` lies inside every ball
+of radius ``>= c``, so it breaks the example at all those radii:
 
     robust at r  <=>  clean-correct and no verified adversarial example of cost <= r * (1 + cost_tol).
 
 ``cost_tol`` is the threat model's relative cost tolerance (the one the certificate uses). Clean errors
-are broken at radius 0. Because an example broken at radius ``r`` is never attacked again, each example
-is broken at most once, by one attack: that attack, its radius and its certified cost describe it.
+are broken at radius 0. Each example keeps its cheapest verified break: the attack, the grid radius and
+the certified cost describe it.
 
 Named, versioned suites live in ``conf/suite/<name>.yaml`` (:func:`load_suite`).
 """
@@ -79,7 +80,8 @@ class SuiteResult:
         broken_cost: float64, certified cost of the verified adversarial example that broke the example
             (units of eps); 0 for clean errors, ``+inf`` if no attack broke it.
         broken_attack: long, position in ``attacks`` of the attack that broke it; -1 if none or a clean error.
-        broken_radius: float64, grid radius at which it was broken; 0 for clean errors, ``+inf`` if never.
+        broken_radius: float64, smallest grid radius at which it was broken; 0 for clean errors, ``+inf`` if
+            never.
         adversarial: ``[B, C, H, W]``, the verified adversarial example (the clean image if none).
         exact_distance: float64, exact LP distance of the adversarial example for the sampled successes,
             NaN elsewhere (see :func:`in_exact_sample`).
@@ -175,10 +177,29 @@ class Suite:
         attacks: the attacks, in the order they run at each radius.
         labels: one distinct label per attack (default: the attacks' registry names, which must then be
             distinct).
+        order: how the radius grid is walked.
+
+            - ``"ascending"``: smallest radius first; an example broken at ``r`` is not attacked again
+              (its adversarial example lies in every larger ball). An example that resists runs every
+              attack's full budget again at each larger radius.
+            - ``"descending"``: largest radius first; an example is attacked at a smaller radius only if
+              it was broken at the larger one, and one that resists every attack at a radius is not
+              attacked at smaller radii (their balls lie inside the one it resisted). Each example spends
+              a full budget at most once per attack instead of at every radius below its breaking point,
+              which is several times cheaper on models that resist small radii; the price is the
+              assumption that an attack that fails in a ball would also fail in the balls inside it.
 
     """
 
-    def __init__(self, name: str, version: int, attacks: list[Attack], *, labels: list[str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        attacks: list[Attack],
+        *,
+        labels: list[str] | None = None,
+        order: str = "ascending",
+    ):
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -189,10 +210,12 @@ class Suite:
         labels = [a.name for a in attacks] if labels is None else [str(s) for s in labels]
         if len(labels) != len(attacks) or len(set(labels)) != len(labels):
             raise ValueError(f"labels must give one distinct label per attack, got {labels}")
-        self.name, self.version, self.attacks, self.labels = name, version, attacks, labels
+        if order not in ("ascending", "descending"):
+            raise ValueError(f"order must be 'ascending' or 'descending', got {order!r}")
+        self.name, self.version, self.attacks, self.labels, self.order = name, version, attacks, labels, order
 
     def __repr__(self) -> str:
-        return f"Suite(name={self.name!r}, version={self.version}, attacks={self.labels})"
+        return f"Suite(name={self.name!r}, version={self.version}, attacks={self.labels}, order={self.order!r})"
 
     def run(
         self,
@@ -214,7 +237,7 @@ class Suite:
             model: classifier returning logits.
             images: ``[B, C, H, W]`` in ``[0, 1]``.
             labels: long ``[B]`` true classes.
-            radii: radii (units of eps), run in ascending order.
+            radii: radii (units of eps), walked in the suite's ``order``.
             threat: the ball's convention (``p``, ``kernel_size``, box, tolerances); its ``eps`` is ignored.
             seed: run seed; each attack call derives per-example seeds from it and ``indices``.
             indices: long ``[B]`` dataset indices (default ``arange(B)``): a shard reproduces the full run.
@@ -252,10 +275,14 @@ class Suite:
         timings = []
         extra = {} if gradient_model is None else {"gradient_model": gradient_model}
         start = time.perf_counter()
-        for r in radii:
+        # Descending order: examples that resisted every attack at a larger radius are not attacked again.
+        resisted = torch.zeros(b, dtype=torch.bool)
+        for r in radii if self.order == "ascending" else radii[::-1]:
             ball = threat.with_eps(r)
+            attacked = torch.zeros(b, dtype=torch.bool)
             for j, (label, attack) in enumerate(zip(self.labels, self.attacks, strict=True)):
-                todo = clean_correct & ~(broken_cost <= r * (1.0 + tol))
+                todo = clean_correct & ~(broken_cost <= r * (1.0 + tol)) & ~resisted
+                attacked |= todo
                 n = int(todo.sum())
                 if n == 0:
                     continue
@@ -285,6 +312,8 @@ class Suite:
                 timings.append(
                     dict(radius=r, attack=label, attacked=n, broken=int(won.sum()), seconds=res.seconds)
                 )
+            if self.order == "descending":
+                resisted |= attacked & ~(broken_cost <= r * (1.0 + tol))
         exact = torch.full((b,), float("nan"), dtype=torch.float64)
         check = torch.from_numpy(sample) & (broken_attack >= 0)
         if bool(check.any()):
@@ -336,7 +365,10 @@ def suite_from_config(cfg) -> Suite:
                 f"suite.attacks.{label}: _target_ must build an Attack, got {type(attack).__name__}"
             )
         attacks.append(attack)
-    return Suite(str(cfg.name), int(cfg.version), attacks, labels=[str(k) for k in cfg.attacks])
+    order = str(cfg.get("order", "ascending"))
+    if order not in ("ascending", "descending"):
+        raise ValueError(f"suite.order must be 'ascending' or 'descending', got {order!r}")
+    return Suite(str(cfg.name), int(cfg.version), attacks, labels=[str(k) for k in cfg.attacks], order=order)
 
 
 def load_suite(name: str, conf_dir: str | Path | None = None) -> Suite:
