@@ -109,6 +109,14 @@ def test_descending_order_attacks_inside_a_ball_only_what_it_broke(setup):
         broken_above = sum(t["broken"] for t in res.timings if t["radius"] == rp)
         assert attacked_here <= broken_above
     assert sum(n for rr, a, n in calls if rr == RADII[0]) < sum(n for rr, a, n in calls if rr == RADII[-1])
+    # Per-attack costs: an example broken by "a" at a large radius and by "b" only at a smaller one still
+    # counts for "a" in the prefix curve at the large radius.
+    by_a = res.clean_correct & torch.isfinite(res.attack_cost[:, 0])
+    a_top = [t["broken"] for t in res.timings if t["radius"] == RADII[-1] and t["attack"] == "a"][0]
+    assert a_top <= int(by_a.sum()) <= sum(t["broken"] for t in res.timings if t["attack"] == "a")
+    assert torch.equal(res.robust(RADII[-1], upto=0), res.clean_correct & ~(res.attack_cost[:, 0] <= RADII[-1] * (1 + tol)))
+    cum = res.cumulative_robust_accuracy()
+    assert all(cum["a"][r] >= cum["b"][r] == res.robust_accuracy(r) for r in RADII)
     # Examples that resisted at the largest radius were never broken anywhere.
     never = res.clean_correct & torch.isinf(res.broken_cost)
     assert never.any() and (res.broken_attack[never] == -1).all()

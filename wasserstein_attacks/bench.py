@@ -515,6 +515,7 @@ _ARRAYS = (
     "broken_radius",
     "adversarial",
     "exact_distance",
+    "attack_cost",
 )
 
 

@@ -252,6 +252,8 @@ class _Family(NamedTuple):
 
     measure: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     plan: Callable[[torch.Tensor], torch.Tensor]
+    #: optional ``[B]``: a multiplier past which no row gains by moving mass (an upper end for the search).
+    gain: torch.Tensor | None = None
 
 
 def _search(
@@ -531,19 +533,35 @@ def _lmo_family(rows: _Rows, G: torch.Tensor, gamma: float, price: torch.Tensor 
     bt = base.T[list(order)]  # [k*k, M], level by level
     # Log-partition of each level with its own maximum: levels far below the row's best entry must not
     # underflow (as lambda grows, the cheap levels take over).
-    log_part = []
+    log_part, tops = [], []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         part = bt[lo:hi]
         top = part.amax(0)
         lse = top + torch.log(_exp_floor(part - top[None]).sum(0))
         log_part.append(torch.where(torch.isfinite(top), lse, top))  # a level wholly off the window: -inf
+        tops.append(top)
     log_part = torch.stack(log_part)  # [L, M]
+    # Past lambda = max over levels of (best entry of the level - "stay") / its cost, no row gains by moving
+    # (level 0 is "stay" alone, cost 0).
+    tops = torch.stack(tops)
+    gain = ((tops[1:] - tops[:1]) / lv_g[1:]).amax(0).clamp_min(0) if len(levels) > 1 else tops[0] * 0
+    validf, example = rows.validf, rows.example
 
-    def soft(lam):
-        return torch.softmax(base - lam[rows.example][:, None] * c_g, dim=-1)
+    def log_partition(lam_rows, Z):
+        z = Z - lv_g * lam_rows
+        top = z.amax(0)
+        return top + torch.log(_exp_floor(z - top).sum(0))
+
+    def plan(lam):
+        # x_i softmax over the window, with the row's log-partition from its levels ([L, M] work) instead
+        # of a softmax over the short last dimension.
+        lam_rows = lam[example]
+        log_z = log_partition(lam_rows, log_part)
+        expo = base - lam_rows[:, None] * c_g - log_z[:, None]
+        return _exp_floor(expo) * (rows.mass[:, None] * validf)
 
     def measure(lam, on_rows=None):
-        ex, Z, mass = rows.example, log_part, rows.mass
+        ex, Z, mass = example, log_part, rows.mass
         if on_rows is not None:
             ex, Z, mass = ex[on_rows], Z[:, on_rows], mass[on_rows]
         z = Z - lv_g * lam[ex]
@@ -555,7 +573,7 @@ def _lmo_family(rows: _Rows, G: torch.Tensor, gamma: float, price: torch.Tensor 
         per = lam.new_zeros(rows.batch, 2).index_add_(0, ex, terms)
         return per[:, 0], per[:, 1]
 
-    return _Family(measure, lambda lam: rows.mass[:, None] * soft(lam))
+    return _Family(measure, plan, _example_max(rows, gain))
 
 
 def lmo_rows(
@@ -583,12 +601,7 @@ def lmo_rows(
         gain, width = 2 * gain, 0.0
     else:
         # Tighter: past max_ij (G'_ij - G'_i,stay) / C_j (G' = G - price) no row gains by moving.
-        Gp = G if price is None else G - price
-        stay = rows.kk // 2
-        ratio = (Gp - Gp[:, stay : stay + 1]) / rows.cost.clamp_min(1e-30)
-        ratio = ratio + rows.offwindow
-        ratio[:, stay] = 0
-        gain, width = _example_max(rows, ratio.amax(-1).clamp_min(0)), gamma
+        gain, width = family.gain, gamma
     upper = (gain + margin).clamp_min(1e-12)
     S, lam, n = _search(rows, family, budget, upper, solver=solver, steps=steps, tol=tol, start=start,
                         width=width, log_scale=True)
@@ -693,8 +706,32 @@ def capacity_projection(
 
 
 def fit_box(rows: _Rows, P: torch.Tensor, max_rounds: int = 100) -> torch.Tensor:
-    """Local box repair of compact rows (``return_overflow``): overflow above 1 goes back to its sources."""
-    return return_overflow(P, rows.columns, rows.at_targets, max_rounds=max_rounds)
+    """Local box repair of compact rows: overflow above 1 goes back to its sources.
+
+    The same rule as :func:`~wasserstein_attacks.attacks.base.return_overflow` (a pixel over 1 keeps the
+    share of its incoming moved mass that fits, the rest returns to the senders' "stay" entries; repeated
+    while any pixel overflows), written for the compact rows: a row's "stay" entry lands on its own
+    pixel, so the moved inflow is the column sum minus that, and what a row sends back is its mass minus
+    what it keeps (no second scatter, no reduction over the short last dimension).
+    """
+    stay = rows.kk // 2
+    eps = torch.finfo(P.dtype).eps
+    slack, margin = 16 * eps, 64 * eps  # as return_overflow: rounding noise is not overflow
+    ones = P.new_ones(rows.kk)
+    for _ in range(max_rounds):
+        Y = rows.columns(P)
+        over = Y > 1 + slack
+        if not bool(over.any()):
+            break
+        own = torch.zeros_like(Y)
+        own[rows.index] = P[:, stay]
+        inflow = Y - own
+        keep = torch.where(over, (1 - (Y - 1 + margin) / inflow.clamp_min(1e-30)).clamp(0, 1), 1.0)
+        factor = rows.at_targets(keep)
+        factor[:, stay] = 1.0
+        P = P * factor
+        P[:, stay] += rows.mass - P @ ones
+    return P
 
 
 # --------------------------------------------------------------------------------------- attacks

@@ -87,6 +87,9 @@ class SuiteResult:
             NaN elsewhere (see :func:`in_exact_sample`).
         cost_tol: relative cost tolerance (from the threat model) used to decide "broken at radius r".
         timings: one dict per (radius, attack) call: radius, attack, attacked, broken, seconds.
+        attack_cost: float64 ``[B, A]``, the cheapest certified break found by each attack (``+inf`` where
+            it found none; clean errors: 0 for every attack). Default: derived from ``broken_cost`` and
+            ``broken_attack`` (each example broken by one attack at most, as in an ascending walk).
 
     """
 
@@ -102,6 +105,15 @@ class SuiteResult:
     exact_distance: torch.Tensor
     cost_tol: float
     timings: list[dict] = field(default_factory=list)
+    attack_cost: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.attack_cost is None:
+            cost = torch.full((self.broken_cost.numel(), len(self.attacks)), torch.inf, dtype=torch.float64)
+            hit = self.broken_attack >= 0
+            cost[hit.nonzero()[:, 0], self.broken_attack[hit]] = self.broken_cost[hit].double()
+            cost[~self.clean_correct] = 0.0
+            object.__setattr__(self, "attack_cost", cost)
 
     @property
     def broken_by(self) -> list[str | None]:
@@ -110,12 +122,8 @@ class SuiteResult:
 
     def robust(self, radius: float, upto: int | None = None) -> torch.Tensor:
         """Bool ``[B]``: robust at ``radius``, counting only attacks ``0..upto`` (default: all)."""
-        broken = self.broken_cost <= float(radius) * (1.0 + self.cost_tol)
-        if upto is not None:
-            # A clean error (broken_attack -1, cost 0) stays broken whatever the attack prefix.
-            by_prefix = (self.broken_attack <= upto) | ~self.clean_correct
-            broken &= by_prefix
-        return self.clean_correct & ~broken
+        cost = self.broken_cost if upto is None else self.attack_cost[:, : upto + 1].amin(1)
+        return self.clean_correct & ~(cost <= float(radius) * (1.0 + self.cost_tol))
 
     def robust_accuracy(self, radius: float) -> float:
         """Fraction of examples clean-correct with no verified adversarial of certified cost ``<= radius``."""
@@ -164,6 +172,7 @@ class SuiteResult:
             attacks=head.attacks,
             cost_tol=head.cost_tol,
             timings=[t for p in parts for t in p.timings],
+            attack_cost=torch.cat([p.attack_cost for p in parts]),
             **cat,
         )
 
@@ -271,6 +280,8 @@ class Suite:
         broken_cost = torch.where(clean_correct, torch.inf, 0.0).double()
         broken_radius = broken_cost.clone()
         broken_attack = torch.full((b,), -1, dtype=torch.long)
+        attack_cost = torch.full((b, len(self.attacks)), torch.inf, dtype=torch.float64)
+        attack_cost[~clean_correct] = 0.0
         adversarial = x.clone()
         timings = []
         extra = {} if gradient_model is None else {"gradient_model": gradient_model}
@@ -303,6 +314,7 @@ class Suite:
                     won = res.success.cpu()
                     hit = idx[won]
                     broken_cost[hit] = res.cost.cpu()[won]
+                    attack_cost[hit, j] = torch.minimum(attack_cost[hit, j], broken_cost[hit].double())
                     broken_attack[hit] = j
                     broken_radius[hit] = r
                     adversarial[hit.to(x.device)] = res.adversarial[won.to(x.device)].to(adversarial.dtype)
@@ -332,6 +344,7 @@ class Suite:
             exact_distance=exact,
             cost_tol=float(tol),
             timings=timings,
+            attack_cost=attack_cost,
         )
 
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Re-create the committed MNIST entries: evaluate each model with the standard suite, turn the run into an
+# entry, re-check a random subset with `verify`, render the pages. The reference checkpoints come from
+# ../shared/reference_models/ (not in this repository); the standard model is trained and cached on first
+# use. Usage (from the repository root, after `make install`):
+#
+#   bash leaderboard/make_entries.sh [N] [ENTRY ...]     # N test images (default 1000), all entries by default
+#   VERIFY_N=500 bash leaderboard/make_entries.sh        # verify re-attacks 500 random examples (default 100)
+#
+# Each run resumes from runs/leaderboard/<entry>/ if interrupted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000}
+shift || true
+BIN=.venv/bin
+SHARED=../shared/reference_models/mnist
+WONG_REPO=https://github.com/locuslab/projected_sinkhorn
+WONG_PAPER="Wasserstein Adversarial Examples via Projected Sinkhorn Iterations (ICML 2019)"
+WONG_AUTHORS="Eric Wong, Frank R. Schmidt, J. Zico Kolter"
+
+evaluate() {  # id model-config verify-checkpoint add-arguments...
+  local id=$1 model=$2 ckpt=$3
+  shift 3
+  local dir=runs/leaderboard/$id
+  "$BIN/wattack-bench" experiment=quick_mnist model="$model" dataset.n="$N" name="leaderboard-$id" \
+    progress=false hydra.run.dir="$dir"
+  "$BIN/wattack-leaderboard" add "$dir/results.json" --id "$id" --force \
+    --note "first $N MNIST test images$EXTRA_NOTE" "$@"
+  "$BIN/wattack-leaderboard" verify "leaderboard/entries/mnist/W1-k5-box01/$id.json" --checkpoint "$ckpt" \
+    --n "${VERIFY_N:-100}" --by "leaderboard/make_entries.sh (CPU)"
+}
+
+want() { [ $# -eq 0 ] || [[ " $* " == *" $ID "* ]]; }
+ALL=("$@")
+
+ID=WongAdvTraining; EXTRA_NOTE=""
+if want "${ALL[@]}"; then
+  evaluate "$ID" mnist_adv_training "$SHARED/mnist_adv_training.pth" \
+    --name "Wasserstein adversarial training (Wong et al. 2019)" --authors "$WONG_AUTHORS" \
+    --source "$WONG_REPO" --paper "$WONG_PAPER" \
+    --training "Wasserstein adversarial training with projected Sinkhorn PGD (p=2, k=7 in training)"
+fi
+ID=WongVanilla; EXTRA_NOTE=""
+if want "${ALL[@]}"; then
+  evaluate "$ID" mnist_vanilla "$SHARED/mnist_vanilla.pth" \
+    --name "Standard training (Wong et al. 2019 release)" --authors "$WONG_AUTHORS" \
+    --source "$WONG_REPO" --paper "$WONG_PAPER" --training "standard training"
+fi
+ID=WongKolterLinfRobust; EXTRA_NOTE="; checkpoint as released with Wong et al. (2019)"
+if want "${ALL[@]}"; then
+  evaluate "$ID" mnist_robust "$SHARED/mnist_robust.pth" \
+    --name "Provably l_inf-robust (Wong & Kolter 2018, eps 0.1)" --authors "Eric Wong, J. Zico Kolter" \
+    --source "$WONG_REPO" \
+    --paper "Provable Defenses against Adversarial Examples via the Convex Outer Adversarial Polytope (ICML 2018)" \
+    --training "provable l_inf robust training (convex outer adversarial polytope), eps 0.1"
+fi
+ID=WongBinarizedInput
+EXTRA_NOTE="; gradients by straight-through (BPDA) estimate, forward pass is the binarized model"
+if want "${ALL[@]}"; then
+  evaluate "$ID" mnist_binarize "$SHARED/mnist_binarize.pth" \
+    --name "Binarized input, attacked with BPDA (Wong et al. 2019 baseline)" --authors "$WONG_AUTHORS" \
+    --source "$WONG_REPO" --paper "$WONG_PAPER" --architecture mnist_convnet-binarize \
+    --training "standard training on inputs thresholded at 0.5; threshold in the forward pass"
+fi
+ID=WattackStandard
+EXTRA_NOTE="; architecture of Wong et al. (2019), trained by this project's wattack-train (3 epochs SGD, seed 0)"
+if want "${ALL[@]}"; then
+  CACHE=${WATTACK_CACHE:-$HOME/.cache/wasserstein_attacks}
+  "$BIN/python" -c "from wasserstein_attacks.train import standard_mnist_model; standard_mnist_model()"
+  CKPT=$(ls -t "$CACHE"/mnist_convnet-*.pt | head -n 1)
+  evaluate "$ID" standard_mnist "$CKPT" \
+    --name "Standard training (this project's standard MNIST model)" --authors "wasserstein_attacks" \
+    --source "$WONG_REPO" --paper "$WONG_PAPER" --architecture mnist_convnet --training "standard training"
+fi
+"$BIN/wattack-leaderboard" render
