@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
     if len(args.suites) == 2:
         a, b = args.suites
         only = {
-            f"broken_only_by_{a}": {radius_key(r): int((broken[a][i] & ~broken[b][i]).sum()) for i, r in enumerate(GRID)},
-            f"broken_only_by_{b}": {radius_key(r): int((broken[b][i] & ~broken[a][i]).sum()) for i, r in enumerate(GRID)},
+            f"broken_only_by_{u}": {
+                radius_key(r): int((broken[u][i] & ~broken[v][i]).sum()) for i, r in enumerate(GRID)
+            }
+            for u, v in ((a, b), (b, a))
         }
     else:
         only = {}

@@ -46,7 +46,8 @@ def test_the_groups_exist():
     for group in ("dataset", "model", "threat", "suite", "logger", "experiment", "hydra/launcher"):
         assert options(group), f"conf/{group}/ is empty"
     assert {"quick_mnist", "reference", "debug"} <= set(options("experiment"))
-    assert {"standard-v1", "standard-v2"} <= set(options("suite")) and {"none", "wandb"} <= set(options("logger"))
+    assert {"standard-v1", "standard-v2"} <= set(options("suite"))
+    assert {"none", "wandb"} <= set(options("logger"))
 
 
 def test_default_config_composes_to_the_quick_mnist_run():

@@ -103,7 +103,7 @@ def test_descending_order_attacks_inside_a_ball_only_what_it_broke(setup):
     exact = THREAT.distance(data.images[hit], res.adversarial[hit])
     assert (exact <= res.broken_radius[hit] * (1 + tol)).all()
     assert (res.broken_cost[hit] <= res.broken_radius[hit] * (1 + tol)).all()
-    for r, rp in zip(RADII[:-1], RADII[1:]):
+    for r, rp in zip(RADII[:-1], RADII[1:], strict=True):
         # Inside a ball, only what was broken in the next larger one is attacked again.
         attacked_here = sum(n for rr, a, n in calls if rr == r and a == "a")
         broken_above = sum(t["broken"] for t in res.timings if t["radius"] == rp)
@@ -114,7 +114,8 @@ def test_descending_order_attacks_inside_a_ball_only_what_it_broke(setup):
     by_a = res.clean_correct & torch.isfinite(res.attack_cost[:, 0])
     a_top = [t["broken"] for t in res.timings if t["radius"] == RADII[-1] and t["attack"] == "a"][0]
     assert a_top <= int(by_a.sum()) <= sum(t["broken"] for t in res.timings if t["attack"] == "a")
-    assert torch.equal(res.robust(RADII[-1], upto=0), res.clean_correct & ~(res.attack_cost[:, 0] <= RADII[-1] * (1 + tol)))
+    by_a_top = res.attack_cost[:, 0] <= RADII[-1] * (1 + tol)
+    assert torch.equal(res.robust(RADII[-1], upto=0), res.clean_correct & ~by_a_top)
     cum = res.cumulative_robust_accuracy()
     assert all(cum["a"][r] >= cum["b"][r] == res.robust_accuracy(r) for r in RADII)
     # Examples that resisted at the largest radius were never broken anywhere.

@@ -932,7 +932,8 @@ def _run_parallel(prep: Prepared, header: dict, run_dir: Path, todo: list[int], 
     ctx = multiprocessing.get_context("spawn")
     bar = tqdm(total=len(todo), desc=f"batches ({workers} workers)", unit="batch", disable=not prep.progress)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = [pool.submit(_compute_batch, _batch_job(prep, header, run_dir, k, progress=False)) for k in todo]
+        jobs = [_batch_job(prep, header, run_dir, k, progress=False) for k in todo]
+        futures = [pool.submit(_compute_batch, job) for job in jobs]
         try:
             for fut in as_completed(futures):
                 fut.result()

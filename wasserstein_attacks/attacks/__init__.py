@@ -10,6 +10,16 @@ from .plans import *  # noqa: F403
 from .sinkhorn import *  # noqa: F403
 from .suite import *  # noqa: F403
 
-__all__ = ["Attack", "AttackResult", "RunOutput", "available", "eval_mode", "get", "iterate", "register", "repair_plan"]
+__all__ = [
+    "Attack",
+    "AttackResult",
+    "RunOutput",
+    "available",
+    "eval_mode",
+    "get",
+    "iterate",
+    "register",
+    "repair_plan",
+]
 for _m in (checks, penalty, plans, sinkhorn, suite):  # noqa: F405
     __all__ += _m.__all__

@@ -89,7 +89,7 @@ def eval_mode(model: torch.nn.Module):
 
 
 def example_seeds(seed: int, indices: torch.Tensor) -> list[int]:
-    """Per-example seeds derived from the run seed and each example's dataset index (stable across batching)."""
+    """Per-example seeds from the run seed and each example's dataset index (stable across batching)."""
     out = []
     for i in indices.tolist():
         h = hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()
@@ -105,10 +105,14 @@ def example_generators(seeds: list[int]) -> list[torch.Generator]:
 def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Predicted classes ``[B]`` (no grad), in chunks of ``batch_size``."""
     with torch.no_grad():
-        return torch.cat([model(images[i : i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)])
+        return torch.cat(
+            [model(images[i : i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)]
+        )
 
 
-def loss_per_example(logits: torch.Tensor, labels: torch.Tensor, loss: str, targets: torch.Tensor | None = None):
+def loss_per_example(
+    logits: torch.Tensor, labels: torch.Tensor, loss: str, targets: torch.Tensor | None = None
+):
     """Per-example loss to MAXIMISE, ``[B]``.
 
     ``loss="ce"``: cross-entropy of the true class (untargeted) or minus that of the target.
@@ -117,8 +121,10 @@ def loss_per_example(logits: torch.Tensor, labels: torch.Tensor, loss: str, targ
     without its scale normalisation.
     """
     if loss == "ce":
-        return -F.cross_entropy(logits, targets, reduction="none") if targets is not None else F.cross_entropy(
-            logits, labels, reduction="none"
+        return (
+            -F.cross_entropy(logits, targets, reduction="none")
+            if targets is not None
+            else F.cross_entropy(logits, labels, reduction="none")
         )
     if loss == "margin":
         cls = targets if targets is not None else labels
@@ -199,7 +205,10 @@ def repair_plan(
 
     Args:
         x: ``[B, C, H, W]`` clean images in ``[0, 1]``.
-        plan: ``[B, C, H*W, k*k]`` local plan.
+        plan: ``[B, C, H*W, k*k]`` local plan (any dtype; entries need not be valid yet).
+        threat: the ball: ``eps`` (per example), ``p``, ``kernel_size`` ``k`` and ``box`` (``None``:
+            no ``[0, 1]`` box, so step 2 and the box bound of step 3 are skipped).
+        max_rounds: most rounds of the local box repair (step 2), passed to :func:`return_overflow`.
 
     Returns:
         ``(plan, kept)``: float64 feasible plan and, per example ``[B]``, the fraction of the moved
@@ -225,7 +234,9 @@ def repair_plan(
     eps = threat.eps_for(b).to(P.device)
     cost = T.plan_cost(P, threat.p, mass=n)
     # Aim just inside the radius so that float32 rounding of the image cannot push it out.
-    s = torch.where(cost > 0, (eps * (1 - 1e-6) / cost.clamp_min(1e-300)).clamp(max=1.0), torch.ones_like(cost))
+    s = torch.where(
+        cost > 0, (eps * (1 - 1e-6) / cost.clamp_min(1e-300)).clamp(max=1.0), torch.ones_like(cost)
+    )
     if threat.box is not None:
         Y = T.column_sums(P, h, w)
         # A pixel of x at exactly 1 left a few ulps over 1 would otherwise scale the whole plan to identity.
@@ -235,7 +246,9 @@ def repair_plan(
     s = s.clamp(0, 1)
     P = ident + s[:, None, None, None] * (P - ident)
     moved_after = (P.sum(-1) - P[..., stay]).sum(dim=(1, 2))
-    kept = torch.where(moved_before > 0, moved_after / moved_before.clamp_min(1e-300), torch.ones_like(moved_before))
+    kept = torch.where(
+        moved_before > 0, moved_after / moved_before.clamp_min(1e-300), torch.ones_like(moved_before)
+    )
     return P, kept
 
 
@@ -252,7 +265,7 @@ def iterate(
     step: Callable[[dict[str, torch.Tensor], torch.Tensor, int, torch.Tensor], dict[str, torch.Tensor]],
     stop_on_success: bool = True,
 ) -> torch.Tensor:
-    """The one iterative loop shared by every gradient attack (PGD, Frank-Wolfe, Sinkhorn PGD).
+    """Run the one iterative loop shared by every gradient attack (PGD, Frank-Wolfe, Sinkhorn PGD).
 
     Per-example logic: each iteration evaluates the current iterate of the examples still active;
     with ``stop_on_success`` an example whose iterate fools the model is frozen there (the authors'
@@ -260,6 +273,13 @@ def iterate(
     active examples go through the model, so fooled examples cost nothing.
 
     Args:
+        model: network returning logits ``[b, classes]``, differentiated through (an attack passes
+            its gradient model here).
+        x: ``[B, C, H, W]`` clean images in ``[0, 1]``; only its batch size and device are used.
+        labels: long ``[B]`` true classes.
+        targets: long ``[B]`` target classes (targeted attack), or ``None`` (untargeted).
+        steps: iterations at most per example.
+        loss: ``"ce"`` or ``"margin"``, the loss to maximise (see :func:`loss_per_example`).
         state: per-example tensors with leading dim ``B``; ``state["var"]`` is the variable the
             gradient is taken with respect to (a plan ``[B,C,H*W,k*k]`` or an image ``[B,C,H,W]``).
             Updated in place for the active examples.
@@ -267,6 +287,8 @@ def iterate(
         step: ``(sub_state, grad, t, idx) -> new sub_state`` for the examples ``idx`` (dataset
             positions in the batch) that are still active and not fooled; ``grad`` is the gradient of
             the loss (to maximise) w.r.t. ``sub_state["var"]``.
+        stop_on_success: freeze an example at the first iterate that fools the model (misclassified,
+            or classified as its target); otherwise every example runs all ``steps``.
 
     Returns:
         long ``[B]``: iterations run per example.
@@ -342,7 +364,8 @@ class AttackResult:
         cost: float64 ``[B]``: certified cost ``sum(P*c)/N`` (units of eps).
         certified: bool ``[B]``: the certificate of ``plan`` holds.
         iterations: long ``[B]``.
-        repair: float64 ``[B]``: fraction of the moved mass kept by the common ending's repair (1 = no repair needed).
+        repair: float64 ``[B]``: fraction of the moved mass kept by the common ending's repair
+            (1 = no repair needed).
         clean_correct: bool ``[B]``: the model classifies the clean input correctly.
         threat: the ball.
         attack: registry name.
@@ -407,6 +430,10 @@ class Attack:
         """Attack ``model`` on ``images [B,C,H,W]`` in ``[0,1]`` with true ``labels [B]`` inside ``threat``.
 
         Args:
+            model: network returning logits ``[B, classes]``; success is judged on it.
+            images: ``[B, C, H, W]`` clean images in ``[0, 1]``.
+            labels: long ``[B]`` true classes.
+            threat: the ball; ``kernel_size`` must be an odd int (local plans), not ``None``.
             targets: optional target classes ``[B]`` (targeted attack).
             seed: run seed; per-example seeds derive from it and ``indices``.
             indices: dataset index of each example ``[B]`` (default ``arange(B)``).
@@ -450,12 +477,15 @@ class Attack:
                 raise RuntimeError(f"{type(self).__name__}._run returned neither a plan nor an image")
             adv = out.adversarial.detach().to(torch.float64).clamp_min(0)
             # Rescale each channel to the source mass, then solve the exact plan to the attack's image.
-            scale = x.to(torch.float64).sum((2, 3), keepdim=True) / adv.sum((2, 3), keepdim=True).clamp_min(1e-300)
+            src_mass = x.to(torch.float64).sum((2, 3), keepdim=True)
+            scale = src_mass / adv.sum((2, 3), keepdim=True).clamp_min(1e-300)
             plan, ok = exact_plan(x, adv * scale, kernel_size=threat.kernel_size, p=threat.p, mass_tol=1e-6)
             plan = plan.to(x.device)
         plan64, s = repair_plan(x, plan, threat)
         plan_out = plan64.to(x.dtype)
-        adv = T.column_sums(plan_out, h, w).clamp(0, 1) if threat.box is not None else T.column_sums(plan_out, h, w)
+        adv = T.column_sums(plan_out, h, w)
+        if threat.box is not None:
+            adv = adv.clamp(0, 1)
         cert = threat.certify(x, adv, plan_out)
         certified = cert.feasible.to(x.device)
         # An example whose certificate fails (numerically) falls back to the clean image.

@@ -40,7 +40,6 @@ from .base import (
     predict,
     register,
     repair_plan,
-    return_overflow,
 )
 
 __all__ = [
@@ -491,8 +490,11 @@ def project_plan(
 
 
 def _exp_floor(z: torch.Tensor) -> torch.Tensor:
-    """``exp(z)`` for ``z <= 0``, with ``z`` floored at -80 (weights below ``e^-80`` are noise next to the
-    maximum's 1). Flooring matters for speed: CPU ``exp`` of large negative inputs is ~10x slower."""
+    """``exp(z)`` for ``z <= 0``, with ``z`` floored at -80.
+
+    Weights below ``e^-80`` are noise next to the maximum's 1. Flooring matters for speed: CPU ``exp`` of
+    large negative inputs is ~10x slower.
+    """
     return torch.exp(z.clamp_min(-80.0))
 
 
@@ -534,7 +536,7 @@ def _lmo_family(rows: _Rows, G: torch.Tensor, gamma: float, price: torch.Tensor 
     # Log-partition of each level with its own maximum: levels far below the row's best entry must not
     # underflow (as lambda grows, the cheap levels take over).
     log_part, tops = [], []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         part = bt[lo:hi]
         top = part.amax(0)
         lse = top + torch.log(_exp_floor(part - top[None]).sum(0))

@@ -224,7 +224,8 @@ class Suite:
         self.name, self.version, self.attacks, self.labels, self.order = name, version, attacks, labels, order
 
     def __repr__(self) -> str:
-        return f"Suite(name={self.name!r}, version={self.version}, attacks={self.labels}, order={self.order!r})"
+        return (f"Suite(name={self.name!r}, version={self.version}, attacks={self.labels}, "
+                f"order={self.order!r})")
 
     def run(
         self,
