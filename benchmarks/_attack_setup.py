@@ -6,6 +6,7 @@ import ast
 import importlib.util
 import inspect
 import json
+import math
 import os
 import platform
 import subprocess
@@ -92,8 +93,23 @@ def radius_key(r: float) -> str:
     return repr(float(r))
 
 
+def _finite(obj):
+    """``obj`` with non-finite floats as strings ("inf", "nan"): JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as JSON atomically (temporary file in the same folder, then ``os.replace``)."""
+    """Write ``obj`` as JSON atomically (temporary file in the same folder, then ``os.replace``).
+
+    Non-finite floats (an exact distance of ``inf`` says "outside the ball") are written as strings.
+    """
+    obj = _finite(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:

@@ -105,6 +105,24 @@ def attack_pass(name: str, kwargs: dict, model, x, y, threat, steps: int, repeat
     }
 
 
+def suite_pass(n: int, radius: float, name: str = "standard-v2") -> dict:
+    """Wall time of the whole standard suite on the first ``n`` images at one radius (batches of 100)."""
+    from wasserstein_attacks.attacks.suite import load_suite
+
+    x, y, model = mnist_and_model(n)
+    suite = load_suite(name)
+    threat = WassersteinBall(radius, p=1, kernel_size=5)
+    start = time.perf_counter()
+    robust = 0
+    for lo in range(0, n, 100):
+        hi = min(n, lo + 100)
+        res = suite.run(model, x[lo:hi], y[lo:hi], [radius], threat=threat, indices=torch.arange(lo, hi),
+                        progress=False)
+        robust += int(res.robust(radius).sum())
+    return {"suite": name, "images": n, "radius": radius, "seconds": time.perf_counter() - start,
+            "robust_accuracy": robust / n, "model": "mnist_adv_training.pth"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100, help="batch size (first n MNIST test images)")
@@ -116,6 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--attacks", nargs="*", default=None,
                         help="specs 'name' or 'name:key=value,...' (default: all registered + variants)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--suite-n", type=int, default=1000,
+                        help="images for the whole-suite timing at one radius (0: skip)")
+    parser.add_argument("--suite-radius", type=float, default=0.01,
+                        help="radius of the whole-suite timing (0.01: most examples resist, the slowest)")
     parser.add_argument("--out", default=str(RESULTS / "attack_speed.json"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -137,6 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"attack": label, "name": name, **m})
         ms, ratio = m["seconds_per_iteration"] * 1e3, m["ratio_to_model_pass"]
         print(f"{label:45s} {ms:8.1f} ms/it  x{ratio:6.1f} model pass", flush=True)
+    suite_timing = None
+    if args.suite_n > 0:
+        suite_timing = suite_pass(args.suite_n, args.suite_radius)
+        print(f"suite {suite_timing['suite']} on {args.suite_n} images at eps {args.suite_radius}: "
+              f"{suite_timing['seconds']:.0f} s, robust {suite_timing['robust_accuracy']:.3f}", flush=True)
     out = {
         "benchmark": "attack_speed",
         "protocol": {
@@ -153,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threat": threat.describe(),
         "model_forward_backward": base,
         "attacks": rows,
+        "suite_one_radius": suite_timing,
         "machine": machine(),
         "provenance": provenance(),
     }
