@@ -6,6 +6,7 @@
 #
 #   bash leaderboard/make_entries.sh [N] [ENTRY ...]     # N test images (default 1000), all entries by default
 #   VERIFY_N=500 bash leaderboard/make_entries.sh        # verify re-attacks 500 random examples (default 100)
+#   BENCH_ARGS="workers=1" bash leaderboard/make_entries.sh 500 WongVanilla   # extra wattack-bench overrides
 #
 # Each run resumes from runs/leaderboard/<entry>/ if interrupted.
 set -euo pipefail
@@ -23,7 +24,7 @@ evaluate() {  # id model-config verify-checkpoint add-arguments...
   shift 3
   local dir=runs/leaderboard/$id
   "$BIN/wattack-bench" experiment=quick_mnist model="$model" dataset.n="$N" name="leaderboard-$id" \
-    progress=false hydra.run.dir="$dir"
+    progress=false hydra.run.dir="$dir" ${BENCH_ARGS:-}
   "$BIN/wattack-leaderboard" add "$dir/results.json" --id "$id" --force \
     --note "first $N MNIST test images$EXTRA_NOTE" "$@"
   "$BIN/wattack-leaderboard" verify "leaderboard/entries/mnist/W1-k5-box01/$id.json" --checkpoint "$ckpt" \
@@ -37,20 +38,20 @@ ID=WongAdvTraining; EXTRA_NOTE=""
 if want "${ALL[@]}"; then
   evaluate "$ID" mnist_adv_training "$SHARED/mnist_adv_training.pth" \
     --name "Wasserstein adversarial training (Wong et al. 2019)" --authors "$WONG_AUTHORS" \
-    --source "$WONG_REPO" --paper "$WONG_PAPER" \
+    --source "$WONG_REPO" --paper "$WONG_PAPER" --architecture mnist_convnet \
     --training "Wasserstein adversarial training with projected Sinkhorn PGD (p=2, k=7 in training)"
 fi
 ID=WongVanilla; EXTRA_NOTE=""
 if want "${ALL[@]}"; then
   evaluate "$ID" mnist_vanilla "$SHARED/mnist_vanilla.pth" \
     --name "Standard training (Wong et al. 2019 release)" --authors "$WONG_AUTHORS" \
-    --source "$WONG_REPO" --paper "$WONG_PAPER" --training "standard training"
+    --source "$WONG_REPO" --paper "$WONG_PAPER" --architecture mnist_convnet --training "standard training"
 fi
 ID=WongKolterLinfRobust; EXTRA_NOTE="; checkpoint as released with Wong et al. (2019)"
 if want "${ALL[@]}"; then
   evaluate "$ID" mnist_robust "$SHARED/mnist_robust.pth" \
     --name "Provably l_inf-robust (Wong & Kolter 2018, eps 0.1)" --authors "Eric Wong, J. Zico Kolter" \
-    --source "$WONG_REPO" \
+    --source "$WONG_REPO" --architecture mnist_convnet \
     --paper "Provable Defenses against Adversarial Examples via the Convex Outer Adversarial Polytope (ICML 2018)" \
     --training "provable l_inf robust training (convex outer adversarial polytope), eps 0.1"
 fi

@@ -530,3 +530,14 @@ def test_verify_identifies_weights_when_the_run_had_no_checkpoint_file(tmp_path,
     block = lb.verify_entry(target, other, n=N, write=False, **loaders())
     assert block["status"] == "failed" and "weights sha256" in block["checks"]["checkpoint"]["detail"]
     assert block["reproduction"] is None
+
+
+def test_add_without_architecture_needs_a_buildable_model_name(honest, tmp_path):
+    # The model config's name is used when --architecture is not given; verify must be able to build it.
+    results = read(honest["results"])
+    results["model"]["name"] = "mnist_adv_training"  # a config name, not a build_model name
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(ValueError, match="--architecture"):
+        lb.add_entry(path, root=tmp_path / "root", entry_id="X", authors="a", source="https://example.org",
+                     training="none", examples_path=honest["results"].parent / "examples.npz")

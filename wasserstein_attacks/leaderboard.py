@@ -685,7 +685,8 @@ def add_entry(
         "source": source,
         **({"paper": paper} if paper else {}),
         **({"note": note} if note else {}),
-        "architecture": architecture or str(_need(model, "name")),
+        # Without an explicit architecture the model config's name must be one `verify` can build.
+        "architecture": architecture or _check_architecture(str(_need(model, "name"))),
         "training": training,
         "added": added or _now(),
         "dataset": dataset,
@@ -752,6 +753,23 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- verify
+def _check_architecture(architecture: str) -> str:
+    """``architecture`` if ``verify`` can build it (a ``models.build_model`` name, optional ``-binarize``).
+
+    Raises ``ValueError`` (naming ``--architecture``) otherwise.
+    """
+    from . import models
+
+    base = architecture[: -len("-binarize")] if architecture.endswith("-binarize") else architecture
+    if base not in models.MODELS:
+        raise ValueError(
+            f"architecture must be a models.build_model name (optionally with '-binarize'): one of "
+            f"{', '.join(models.MODELS)}, got the model config's name {architecture!r}; pass "
+            "--architecture (e.g. mnist_convnet)"
+        )
+    return architecture
+
+
 def load_model(architecture: str, checkpoint: Path) -> torch.nn.Module:
     """Default model loader for ``verify``: ``models.build_model`` + ``models.load_weights``.
 
