@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
         "attack_benchmark_provenance": bench.get("provenance"),
         "comparison": rows,
         "note": "the pipeline attacks sub-batches of the still-robust examples, the benchmark whole "
-                "batches of 100: convolution and reduction results can differ in the last bits with the batch, which "
-                "can flip an example that sits exactly at the decision boundary",
+                "batches of 100: convolution and reduction results can differ in the last bits with the "
+                "batch, which can flip an example that sits exactly at the decision boundary",
         "machine": machine(),
     }
     write_json(Path(args.out), out)
