@@ -374,8 +374,13 @@ def _shrink_to_budget(rows: _Rows, S: torch.Tensor, budget: torch.Tensor) -> tor
     """Move rows ``S`` back toward the identity so that each example's cost is at most ``budget``."""
     cost = rows.transport_cost(S)
     scale = torch.where(cost > budget, budget / cost.clamp_min(1e-30), torch.ones_like(cost)).clamp(0, 1)
-    ident = rows.identity()
-    return ident + scale[rows.example][:, None] * (S - ident)
+    if bool((scale == 1).all()):
+        return S
+    # I + s (S - I) = s S + (1 - s) I, and I is the rows' mass on "stay" alone.
+    s_rows = scale[rows.example]
+    out = S * s_rows[:, None]
+    out[:, rows.kk // 2] += (1 - s_rows) * rows.mass
+    return out
 
 
 def _example_max(rows: _Rows, values: torch.Tensor) -> torch.Tensor:
@@ -1007,7 +1012,7 @@ class FrankWolfe(_PlanAttack):
 
     def _step(self, rows, P, G, state, t):
         S, lam = self._oracle(rows, G, state["eps"], state["lam"])
-        return P + 2.0 / (t + 2) * (S - P), {"lam": lam}
+        return torch.lerp(P, S, 2.0 / (t + 2)), {"lam": lam}
 
 
 @register("frank_wolfe_box")
@@ -1073,7 +1078,7 @@ class FrankWolfeBox(_PlanAttack):
             self._evaluations += n
             mu = (mu + self.dual_lr * (rows.columns(S) - 1)).clamp_min(0)
         S = fit_box(rows, S)
-        return P + 2.0 / (t + 2) * (S - P), {"lam": lam, "mu": mu.reshape(state["mu"].shape)}
+        return torch.lerp(P, S, 2.0 / (t + 2)), {"lam": lam, "mu": mu.reshape(state["mu"].shape)}
 
 
 @register("pgd_box")
