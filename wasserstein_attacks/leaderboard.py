@@ -774,14 +774,17 @@ def load_model(architecture: str, checkpoint: Path) -> torch.nn.Module:
     """Default model loader for ``verify``: ``models.build_model`` + ``models.load_weights``.
 
     ``architecture`` is a ``build_model`` name; the suffix ``-binarize`` wraps the model in the
-    input-binarization defense (threshold 0.5 in the forward pass). The checkpoint is read with
+    input-binarization defense (threshold 0.5 in the forward pass) with a straight-through backward pass
+    (BPDA): the forward pass, on which success is judged, is the defense itself, while the attacks get a
+    useful gradient, as in the benchmark run that made the entry (``conf/model/mnist_binarize.yaml``);
+    with the threshold's zero gradient no attack could reproduce anything. The checkpoint is read with
     ``torch.load(weights_only=True)`` (any format ``load_weights`` knows). Returns the model in eval mode.
     """
     from . import models  # imported late: listing and rendering entries need no models
 
     base, binarize = (architecture[: -len("-binarize")], True) if architecture.endswith("-binarize") else (
         architecture, False)
-    model = models.build_model(base, binarize=binarize)
+    model = models.build_model(base, binarize=binarize, straight_through=binarize)
     models.load_weights(model.model if binarize else model, checkpoint)
     return model.eval()
 
