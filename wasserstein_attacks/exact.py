@@ -128,7 +128,8 @@ def _solve_channel(
     # Unmatched mass is charged the dearest move of the window (dense: of the image): an upper bound on
     # what matching it would cost.
     if unmatched > 0:
-        far = (kernel_size // 2) * math.sqrt(2) if kernel_size is not None else math.hypot(height - 1, width - 1)
+        r = kernel_size // 2 if kernel_size is not None else None
+        far = r * math.sqrt(2) if r is not None else math.hypot(height - 1, width - 1)
         cost += unmatched * float(T.squared_to_cost(far * far, p))
     return _Flow(src, dst, fv, cost)
 

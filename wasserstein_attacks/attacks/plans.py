@@ -92,6 +92,21 @@ class _Rows:
         self.validf = valid.to(mass.dtype)
         self.offwindow = torch.zeros_like(self.validf).masked_fill_(~valid, -math.inf)  # 0 / -inf
         self._spread = None
+        self._levels_complete = None
+
+    @property
+    def levels_complete(self) -> bool:
+        """Whether every row has an in-image entry at each cost level (cached).
+
+        True for 5x5 windows on images of at least 5x5 pixels; otherwise the oracle must guard levels
+        with no entry at all.
+        """
+        if self._levels_complete is None:
+            costs = self.cost.tolist()
+            member = torch.tensor([[c == v for c in costs] for v in sorted(set(costs))],
+                                  dtype=self.validf.dtype, device=self.validf.device)  # [L, k*k]
+            self._levels_complete = bool(((self.validf @ member.T) > 0).all())
+        return self._levels_complete
 
     @property
     def spread(self) -> torch.Tensor:
@@ -545,7 +560,9 @@ def _lmo_family(rows: _Rows, G: torch.Tensor, gamma: float, price: torch.Tensor 
         part = bt[lo:hi]
         top = part.amax(0)
         lse = top + torch.log(_exp_floor(part - top[None]).sum(0))
-        log_part.append(torch.where(torch.isfinite(top), lse, top))  # a level wholly off the window: -inf
+        if not rows.levels_complete:
+            lse = torch.where(torch.isfinite(top), lse, top)  # a level wholly off the window: -inf
+        log_part.append(lse)
         tops.append(top)
     log_part = torch.stack(log_part)  # [L, M]
     # Past lambda = max over levels of (best entry of the level - "stay") / its cost, no row gains by moving
@@ -840,7 +857,8 @@ class _PlanAttack(Attack):
             def step(s, grad, t, idx, todo=todo):
                 active, rsel = rows.subset(todo[idx])
                 scale = grad.abs().flatten(1).amax(1) + 1e-8  # Wu et al.: l_inf-normalised (+1e-8)
-                G = active.at_targets(grad) / scale[active.example][:, None]
+                # Normalising the image gradient ([b, C, H, W]) is cheaper than the plan rows ([M, k*k]).
+                G = active.at_targets(grad / scale.reshape(-1, *([1] * (grad.dim() - 1))))
                 P, new = self._step(active, plan[rsel], G, s, t)
                 plan[rsel] = P
                 return {"var": active.image(P), **new}
