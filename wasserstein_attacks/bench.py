@@ -506,17 +506,7 @@ def check_radii_cfg(radii) -> tuple[float, ...]:
 
 # ---------------------------------------------------------------------------- per-batch state
 
-_ARRAYS = (
-    "indices",
-    "labels",
-    "clean_correct",
-    "broken_cost",
-    "broken_attack",
-    "broken_radius",
-    "adversarial",
-    "exact_distance",
-    "attack_cost",
-)
+_ARRAYS = SuiteResult.ARRAYS
 
 
 def _batch_path(run_dir: Path, k: int) -> Path:

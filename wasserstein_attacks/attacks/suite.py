@@ -21,6 +21,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -107,6 +108,12 @@ class SuiteResult:
     timings: list[dict] = field(default_factory=list)
     attack_cost: torch.Tensor | None = None
 
+    #: The per-example tensor fields (leading dimension ``B``), e.g. what a saved batch holds.
+    ARRAYS: ClassVar[tuple[str, ...]] = (
+        "indices", "labels", "clean_correct", "broken_cost", "broken_attack", "broken_radius",
+        "adversarial", "exact_distance", "attack_cost",
+    )
+
     def __post_init__(self):
         if self.attack_cost is None:
             cost = torch.full((self.broken_cost.numel(), len(self.attacks)), torch.inf, dtype=torch.float64)
@@ -154,25 +161,12 @@ class SuiteResult:
         for p in parts[1:]:
             if (p.radii, p.attacks, p.cost_tol) != (head.radii, head.attacks, head.cost_tol):
                 raise ValueError("parts must share radii, attacks and cost_tol")
-        cat = {
-            name: torch.cat([getattr(p, name) for p in parts])
-            for name in (
-                "indices",
-                "labels",
-                "clean_correct",
-                "broken_cost",
-                "broken_attack",
-                "broken_radius",
-                "adversarial",
-                "exact_distance",
-            )
-        }
+        cat = {name: torch.cat([getattr(p, name) for p in parts]) for name in SuiteResult.ARRAYS}
         return SuiteResult(
             radii=head.radii,
             attacks=head.attacks,
             cost_tol=head.cost_tol,
             timings=[t for p in parts for t in p.timings],
-            attack_cost=torch.cat([p.attack_cost for p in parts]),
             **cat,
         )
 
