@@ -108,6 +108,11 @@ def test_suite_configs(name):
     assert isinstance(suite, Suite) and all(isinstance(a, Attack) for a in suite.attacks)
     loaded = load_suite(name)
     assert (loaded.name, loaded.version, loaded.labels) == (suite.name, suite.version, suite.labels)
+    assert loaded.order == suite.order == cfg.suite.get("order", "ascending")
+    if name == "standard-v2":
+        # Same attacks and settings as v1, only the walk over the radii differs.
+        v1 = compose_cfg("suite=standard-v1").suite
+        assert suite.order == "descending" and cfg.suite.attacks == v1.attacks
 
 
 @pytest.mark.parametrize("name", options("attack"))
