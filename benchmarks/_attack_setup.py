@@ -54,14 +54,32 @@ def provenance() -> dict:
         dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True,
                                     text=True, check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
+        # A copy without .git (a lent GPU machine) is told its commit by the caller.
+        commit, dirty = os.environ.get("WATTACK_GIT_COMMIT"), None
     return {"package_version": __version__, "git_commit": commit, "git_dirty": dirty}
 
 
-def mnist_and_model(n: int, model: str = "adv_training"):
-    """First ``n`` MNIST test images ``[n, 1, 28, 28]``, labels ``[n]`` and a reference model (eval mode)."""
+def mnist_and_model(n: int, model: str = "adv_training", device: str | torch.device = "cpu"):
+    """First ``n`` MNIST test images ``[n, 1, 28, 28]``, labels ``[n]`` and a reference model (eval mode),
+    all on ``device``."""
     ds = load_dataset("mnist", "test", n=n)
-    return ds.images, ds.labels, load_reference_model(model)
+    return ds.images.to(device), ds.labels.to(device), load_reference_model(model).to(device)
+
+
+def sync(device: str | torch.device | None = None) -> None:
+    """Wait for queued GPU work (timings on CUDA read the clock only after it); no-op on CPU."""
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize()
+
+
+def device_arg(value: str) -> torch.device:
+    """``--device`` of the benchmarks: ``cpu``, ``cuda`` or ``cuda:<i>`` (checked to exist)."""
+    dev = torch.device(value)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {value}: CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device must be cpu, cuda or cuda:<i>, got {value!r}")
+    return dev
 
 
 def parse_attack(spec: str) -> tuple[str, str, dict]:

