@@ -18,7 +18,6 @@ Writes ``benchmarks/results/attack_speed.json``.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from pathlib import Path
@@ -180,37 +179,38 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"attack": label, "name": name, **m})
         ms, ratio = m["seconds_per_iteration"] * 1e3, m["ratio_to_model_pass"]
         print(f"{label:45s} {ms:8.1f} ms/it  x{ratio:6.1f} model pass", flush=True)
+    out = {}
+
+    def write(suite_timing):
+        out.update({
+            "benchmark": "attack_speed",
+            "protocol": {
+                "images": f"first {args.n} MNIST test images (one batch)",
+                "model": "mnist_adv_training.pth (Wong et al.)",
+                "iterations_timed": args.steps,
+                "repeats": args.repeats,
+                "budget_s_per_attack": args.budget,
+                "method": "(fastest run with 1 + steps iterations - fastest with 1) / iterations beyond the "
+                          "first; the common ending (repair, certificate, re-evaluation) excluded",
+                "torch_threads": torch.get_num_threads(),
+                "device": str(args.device),
+            },
+            "threat": threat.describe(),
+            "model_forward_backward": base,
+            "attacks": rows,  # write_json turns non-finite floats into strings
+            "suite_one_radius": suite_timing,
+            "machine": machine(),
+            "provenance": provenance(),
+        })
+        write_json(Path(args.out), out)
+
+    write(None)  # the per-attack rows survive a failure of the (long) suite timing
     suite_timing = None
     if args.suite_n > 0:
         suite_timing = suite_pass(args.suite_n, args.suite_radius, device=args.device, batch=args.suite_batch)
         print(f"suite {suite_timing['suite']} on {args.suite_n} images at eps {args.suite_radius}: "
               f"{suite_timing['seconds']:.0f} s, robust {suite_timing['robust_accuracy']:.3f}", flush=True)
-    out = {
-        "benchmark": "attack_speed",
-        "protocol": {
-            "images": f"first {args.n} MNIST test images (one batch)",
-            "model": "mnist_adv_training.pth (Wong et al.)",
-            "iterations_timed": args.steps,
-            "repeats": args.repeats,
-            "budget_s_per_attack": args.budget,
-            "method": "(fastest run with 1 + steps iterations - fastest with 1) / iterations beyond the "
-                      "first; "
-                      "the common ending (repair, certificate, re-evaluation) excluded",
-            "torch_threads": torch.get_num_threads(),
-            "device": str(args.device),
-        },
-        "threat": threat.describe(),
-        "model_forward_backward": base,
-        "attacks": rows,
-        "suite_one_radius": suite_timing,
-        "machine": machine(),
-        "provenance": provenance(),
-    }
-    for r in rows:
-        for k, v in r.items():
-            if isinstance(v, float) and not math.isfinite(v):
-                r[k] = None
-    write_json(Path(args.out), out)
+    write(suite_timing)
     print(f"model forward+backward: {base['min_s'] * 1e3:.1f} ms (min of {base['repeats']})")
     print(f"wrote {args.out}")
     return out

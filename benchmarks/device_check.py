@@ -3,7 +3,7 @@
 Run on a machine with a GPU (one script, sections in order of importance, each under a time budget so a
 short lease still brings back what finished):
 
-1. ``consistency``: every registered attack (and the speed benchmark's variants) with at most
+1. ``consistency``, ``suite``: every registered attack (and the speed benchmark's variants) with at most
    ``--steps`` iterations on the first ``--n`` MNIST test images at eps 0.05, once on the CPU and once on
    the device, same seed. On the device: outputs on the device, every certificate holding, the successes
    checked by the exact LP; against the CPU: the agreement of the success flags and the largest pixel
@@ -23,6 +23,7 @@ Writes ``device_check.json``, ``attack_speed-<device>.json``, ``attack_speed-<de
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 import traceback
@@ -125,7 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="iterations cap of the consistency section")
     parser.add_argument("--exact", type=int, default=8, help="device successes per attack checked by the LP")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds; later sections are skipped")
-    parser.add_argument("--sections", nargs="*", default=["consistency", "speed", "speed1000", "strength"])
+    parser.add_argument("--sections", nargs="*",
+                        default=["consistency", "suite", "speed", "speed1000", "strength"])
+    parser.add_argument("--merge", default=None,
+                        help="an earlier device_check.json: its sections stay unless this run redoes them")
     parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -135,6 +139,11 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"benchmark": "device_check", "device": str(args.device), "sections": {}, "machine": machine(),
               "provenance": provenance()}
     path = out_dir / "device_check.json"
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        report["sections"] = {k: v for k, v in earlier.get("sections", {}).items() if k not in args.sections}
+        report["earlier_run"] = {"machine": earlier.get("machine"), "provenance": earlier.get("provenance"),
+                                 "sections": sorted(report["sections"])}
 
     def left() -> float:
         return args.budget - (time.perf_counter() - began)
@@ -158,11 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
             report["sections"]["consistency"] = {"images": args.n, "eps": 0.05, "steps_cap": args.steps,
                                                  "rows": rows}
             write_json(path, report)
+    if "suite" in args.sections:
         cpu64 = mnist_and_model(64, device="cpu")
         dev64 = mnist_and_model(64, device=args.device)
         s = suite_row((cpu64[2], cpu64[0], cpu64[1]), (dev64[2], dev64[0], dev64[1]), [0.02, 0.05, 0.1])
         print("suite", {k: v for k, v in s.items() if k != "traceback"}, flush=True)
-        report["sections"]["consistency"]["suite_64_images"] = s
+        report["sections"]["suite_64_images"] = s
         write_json(path, report)
     dev = str(args.device)
     plans = {
