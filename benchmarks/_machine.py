@@ -84,9 +84,9 @@ def machine_info() -> dict:
         "pot": _version("ot"),
         "scipy": _version("scipy"),
         "platform": platform.platform(),
-        # A copy without .git (a lent GPU machine) is told its commit by the caller.
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("WATTACK_GIT_COMMIT"),
-        "git_dirty": None if status is None else bool(status),
+        # A copied tree (a lent GPU machine) may carry a stale .git: the caller then names the commit.
+        "git_commit": os.environ.get("WATTACK_GIT_COMMIT") or _git("rev-parse", "HEAD"),
+        "git_dirty": None if os.environ.get("WATTACK_GIT_COMMIT") or status is None else bool(status),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "accelerator": _accelerator(),
     }
