@@ -162,6 +162,18 @@ def test_mnist_npz(tmp_path, keras_names):
     assert len(load_dataset("mnist", "train", root=tmp_path, n=2)) == 2
 
 
+def test_mnist_root_from_environment(tmp_path, monkeypatch):
+    te_img, te_lab = _tiny_mnist(3, 5)
+    np.savez(tmp_path / "mine.npz", test_images=te_img, test_labels=te_lab)
+    monkeypatch.setenv("WATTACK_MNIST_ROOT", str(tmp_path / "mine.npz"))
+    ds = load_dataset("mnist", "test")
+    assert len(ds) == 3
+    np.testing.assert_array_equal(ds.labels.numpy(), te_lab.astype(np.int64))
+    # An explicit root wins over the environment.
+    np.savez(tmp_path / "other.npz", test_images=te_img[:2], test_labels=te_lab[:2])
+    assert len(load_dataset("mnist", "test", root=tmp_path / "other.npz")) == 2
+
+
 def test_mnist_npz_wrong_keys_and_labels(tmp_path):
     np.savez(tmp_path / "a.npz", images=np.zeros((2, 28, 28), np.uint8))
     with pytest.raises(ValueError, match="test_images"):
