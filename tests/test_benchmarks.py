@@ -1,0 +1,59 @@
+"""Smoke tests of the benchmark scripts' shared set-up and of the device check on the CPU (tiny sizes).
+
+The benchmarks themselves are long runs whose JSON is committed under ``benchmarks/results/``; these
+tests only check that the scripts run end to end and write what they promise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _attack_setup as setup  # noqa: E402
+
+
+def test_parse_attack_and_device_arg():
+    assert setup.parse_attack("frank_wolfe:solver='bisection',steps=3") == (
+        "frank_wolfe:solver='bisection',steps=3", "frank_wolfe", {"solver": "bisection", "steps": 3})
+    with pytest.raises(ValueError, match="unknown attack"):
+        setup.parse_attack("nope")
+    with pytest.raises(ValueError, match="key=value"):
+        setup.parse_attack("frank_wolfe:steps")
+    assert setup.device_arg("cpu") == torch.device("cpu")
+    with pytest.raises(SystemExit, match="--device must be"):
+        setup.device_arg("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="CUDA is not available"):
+            setup.device_arg("cuda")
+
+
+def test_write_json_is_atomic_and_finite(tmp_path):
+    path = tmp_path / "r.json"
+    setup.write_json(path, {"a": float("inf"), "b": [1.0, float("nan")]})
+    assert json.loads(path.read_text()) == {"a": "inf", "b": [1.0, "nan"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
+
+
+def test_device_check_on_cpu(tmp_path, shared_dir, monkeypatch):
+    monkeypatch.setenv("WATTACK_SHARED_DIR", str(shared_dir))
+    import device_check
+
+    report = device_check.main(["--device", "cpu", "--n", "4", "--steps", "2", "--exact", "2",
+                                "--attacks", "frank_wolfe", "pgd_box", "--sections", "consistency",
+                                "--out-dir", str(tmp_path)])
+    rows = report["sections"]["consistency"]["rows"]
+    assert [r["attack"] for r in rows] == ["frank_wolfe", "pgd_box"]
+    for r in rows:
+        assert r["ok"], r
+        # The same seed on the same device gives the same numbers.
+        assert r["success_agreement"] == 1.0 and r["max_abs_pixel_difference"] == 0.0
+        assert r["exact_inside"] == r["exact_checked"]
+    saved = json.loads((tmp_path / "device_check.json").read_text())
+    assert saved["sections"]["consistency"]["rows"][0]["attack"] == "frank_wolfe"
