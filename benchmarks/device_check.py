@@ -13,6 +13,8 @@ short lease still brings back what finished):
    whole suite on 1000 images at eps 0.01.
 3. ``attack_strength.py --device`` with our attacks on the first 1000 images (batch 1000), to be compared
    with the CPU run in ``attack_strength.json``.
+4. ``profile`` (only when asked for): torch.profiler over one call of each suite attack at batch
+   ``--profile-n``: host and GPU time, kernel launches and synchronisations per iteration.
 
     python benchmarks/device_check.py --device cuda --out-dir /tmp/out --budget 420
 
@@ -99,6 +101,55 @@ def consistency_row(spec: str, cpu: tuple, dev: tuple, eps: float, steps: int, e
     return row
 
 
+def profile_row(spec: str, model, x, y, eps: float, steps: int) -> dict:
+    """Where one attack call's time goes (torch.profiler): wall time, GPU kernel time, launches, syncs.
+
+    The call runs ``steps`` iterations on the whole batch (no early stop), so the loop dominates; the set-up
+    and the common ending are included. On a GPU, ``device_busy_fraction`` (kernel time / wall time) far
+    below 1 means the host (Python, kernel launches, synchronisations) is the bound, not the GPU.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    label, name, kwargs = parse_attack(spec)
+    threat = WassersteinBall(eps, p=1, kernel_size=5)
+    attack = get(name, **{**kwargs, "steps": steps, "stop_on_success": False})
+    row = {"attack": label, "images": x.shape[0], "steps": steps, "eps": eps}
+    try:
+        attack(model, x, y, threat=threat)  # warm-up (allocator, kernels' first launch)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
+        sync()
+        t0 = time.perf_counter()
+        with profile(activities=acts) as prof:
+            attack(model, x, y, threat=threat)
+            sync()
+        wall = time.perf_counter() - t0
+        avg = prof.key_averages()
+
+        def device_us(e):
+            return (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
+
+        runtime = ("cudaLaunchKernel", "cuLaunchKernel", "cudaStreamSynchronize", "cudaDeviceSynchronize",
+                   "cudaMemcpyAsync", "cudaStreamIsCapturing")
+        kernel_s = sum(device_us(e) for e in avg if not e.key.startswith("aten::")) / 1e6
+        aten_calls = sum(e.count for e in avg if e.key.startswith("aten::"))
+        top = sorted((e for e in avg if e.key.startswith("aten::")), key=lambda e: e.self_cpu_time_total,
+                     reverse=True)[:10]
+        row.update(
+            ok=True,
+            wall_s=wall,
+            wall_s_per_iteration=wall / steps,
+            device_kernel_s=kernel_s,
+            device_busy_fraction=kernel_s / wall if x.device.type == "cuda" else None,
+            aten_calls_per_iteration=aten_calls / steps,
+            runtime_calls={k: e.count for e in avg for k in runtime if e.key == k},
+            top_ops_by_host_time=[{"op": e.key, "calls": e.count, "host_ms": e.self_cpu_time_total / 1e3,
+                                   "device_ms": device_us(e) / 1e3} for e in top],
+        )
+    except Exception as e:
+        row.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+    return row
+
+
 def suite_row(cpu: tuple, dev: tuple, radii: list[float]) -> dict:
     """The standard suite on the CPU and on the device: robust accuracy per radius on both."""
     row = {"suite": "standard-v2", "radii": radii}
@@ -130,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=float, default=420.0, help="seconds; later sections are skipped")
     parser.add_argument("--sections", nargs="*",
                         default=["consistency", "suite", "speed", "speed1000", "strength"])
+    parser.add_argument("--profile-n", type=int, default=1000, help="batch of the profile section")
+    parser.add_argument("--profile-steps", type=int, default=50, help="iterations of the profile section")
     parser.add_argument("--merge", default=None,
                         help="an earlier device_check.json: its sections stay unless this run redoes them")
     parser.add_argument("--out-dir", default=str(RESULTS))
@@ -173,6 +226,16 @@ def main(argv: list[str] | None = None) -> dict:
         print("suite", {k: v for k, v in s.items() if k != "traceback"}, flush=True)
         report["sections"]["suite_64_images"] = s
         write_json(path, report)
+    if "profile" in args.sections:
+        x, y, model = mnist_and_model(args.profile_n, device=args.device)
+        rows = []
+        for spec in ("frank_wolfe", "frank_wolfe_box", "pgd_box"):
+            rows.append(profile_row(spec, model, x, y, 0.05, args.profile_steps))
+            r = rows[-1]
+            print("profile", {k: v for k, v in r.items() if k not in ("top_ops_by_host_time", "traceback")},
+                  flush=True)
+            report["sections"]["profile"] = {"rows": rows}
+            write_json(path, report)
     dev = str(args.device)
     if any(name in args.sections for name in ("speed", "speed1000", "strength")):
         # Imported only here: attack_speed wraps Attack._finish (to time the common ending apart).
