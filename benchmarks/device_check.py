@@ -105,8 +105,9 @@ def profile_row(spec: str, model, x, y, eps: float, steps: int) -> dict:
     """Where one attack call's time goes (torch.profiler): wall time, GPU kernel time, launches, syncs.
 
     The call runs ``steps`` iterations on the whole batch (no early stop), so the loop dominates; the set-up
-    and the common ending are included. On a GPU, ``device_busy_fraction`` (kernel time / wall time) far
-    below 1 means the host (Python, kernel launches, synchronisations) is the bound, not the GPU.
+    and the common ending are included. The wall time is of a call without the profiler (which slows the
+    host many times over); ``device_busy_fraction`` is the kernels' time over it: well below 1, the host
+    (Python, kernel launches, synchronisations) is the bound.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -116,6 +117,11 @@ def profile_row(spec: str, model, x, y, eps: float, steps: int) -> dict:
     row = {"attack": label, "images": x.shape[0], "steps": steps, "eps": eps}
     try:
         attack(model, x, y, threat=threat)  # warm-up (allocator, kernels' first launch)
+        sync()
+        t0 = time.perf_counter()
+        attack(model, x, y, threat=threat)
+        sync()
+        plain = time.perf_counter() - t0  # the profiler slows the host many times over
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
         sync()
         t0 = time.perf_counter()
@@ -136,10 +142,14 @@ def profile_row(spec: str, model, x, y, eps: float, steps: int) -> dict:
                      reverse=True)[:10]
         row.update(
             ok=True,
-            wall_s=wall,
-            wall_s_per_iteration=wall / steps,
+            wall_s=plain,
+            wall_s_under_profiler=wall,
             device_kernel_s=kernel_s,
-            device_busy_fraction=kernel_s / wall if x.device.type == "cuda" else None,
+            device_kernel_ms_per_iteration=kernel_s * 1e3 / steps,
+            # Kernel time over the unprofiled wall time (the kernels run as long with or without it).
+            device_busy_fraction=kernel_s / plain if x.device.type == "cuda" else None,
+            kernel_launches_per_iteration=sum(e.count for e in avg if e.key in runtime[:2]) / steps,
+            synchronisations_per_iteration=sum(e.count for e in avg if e.key == runtime[2]) / steps,
             aten_calls_per_iteration=aten_calls / steps,
             runtime_calls={k: e.count for e in avg for k in runtime if e.key == k},
             top_ops_by_host_time=[{"op": e.key, "calls": e.count, "host_ms": e.self_cpu_time_total / 1e3,
