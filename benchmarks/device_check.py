@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from _attack_setup import (
+    REPO,
     RESULTS,
     accepts,
     device_arg,
@@ -49,6 +50,11 @@ from wasserstein_attacks.attacks import available, get
 from wasserstein_attacks.attacks.suite import load_suite
 
 VARIANTS = ("frank_wolfe:solver='bisection'", "pgd_wu:solver='newton'", "frank_wolfe_box:loss='margin'")
+
+
+def _trace() -> str:
+    """The current exception's traceback (its end), with this checkout's path left out."""
+    return traceback.format_exc()[-3000:].replace(str(REPO), "<repo>")
 
 
 def _run(attack, model, x, y, threat):
@@ -97,7 +103,7 @@ def consistency_row(spec: str, cpu: tuple, dev: tuple, eps: float, steps: int, e
         row["ok"] = bool(on_device and row["certified_device"] and row["exact_inside"] == row["exact_checked"]
                          and row["certified_recomputed_on_cpu"])
     except Exception as e:  # a failure of one attack must not hide the others' results
-        row.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+        row.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=_trace())
     return row
 
 
@@ -156,7 +162,7 @@ def profile_row(spec: str, model, x, y, eps: float, steps: int) -> dict:
                                    "device_ms": device_us(e) / 1e3} for e in top],
         )
     except Exception as e:
-        row.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+        row.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=_trace())
     return row
 
 
@@ -176,7 +182,7 @@ def suite_row(cpu: tuple, dev: tuple, radii: list[float]) -> dict:
                         "seconds": time.perf_counter() - t0}
         row.update(out, ok=True)
     except Exception as e:
-        row.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+        row.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=_trace())
     return row
 
 
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
             report["sections"][name] = {"ok": True, "seconds": time.perf_counter() - t0}
         except Exception as e:
             report["sections"][name] = {"ok": False, "error": f"{type(e).__name__}: {e}",
-                                        "traceback": traceback.format_exc()[-3000:]}
+                                        "traceback": _trace()}
             print(report["sections"][name]["traceback"], flush=True)
         write_json(path, report)
     report["seconds"] = time.perf_counter() - began
