@@ -1,7 +1,7 @@
 """Device check: every attack and the suite on a CUDA device against the CPU, then the benchmarks there.
 
-Run on a machine with a GPU (one script, sections in order of importance, each under a time budget so a
-short lease still brings back what finished):
+Run on a machine with a GPU (one script, sections in order of importance, the long ones under a time
+budget, every section written as it finishes, so a short lease still brings back what finished):
 
 1. ``consistency``, ``suite``: every registered attack (and the speed benchmark's variants) with at most
    ``--steps`` iterations on the first ``--n`` MNIST test images at eps 0.05, once on the CPU and once on
@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--attacks", nargs="*", default=None,
                         help="specs of the consistency section (default: every registered attack + variants)")
     parser.add_argument("--exact", type=int, default=8, help="device successes per attack checked by the LP")
-    parser.add_argument("--budget", type=float, default=420.0, help="seconds; later sections are skipped")
+    parser.add_argument("--budget", type=float, default=420.0,
+                        help="seconds; then the sections speed, speed1000, strength are skipped")
     parser.add_argument("--sections", nargs="*",
                         default=["consistency", "suite", "speed", "speed1000", "strength"])
     parser.add_argument("--profile-n", type=int, default=1000, help="batch of the profile section")
@@ -219,10 +220,12 @@ def main(argv: list[str] | None = None) -> dict:
     def left() -> float:
         return args.budget - (time.perf_counter() - began)
 
+    def setup(n, device):  # (model, images, labels), the argument order of an attack call
+        x, y, model = mnist_and_model(n, device=device)
+        return model, x, y
+
     if "consistency" in args.sections:
-        cpu = mnist_and_model(args.n, device="cpu")
-        dev = mnist_and_model(args.n, device=args.device)
-        cpu, dev = (cpu[2], cpu[0], cpu[1]), (dev[2], dev[0], dev[1])
+        cpu, dev = setup(args.n, "cpu"), setup(args.n, args.device)
         rows = []
         for spec in args.attacks if args.attacks is not None else list(available()) + list(VARIANTS):
             rows.append(consistency_row(spec, cpu, dev, 0.05, args.steps, args.exact))
@@ -236,14 +239,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                  "rows": rows}
             write_json(path, report)
     if "suite" in args.sections:
-        cpu64 = mnist_and_model(64, device="cpu")
-        dev64 = mnist_and_model(64, device=args.device)
-        s = suite_row((cpu64[2], cpu64[0], cpu64[1]), (dev64[2], dev64[0], dev64[1]), [0.02, 0.05, 0.1])
+        s = suite_row(setup(64, "cpu"), setup(64, args.device), [0.02, 0.05, 0.1])
         print("suite", {k: v for k, v in s.items() if k != "traceback"}, flush=True)
         report["sections"]["suite_64_images"] = s
         write_json(path, report)
     if "profile" in args.sections:
-        x, y, model = mnist_and_model(args.profile_n, device=args.device)
+        model, x, y = setup(args.profile_n, args.device)
         rows = []
         for spec in ("frank_wolfe", "frank_wolfe_box", "pgd_box"):
             rows.append(profile_row(spec, model, x, y, 0.05, args.profile_steps))
