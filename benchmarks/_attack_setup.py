@@ -69,9 +69,9 @@ def mnist_and_model(n: int, model: str = "adv_training", device: str | torch.dev
     return ds.images.to(device), ds.labels.to(device), load_reference_model(model).to(device)
 
 
-def sync(device: str | torch.device | None = None) -> None:
-    """Wait for queued GPU work (timings on CUDA read the clock only after it); no-op on CPU."""
-    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+def sync() -> None:
+    """Wait for queued GPU work (timings on CUDA read the clock only after it); no-op without CUDA."""
+    if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
