@@ -9,7 +9,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -48,17 +47,10 @@ def machine() -> dict:
 
 def provenance() -> dict:
     """Package version and git commit (with a dirty flag) of the code that produced the numbers."""
-    if os.environ.get("WATTACK_GIT_COMMIT"):
-        # A copied tree (a lent GPU machine) may carry a stale .git: the caller then names the commit.
-        return {"package_version": __version__, "git_commit": os.environ["WATTACK_GIT_COMMIT"],
-                "git_dirty": None}
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True,
-                                    text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _machine import git_state
+
+    commit, dirty = git_state()
     return {"package_version": __version__, "git_commit": commit, "git_dirty": dirty}
 
 

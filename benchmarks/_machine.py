@@ -43,6 +43,18 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def git_state() -> tuple[str | None, bool | None]:
+    """``(commit, dirty)`` of this checkout (None where unknown).
+
+    A copied tree (a lent GPU machine) may carry a stale .git: ``$WATTACK_GIT_COMMIT`` then names the commit
+    (dirty unknown).
+    """
+    if os.environ.get("WATTACK_GIT_COMMIT"):
+        return os.environ["WATTACK_GIT_COMMIT"], None
+    status = _git("status", "--porcelain")
+    return _git("rev-parse", "HEAD"), None if status is None else bool(status)
+
+
 def _version(module: str) -> str | None:
     try:
         return __import__(module).__version__
@@ -70,7 +82,7 @@ def machine_info() -> dict:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         load = None
-    status = _git("status", "--porcelain")
+    commit, dirty = git_state()
     return {
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -84,9 +96,8 @@ def machine_info() -> dict:
         "pot": _version("ot"),
         "scipy": _version("scipy"),
         "platform": platform.platform(),
-        # A copied tree (a lent GPU machine) may carry a stale .git: the caller then names the commit.
-        "git_commit": os.environ.get("WATTACK_GIT_COMMIT") or _git("rev-parse", "HEAD"),
-        "git_dirty": None if os.environ.get("WATTACK_GIT_COMMIT") or status is None else bool(status),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "accelerator": _accelerator(),
     }
