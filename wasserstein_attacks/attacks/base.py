@@ -412,8 +412,6 @@ class Attack:
     """
 
     name: ClassVar[str] = "attack"
-    #: Whether the attack needs local plans (``threat.kernel_size`` not None).
-    needs_window: ClassVar[bool] = True
 
     def __call__(
         self,
