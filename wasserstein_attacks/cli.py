@@ -21,8 +21,8 @@ from .bench import ConfigError
 
 __all__ = ["bench_main", "train_main", "merge_main", "CONF_DIR"]
 
-#: The project's Hydra config root (``conf/`` beside the package).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: The project's Hydra config root, shipped inside the package.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def _fail(prog: str, exc: Exception):
@@ -69,7 +69,7 @@ def bench_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _train_app(cfg: DictConfig) -> None:
-    from . import train
+    from .defenses import training as train
     from .data import load_dataset
 
     out = Path(HydraConfig.get().runtime.output_dir)

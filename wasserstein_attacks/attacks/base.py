@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import transport as T
-from ..exact import exact_plan
+from ..threat.exact import exact_plan
 from ..threat import WassersteinBall, check_images, check_labels
 
 __all__ = [

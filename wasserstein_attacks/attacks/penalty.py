@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import transport as T
-from ..exact import exact_plan
+from ..threat.exact import exact_plan
 from ..threat import WassersteinBall
 from .base import Attack, RunOutput, example_generators, iterate, loss_per_example, register, return_overflow
 

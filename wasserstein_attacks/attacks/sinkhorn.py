@@ -53,7 +53,7 @@ from typing import ClassVar
 import torch
 
 from .. import transport as T
-from ..exact import exact_plan
+from ..threat.exact import exact_plan
 from ..threat import WassersteinBall
 from .base import Attack, RunOutput, example_seeds, iterate, predict, register, repair_plan
 

@@ -344,7 +344,8 @@ class Suite:
 
 
 def _conf_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "conf"
+    # The Hydra configs ship inside the package (wasserstein_attacks/conf), so a wheel install finds them.
+    return Path(__file__).resolve().parents[1] / "conf"
 
 
 def suite_from_config(cfg) -> Suite:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import transport as T
+from .. import transport as T
 from .exact import exact_distance
 
 __all__ = ["WassersteinBall", "Certificate", "check_images", "check_labels"]

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
-from .data import ImageDataset, load_dataset, rotate, shift
-from .models import build_model, load_checkpoint, save_checkpoint
-from .threat import WassersteinBall
+from .. import __version__
+from ..data import ImageDataset, load_dataset, rotate, shift
+from ..models import build_model, load_checkpoint, save_checkpoint
+from ..threat import WassersteinBall
 
 __all__ = [
     "train_model",

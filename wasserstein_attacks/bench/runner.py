@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import __version__
-from .attacks.base import Attack
-from .attacks.suite import Suite, SuiteResult, check_radii, suite_from_config
-from .threat import WassersteinBall
+from .. import __version__
+from ..attacks.base import Attack
+from ..attacks.suite import Suite, SuiteResult, check_radii, suite_from_config
+from ..threat import WassersteinBall
 
 __all__ = [
     "ConfigError",
@@ -164,7 +164,7 @@ def register_resolvers() -> None:
         return s.replace("/", "_") or "default"
 
     def shared(rel: str) -> str:
-        from .models import default_shared_dir
+        from ..models import default_shared_dir
 
         return str(default_shared_dir() / rel)
 
@@ -352,7 +352,7 @@ def _build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
         raise ConfigError(f"model.build must return a torch.nn.Module, got {type(model).__name__}")
     sha = None
     if ckpt_path is not None:
-        from .models import load_weights
+        from ..models import load_weights
 
         try:
             load_weights(model, ckpt_path)
@@ -394,7 +394,7 @@ def _load_data(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, dict]:
 
 
 def _model_checks(model, images, labels, seed: int) -> dict | None:
-    from .attacks import checks
+    from ..attacks import checks
 
     check_model = getattr(checks, "check_model", None)
     if check_model is None:

@@ -54,8 +54,8 @@ import jsonschema
 import numpy as np
 import torch
 
-from . import __version__
-from .threat import WassersteinBall
+from .. import __version__
+from ..threat import WassersteinBall
 
 __all__ = [
     "EntryError",
@@ -758,7 +758,7 @@ def _check_architecture(architecture: str) -> str:
 
     Raises ``ValueError`` (naming ``--architecture``) otherwise.
     """
-    from . import models
+    from .. import models
 
     base = architecture[: -len("-binarize")] if architecture.endswith("-binarize") else architecture
     if base not in models.MODELS:
@@ -780,7 +780,7 @@ def load_model(architecture: str, checkpoint: Path) -> torch.nn.Module:
     with the threshold's zero gradient no attack could reproduce anything. The checkpoint is read with
     ``torch.load(weights_only=True)`` (any format ``load_weights`` knows). Returns the model in eval mode.
     """
-    from . import models  # imported late: listing and rendering entries need no models
+    from .. import models  # imported late: listing and rendering entries need no models
 
     base, binarize = (architecture[: -len("-binarize")], True) if architecture.endswith("-binarize") else (
         architecture, False)
@@ -791,7 +791,7 @@ def load_model(architecture: str, checkpoint: Path) -> torch.nn.Module:
 
 def load_data(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a data split for ``verify``: images float ``[N, C, H, W]`` in [0, 1], labels int64 ``[N]``."""
-    from .data import load_dataset  # written by the data work; imported late like load_model
+    from ..data import load_dataset  # written by the data work; imported late like load_model
 
     ds = load_dataset(name, split)
     return ds.images, ds.labels
@@ -802,7 +802,7 @@ def load_entry_suite(name: str, version: int):
 
     ``verify`` then requires the loaded suite's version to equal the entry's.
     """
-    from .attacks.suite import load_suite
+    from ..attacks.suite import load_suite
 
     try:
         return load_suite(f"{name}-v{version}")
@@ -954,7 +954,7 @@ def _reproduce(data, arrays, checkpoint, checks, *, n, seed, z, slack, clean_sla
     model = model_loader(data["architecture"], checkpoint)
     if want is None:
         # The run built its model without a checkpoint file: identify the weights instead.
-        from .bench import _weights_sha256
+        from ..bench import _weights_sha256
 
         w_want, w_got = data["model"]["weights_sha256"], _weights_sha256(model)
         checks["checkpoint"] = _check(w_got == w_want, f"weights sha256 {w_got}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import transport as T
+from .. import transport as T
 
 __all__ = ["exact_distance", "exact_plan", "exact_plan_channel"]
 
