@@ -18,7 +18,7 @@ from hypothesis.extra.numpy import arrays
 
 from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks import transport as T
-from wasserstein_attacks.exact import exact_distance, exact_plan, exact_plan_channel
+from wasserstein_attacks.threat.exact import exact_distance, exact_plan, exact_plan_channel
 
 PROPERTY = settings(max_examples=30, deadline=None, derandomize=True)
 

@@ -216,7 +216,7 @@ def test_hydra_config_is_exactly_the_constructor():
     omegaconf = pytest.importorskip("omegaconf")
     from hydra.utils import instantiate
 
-    cfg = omegaconf.OmegaConf.load(ROOT / "conf" / "attack" / "sinkhorn_penalty.yaml")
+    cfg = omegaconf.OmegaConf.load(ROOT / "wasserstein_attacks" / "conf" / "attack" / "sinkhorn_penalty.yaml")
     assert cfg["_target_"] == "wasserstein_attacks.attacks.SinkhornPenalty"
     params = inspect.signature(SinkhornPenalty.__init__).parameters
     defaults = {k: v.default for k, v in params.items() if k != "self"}

@@ -20,12 +20,9 @@ from scipy.optimize import linprog, minimize
 from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks import transport as T
 from wasserstein_attacks.attacks import base, get
-from wasserstein_attacks.attacks.plans import (
-    ExactProjectionPGD,
-    FrankWolfe,
-    FrankWolfeBox,
-    PGDBox,
-    _Rows,
+from wasserstein_attacks.attacks.plans import ExactProjectionPGD, FrankWolfe, FrankWolfeBox, PGDBox
+from wasserstein_attacks.solvers import (
+    PlanRows,
     capacity_projection,
     entropic_lmo,
     fit_box,
@@ -246,7 +243,7 @@ def test_entropic_oracle_spends_the_budget_and_ours_is_at_least_as_good():
 def test_fit_box_returns_overflow_and_keeps_rows():
     k = 3
     x = images(2, 1, 5, 5, seed=11)
-    rows = _Rows(x, k, 1)
+    rows = PlanRows(x, k, 1)
     # Every pixel next to (2, 2) sends all its mass there: a pile far above 1.
     hub = 2 * 5 + 2 + torch.arange(2)[:, None] * 25
     to_hub = (rows.target == hub[rows.example]) & rows.valid
@@ -275,10 +272,10 @@ def test_capacity_projection_restores_the_box():
 
 def test_rows_subset_matches_the_rows_of_the_subset():
     x = images(5, 2, 4, 4, seed=15)
-    rows = _Rows(x, 3, 1)
+    rows = PlanRows(x, 3, 1)
     pick = torch.tensor([1, 3, 4])
     sub, sel = rows.subset(pick)
-    ref = _Rows(x[pick], 3, 1)
+    ref = PlanRows(x[pick], 3, 1)
     for name in ("index", "mass", "example", "valid", "target", "total"):
         torch.testing.assert_close(getattr(sub, name), getattr(ref, name))
     torch.testing.assert_close(rows.mass[sel], ref.mass)
@@ -379,7 +376,7 @@ def test_bad_hyperparameters_raise(name, kwargs):
 
 @pytest.mark.parametrize("name", ["pgd_wu", "frank_wolfe", "frank_wolfe_box", "pgd_box"])
 def test_config_file_is_the_constructor_with_its_defaults(name):
-    cfg = yaml.safe_load((REPO / "conf" / "attack" / f"{name}.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "wasserstein_attacks" / "conf" / "attack" / f"{name}.yaml").read_text())
     cls = base._REGISTRY[name]
     assert cfg.pop("_target_") == f"wasserstein_attacks.attacks.{cls.__name__}"
     params = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}

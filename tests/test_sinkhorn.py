@@ -15,7 +15,7 @@ import yaml
 from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks import transport as T
 from wasserstein_attacks.attacks import ConstrainedSinkhorn, ProjectedSinkhorn, available, get
-from wasserstein_attacks.attacks.sinkhorn import (
+from wasserstein_attacks.solvers.sinkhorn import (
     SinkhornDuals,
     _Gathered,
     _Window,
@@ -443,7 +443,7 @@ def test_constructor_rejects_bad_arguments(cls, kwargs, match):
 @pytest.mark.parametrize("name,cls", [("sinkhorn_wong", ProjectedSinkhorn),
                                       ("sinkhorn_hu", ConstrainedSinkhorn)])
 def test_config_is_exactly_the_constructor(name, cls):
-    cfg = yaml.safe_load((REPO / "conf" / "attack" / f"{name}.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "wasserstein_attacks" / "conf" / "attack" / f"{name}.yaml").read_text())
     assert cfg.pop("_target_") == f"wasserstein_attacks.attacks.{cls.__name__}"
     params = inspect.signature(cls.__init__).parameters
     defaults = {k: p.default for k, p in params.items() if k != "self"}

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from wasserstein_attacks import WassersteinBall
-from wasserstein_attacks import train as train_module
+from wasserstein_attacks.defenses import training as train_module
 from wasserstein_attacks.data import load_dataset, synthetic_dataset
 from wasserstein_attacks.models import build_model
-from wasserstein_attacks.train import (
+from wasserstein_attacks.defenses.training import (
     deterministic,
     evaluate,
     format_natural_report,

@@ -44,8 +44,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def check_int(value, name: str, low: int = 1, high: int | None = None) -> int:
-    """Return ``value`` if it is an int (not a bool) in ``[low, high]``; else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    """Return ``value`` if it is an int (not a bool) in ``[low, high]``, else a ``ValueError`` naming it."""
+    out_of_range = isinstance(value, int) and (value < low or (high is not None and value > high))
+    if isinstance(value, bool) or not isinstance(value, int) or out_of_range:
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
     return value
@@ -55,7 +56,8 @@ def check_float(value, name: str, *, allow_zero: bool = False) -> float:
     """Return ``float(value)`` if it is a finite number ``> 0`` (``>= 0`` with ``allow_zero``)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not number or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite float {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite float {bound}, got {value!r}")
     return float(value)
 
 
@@ -190,6 +192,6 @@ def git_commit() -> str | None:
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
+    """Return the first line of an exception's message (its type name when the message is empty)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

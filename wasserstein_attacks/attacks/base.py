@@ -2,7 +2,7 @@
 
 Every attack subclasses :class:`Attack` and implements ``_run``, which returns a transport plan in
 the local layout (preferred) or an image. ``__call__`` then, for every attack alike
-(``../shared/THREAT_MODEL.md``, Exactness):
+(the threat model's "Exactness" rule, :mod:`wasserstein_attacks.threat`):
 
 1. validates the inputs and puts the model in eval mode (restoring its mode afterwards);
 2. repairs the plan: exact row sums ``x``; where the box or the cost does not hold, moves back along
@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import transport as T
-from ..threat.exact import exact_plan
+from ..solvers.capacity import grid_overflow, overflow_slack
+from ..solvers.rows import toward_identity
 from ..threat import WassersteinBall, check_images, check_labels
+from ..threat.exact import exact_plan
 
 __all__ = [
     "Attack",
@@ -38,12 +40,12 @@ __all__ = [
     "loss_per_example",
     "predict",
     "repair_plan",
-    "return_overflow",
     "iterate",
     "register",
     "get",
     "available",
 ]
+
 
 _REGISTRY: dict[str, type[Attack]] = {}
 
@@ -134,61 +136,6 @@ def loss_per_example(
     raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
 
 
-def _overflow_slack(dtype: torch.dtype) -> float:
-    """Excess over 1 that is rounding noise, not overflow (far below the certificate's box tolerance)."""
-    return 16 * torch.finfo(dtype).eps
-
-
-def return_overflow(
-    plan: torch.Tensor,
-    columns: Callable[[torch.Tensor], torch.Tensor],
-    at_targets: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    max_rounds: int = 200,
-) -> torch.Tensor:
-    """Local box repair: the share of moved mass that overflows a pixel (above 1) returns to its sources.
-
-    A pixel ``j`` with column sum ``Y_j > 1`` keeps the fraction ``1 - (Y_j - 1) / inflow_j`` of the
-    moved mass it receives (``inflow_j``: column sum without the "stay" entries); the rest goes back to
-    the "stay" entry of the rows that sent it. Repeated, since a source that gets mass back can overflow
-    in turn. Row sums are kept and the cost only decreases. Works on any plan layout whose last dim is
-    the ``k*k`` window ("stay" = ``k*k // 2``): the full layout ``[B, C, H*W, k*k]`` or a compact
-    ``[M, k*k]`` view of some rows.
-
-    Args:
-        plan: non-negative plan, last dim ``k*k``.
-        columns: plan -> pixel masses it produces (any shape, e.g. ``[B, C, H, W]`` or flat).
-        at_targets: pixel masses of that shape -> per-entry value at each entry's target (plan shape).
-        max_rounds: rounds at most (cascades are short in practice).
-
-    Returns:
-        the repaired plan (new tensor); pixels may exceed 1 by rounding noise (16 ulps), or more only if
-        ``max_rounds`` ran out.
-
-    """
-    stay = plan.shape[-1] // 2
-    P = plan
-    not_stay = torch.ones(plan.shape[-1], dtype=plan.dtype, device=plan.device)
-    not_stay[stay] = 0
-    # Rounding noise (a few ulps over 1) is not overflow: chasing it never ends and depends on how the
-    # batch is summed. Real overflow is cut to a few ulps under 1, so rounding cannot restart a round.
-    slack, margin = _overflow_slack(plan.dtype), 64 * torch.finfo(plan.dtype).eps
-    for _ in range(max_rounds):
-        Y = columns(P)
-        over = Y > 1 + slack
-        if not bool(over.any()):
-            break
-        inflow = columns(P * not_stay)  # moved mass arriving at each pixel
-        excess = Y - 1 + margin
-        keep = torch.where(over, (1 - excess / inflow.clamp_min(1e-300)).clamp(0, 1), torch.ones_like(Y))
-        factor = at_targets(keep)  # per entry: the keep factor of its target
-        factor[..., stay] = 1.0
-        back = (P * (1 - factor)).sum(-1)
-        P = P * factor
-        P[..., stay] += back
-    return P
-
-
 def repair_plan(
     x: torch.Tensor, plan: torch.Tensor, threat: WassersteinBall, *, max_rounds: int = 200
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +155,8 @@ def repair_plan(
         plan: ``[B, C, H*W, k*k]`` local plan (any dtype; entries need not be valid yet).
         threat: the ball: ``eps`` (per example), ``p``, ``kernel_size`` ``k`` and ``box`` (``None``:
             no ``[0, 1]`` box, so step 2 and the box bound of step 3 are skipped).
-        max_rounds: most rounds of the local box repair (step 2), passed to :func:`return_overflow`.
+        max_rounds: most rounds of the local box repair (step 2), passed to
+            :func:`~wasserstein_attacks.solvers.grid_overflow`.
 
     Returns:
         ``(plan, kept)``: float64 feasible plan and, per example ``[B]``, the fraction of the moved
@@ -227,9 +175,7 @@ def repair_plan(
     P = torch.where((rows > 0)[..., None], P * (xf / rows.clamp_min(1e-300))[..., None], ident)
     moved_before = (P.sum(-1) - P[..., stay]).sum(dim=(1, 2))
     if threat.box is not None:
-        P = return_overflow(
-            P, lambda q: T.column_sums(q, h, w), lambda m: T.gather_neighbours(m, k), max_rounds=max_rounds
-        )
+        P = grid_overflow(P, h, w, max_rounds=max_rounds)
     n = X.sum(dim=(1, 2, 3))
     eps = threat.eps_for(b).to(P.device)
     cost = T.plan_cost(P, threat.p, mass=n)
@@ -240,11 +186,11 @@ def repair_plan(
     if threat.box is not None:
         Y = T.column_sums(P, h, w)
         # A pixel of x at exactly 1 left a few ulps over 1 would otherwise scale the whole plan to identity.
-        over = Y > 1 + _overflow_slack(P.dtype)
+        over = Y > 1 + overflow_slack(P.dtype)
         ratio = torch.where(over, (1 - X) / (Y - X).clamp_min(1e-300), torch.ones_like(Y))
         s = torch.minimum(s, ratio.flatten(1).amin(1) * (1 - 1e-7))
     s = s.clamp(0, 1)
-    P = ident + s[:, None, None, None] * (P - ident)
+    P = toward_identity(P, s[:, None, None].expand(P.shape[:-1]), xf)
     moved_after = (P.sum(-1) - P[..., stay]).sum(dim=(1, 2))
     kept = torch.where(
         moved_before > 0, moved_after / moved_before.clamp_min(1e-300), torch.ones_like(moved_before)

@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import transport as T
-from ..threat.exact import exact_plan
+from .._util import check_bool, check_choice, check_float, check_int
+from ..solvers.capacity import grid_overflow
 from ..threat import WassersteinBall
-from .base import Attack, RunOutput, example_generators, iterate, loss_per_example, register, return_overflow
+from ..threat.exact import exact_plan
+from .base import Attack, RunOutput, example_generators, iterate, loss_per_example, register
 
 __all__ = ["SinkhornPenalty", "sinkhorn_divergence"]
 
@@ -160,11 +162,12 @@ class _Recorder(torch.nn.Module):
 def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor, box: tuple[int, int, int] | None):
     """Map logits ``z`` to the plan ``x_i * softmax(z_i)`` over in-image offsets, then make the box hold.
 
-    ``box = (H, W, k)`` applies the local box repair (:func:`return_overflow`: the share of moved
-    mass that overflows a pixel goes back to its sources' "stay") as part of the map, so every plan
-    it produces is inside ``[0, 1]`` (capacity-respecting); ``None`` skips it (no box). The repair's
-    keep factors are held constant in the backward pass: differentiating through them divides by
-    the inflow, which is 0 at most pixels. ``[b, C, H*W, k*k]``.
+    ``box = (H, W, k)`` applies the local box repair
+    (:func:`~wasserstein_attacks.solvers.grid_overflow`: the share of moved mass that overflows a
+    pixel goes back to its sources' "stay") as part of the map, so every plan it produces is inside
+    ``[0, 1]`` (capacity-respecting); ``None`` skips it (no box). The repair's keep factors are held
+    constant in the backward pass: differentiating through them divides by the inflow, which is 0 at
+    most pixels. ``[b, C, H*W, k*k]``.
     """
     plan = xf[..., None] * torch.softmax(z.masked_fill(~valid, float("-inf")), dim=-1)
     if box is None:
@@ -172,20 +175,11 @@ def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor, box: tuple[int
     h, w, k = box
     stay = k * k // 2
     with torch.no_grad():
-        cols, at_targets = (lambda q: T.column_sums(q, h, w)), (lambda m: T.gather_neighbours(m, k))
-        fixed = return_overflow(plan, cols, at_targets, max_rounds=_BOX_ROUNDS)
+        fixed = grid_overflow(plan, h, w, max_rounds=_BOX_ROUNDS)
         keep = torch.where(plan > 0, fixed / plan, torch.ones_like(plan)).clamp(0, 1)
         keep[..., stay] = 1.0
     back = ((1 - keep) * plan).sum(-1, keepdim=True)
     return plan * keep + back * F.one_hot(torch.tensor(stay, device=plan.device), k * k).to(plan.dtype)
-
-
-def _check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    ok_type = ok_type and not isinstance(value, bool)
-    if not ok_type or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        kind = "an int" if integer else "a finite float"
-        raise ValueError(f"{name} must be {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 @register("sinkhorn_penalty")
@@ -262,23 +256,21 @@ class SinkhornPenalty(Attack):
         init_noise: float = 1.0,
         exact_refine: bool = True,
     ):
-        _check_positive("steps", steps, integer=True)
-        _check_positive("binary_search_steps", binary_search_steps, integer=True)
-        _check_positive("restarts", restarts, integer=True)
-        _check_positive("divergence_every", divergence_every, integer=True)
-        _check_positive("initial_const", initial_const)
-        _check_positive("lr", lr)
-        _check_positive("blur", blur)
-        _check_positive("cost_weight", cost_weight, allow_zero=True)
-        _check_positive("kappa", kappa, allow_zero=True)
-        _check_positive("init_logit", init_logit, allow_zero=True)
-        _check_positive("init_noise", init_noise, allow_zero=True)
+        check_int(steps, "steps")
+        check_int(binary_search_steps, "binary_search_steps")
+        check_int(restarts, "restarts")
+        check_int(divergence_every, "divergence_every")
+        check_float(initial_const, "initial_const")
+        check_float(lr, "lr")
+        check_float(blur, "blur")
+        check_float(cost_weight, "cost_weight", allow_zero=True)
+        check_float(kappa, "kappa", allow_zero=True)
+        check_float(init_logit, "init_logit", allow_zero=True)
+        check_float(init_noise, "init_noise", allow_zero=True)
         if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 < scaling < 1:
             raise ValueError(f"scaling must be a float in (0, 1), got {scaling!r}")
-        if loss not in ("ce", "margin"):
-            raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
-        if not isinstance(exact_refine, bool):
-            raise ValueError(f"exact_refine must be a bool, got {exact_refine!r}")
+        check_choice(loss, "loss", ("ce", "margin"))
+        check_bool(exact_refine, "exact_refine")
         self.steps = steps
         self.binary_search_steps = binary_search_steps
         self.initial_const = float(initial_const)
