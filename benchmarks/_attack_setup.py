@@ -1,4 +1,4 @@
-"""Shared set-up of the attack benchmarks: data, reference model, attack specs, provenance, JSON output."""
+"""Shared set-up of the attack benchmarks: data, zoo model, attack specs, provenance, JSON output."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ if importlib.util.find_spec("wasserstein_attacks") is None:  # run from a checko
 from wasserstein_attacks import __version__  # noqa: E402
 from wasserstein_attacks.attacks import base as attack_base  # noqa: E402
 from wasserstein_attacks.data import load_dataset  # noqa: E402
-from wasserstein_attacks.models import load_reference_model  # noqa: E402
+from wasserstein_attacks.models import load_model  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -54,11 +54,11 @@ def provenance() -> dict:
     return {"package_version": __version__, "git_commit": commit, "git_dirty": dirty}
 
 
-def mnist_and_model(n: int, model: str = "adv_training", device: str | torch.device = "cpu"):
-    """First ``n`` MNIST test images ``[n, 1, 28, 28]``, labels ``[n]`` and a reference model (eval mode),
-    all on ``device``."""
+def mnist_and_model(n: int, model: str = "mnist_adv_training", device: str | torch.device = "cpu"):
+    """First ``n`` MNIST test images ``[n, 1, 28, 28]``, labels ``[n]`` and a model of the zoo (eval mode),
+    all on ``device``. Offline, ``$WATTACK_ZOO_DIR`` must name a folder holding the zoo's files."""
     ds = load_dataset("mnist", "test", n=n)
-    return ds.images.to(device), ds.labels.to(device), load_reference_model(model).to(device)
+    return ds.images.to(device), ds.labels.to(device), load_model(model).to(device)
 
 
 def sync() -> None:

@@ -18,6 +18,9 @@ budget, every section written as it finishes, so a short lease still brings back
 
     python benchmarks/device_check.py --device cuda --out-dir /tmp/out --budget 420
 
+The model is the zoo's ``mnist_adv_training`` (``wasserstein_attacks.models.load_model``); a machine without
+network needs ``WATTACK_ZOO_DIR`` set to a folder holding ``mnist_adv_training.pth``.
+
 Writes ``device_check.json``, ``attack_speed-<device>.json``, ``attack_speed-<device>-batch1000.json`` and
 ``attack_strength-<device>.json`` under ``--out-dir`` (each after its section).
 """

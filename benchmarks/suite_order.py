@@ -5,7 +5,7 @@ verified robust accuracy per radius, the examples where the two disagree, and th
 descending walk attacks an example at a smaller radius only if the larger radius broke it, so it spends
 the full step budget at most once per attack and example; this measures what that costs in strength.
 
-    python benchmarks/suite_order.py --model adv_training --n 200
+    python benchmarks/suite_order.py --model mnist_adv_training --n 200
     python benchmarks/suite_order.py --model standard --n 200 --threads 1
 
 Writes ``benchmarks/results/suite_order-<model>.json``.
@@ -23,16 +23,16 @@ from _attack_setup import RESULTS, machine, provenance, radius_key, write_json
 from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks.attacks.suite import load_suite
 from wasserstein_attacks.data import load_dataset
-from wasserstein_attacks.models import load_reference_model
-from wasserstein_attacks.train import standard_mnist_model
+from wasserstein_attacks.defenses import standard_mnist_model
+from wasserstein_attacks.models import ZOO, load_model
 
 GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="adv_training",
-                        help="'standard' (the project's standard MNIST model) or a reference model name")
+    parser.add_argument("--model", default="mnist_adv_training", choices=["standard", *ZOO],
+                        help="'standard' (the project's standard MNIST model) or a model of the zoo")
     parser.add_argument("--n", type=int, default=200, help="first n MNIST test images")
     parser.add_argument("--suites", nargs="+", default=["standard-v1", "standard-v2"])
     parser.add_argument("--batch", type=int, default=100)
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = standard_mnist_model() if args.model == "standard" else load_reference_model(args.model)
+    model = standard_mnist_model() if args.model == "standard" else load_model(args.model)
     ds = load_dataset("mnist", "test", n=args.n)
     threat = WassersteinBall(0.0, p=1, kernel_size=5)
     runs, broken = {}, {}

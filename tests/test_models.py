@@ -1,29 +1,33 @@
+import dataclasses
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from wasserstein_attacks._util import sha256_file
 from wasserstein_attacks.data import load_dataset
 from wasserstein_attacks.models import (
-    REFERENCE_MODELS,
+    MODELS,
+    ZOO,
     BinarizedInput,
     Normalize,
     build_model,
     extract_state_dict,
+    list_models,
     load_checkpoint,
+    load_model,
     load_reference_model,
     load_state_dict_checked,
     load_weights,
     mnist_convnet,
-    reference_model_path,
+    model_path,
     save_checkpoint,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REFS = SHARED / "reference_models"
-needs_refs = pytest.mark.skipif(
-    not REFS.is_dir(), reason=f"reference models are only available to developers/CI ({REFS} absent)"
-)
+MODEL_CONF = Path(__file__).resolve().parents[1] / "wasserstein_attacks" / "conf" / "model"
+UNREACHABLE = "http://127.0.0.1:9/mnist_vanilla.pth"  # the discard port: refused at once, no network used
 
 
 def test_mnist_convnet_shapes_and_keys():
@@ -147,7 +151,7 @@ def test_untrusted_checkpoint_is_not_unpickled(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": [Payload()]}, path)
-    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+    with pytest.raises(ValueError, match="evil.pth cannot be loaded: .*refused for safety"):
         load_weights(build_model("mnist_convnet"), path)
 
 
@@ -180,22 +184,159 @@ def test_own_checkpoint_roundtrip_atomic(tmp_path):
         load_checkpoint(m2, tmp_path / "raw.pt")
 
 
-# ---------------------------------------------------------------------------- reference models
+# ---------------------------------------------------------------------------- the model zoo
 
 
-def test_missing_shared_folder_is_explained(tmp_path):
-    with pytest.raises(FileNotFoundError, match="only available to developers and CI"):
-        load_reference_model("vanilla", shared_dir=tmp_path)
-    with pytest.raises(ValueError, match="name"):
-        load_reference_model("l2", shared_dir=tmp_path)
+def test_registry_names_sources_and_descriptions():
+    assert set(ZOO) == {"mnist_vanilla", "mnist_adv_training", "mnist_robust", "mnist_binarize"}
+    assert set(list_models()) == set(ZOO) and all(list_models().values())
+    for name, entry in ZOO.items():
+        assert entry.name == name and entry.file == f"{name}.pth" and entry.architecture in MODELS
+        assert entry.url == f"https://github.com/locuslab/projected_sinkhorn/raw/3bd1818/checkpoints/{name}.pth"
+        assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0
+        assert entry.paper and entry.binarize == (name == "mnist_binarize")
 
 
-def test_altered_reference_file_is_refused(tmp_path):
-    folder = tmp_path / "reference_models" / "mnist"
-    folder.mkdir(parents=True)
-    torch.save(mnist_convnet().state_dict(), folder / "mnist_robust.pth")
-    with pytest.raises(ValueError, match="sha256"):
-        load_reference_model("robust", shared_dir=tmp_path)
+@pytest.mark.parametrize("path", sorted(MODEL_CONF.glob("mnist_*.yaml")), ids=lambda p: p.stem)
+def test_zoo_configs_build_through_the_zoo(path):
+    text = path.read_text()
+    assert "shared" not in text and "wattack_shared" not in text
+    cfg = OmegaConf.load(path)
+    assert cfg.name == path.stem and cfg.checkpoint is None
+    assert cfg.build._target_ == "wasserstein_attacks.models.load_model" and cfg.build.name == path.stem
+    # BPDA through the threshold, as before the zoo; no other model has one.
+    assert cfg.build.get("straight_through", False) == (path.stem == "mnist_binarize")
+
+
+@pytest.fixture
+def fake_zoo(tmp_path, monkeypatch):
+    """``mnist_vanilla`` re-registered to a file:// URL of a stand-in checkpoint; no env, empty cache."""
+    monkeypatch.delenv("WATTACK_ZOO_DIR", raising=False)
+    monkeypatch.setenv("WATTACK_CACHE", str(tmp_path / "home_cache"))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    weights = build_model("mnist_convnet", seed=1)
+    file = remote / "mnist_vanilla.pth"
+    torch.save({"state_dict": [weights.state_dict()]}, file)  # Wong et al.'s format
+    entry = dataclasses.replace(ZOO["mnist_vanilla"], url=file.as_uri(), sha256=sha256_file(file))
+    monkeypatch.setitem(ZOO, "mnist_vanilla", entry)
+    # The default cache folder, $WATTACK_CACHE/models, so tests may pass cache_dir or not.
+    return {"entry": entry, "remote": remote, "cache": tmp_path / "home_cache" / "models", "weights": weights}
+
+
+def _same_weights(a, b):
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb
+        torch.testing.assert_close(va, vb, rtol=0, atol=0)
+
+
+def test_download_once_then_cache_hit_without_network(fake_zoo, monkeypatch):
+    model = load_model("mnist_vanilla", cache_dir=fake_zoo["cache"])
+    assert not model.training and model.checkpoint_meta["sha256"] == fake_zoo["entry"].sha256
+    _same_weights(model, fake_zoo["weights"])
+    assert [p.name for p in fake_zoo["cache"].iterdir()] == ["mnist_vanilla.pth"]  # no temporary left
+    # The second call must not touch the network: any download attempt fails the test.
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("downloaded twice"))
+    _same_weights(load_model("mnist_vanilla", cache_dir=fake_zoo["cache"]), fake_zoo["weights"])
+    _same_weights(load_model("mnist_vanilla"), fake_zoo["weights"])  # the default cache is the same folder
+    assert model_path("mnist_vanilla") == fake_zoo["cache"] / "mnist_vanilla.pth"
+
+
+def test_hash_mismatch_on_download_keeps_nothing(fake_zoo, monkeypatch):
+    monkeypatch.setitem(ZOO, "mnist_vanilla", dataclasses.replace(fake_zoo["entry"], sha256="0" * 64))
+    with pytest.raises(ValueError, match=r"served a file with sha256 .* \(not kept\): pass source=") as info:
+        load_model("mnist_vanilla", cache_dir=fake_zoo["cache"])
+    assert "\n" not in str(info.value) and fake_zoo["entry"].url in str(info.value)
+    assert not list(fake_zoo["cache"].glob("*"))
+
+
+def test_offline_is_one_line_naming_the_url_and_the_ways_out(fake_zoo, monkeypatch):
+    monkeypatch.setitem(ZOO, "mnist_vanilla", dataclasses.replace(fake_zoo["entry"], url=UNREACHABLE))
+    with pytest.raises(FileNotFoundError, match="cannot download mnist_vanilla") as info:
+        load_model("mnist_vanilla", cache_dir=fake_zoo["cache"])
+    message = str(info.value)
+    assert "\n" not in message and UNREACHABLE in message
+    assert "source=" in message and "$WATTACK_ZOO_DIR" in message
+    assert not fake_zoo["cache"].exists()  # nothing created before a byte arrived
+    with pytest.raises(FileNotFoundError, match="download=False"):
+        model_path("mnist_vanilla", cache_dir=fake_zoo["cache"], download=False)
+
+
+def test_broken_download_leaves_no_partial_file(fake_zoo, monkeypatch):
+    class Broken:
+        """A response that sends one block, then loses the connection."""
+
+        def __init__(self):
+            self.sent = False
+
+        def read(self, size):
+            if self.sent:
+                raise ConnectionResetError("connection reset by peer")
+            self.sent = True
+            return b"x" * 1000
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Broken())
+    with pytest.raises(FileNotFoundError, match="broke off .*connection reset") as info:
+        load_model("mnist_vanilla", cache_dir=fake_zoo["cache"])
+    assert "\n" not in str(info.value)
+    assert not list(fake_zoo["cache"].glob("*"))  # the temporary file is gone too
+
+
+def test_altered_cache_is_fetched_again(fake_zoo):
+    fake_zoo["cache"].mkdir(parents=True)
+    (fake_zoo["cache"] / "mnist_vanilla.pth").write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="fetching it again"):
+        model = load_model("mnist_vanilla", cache_dir=fake_zoo["cache"])
+    _same_weights(model, fake_zoo["weights"])
+    assert sha256_file(fake_zoo["cache"] / "mnist_vanilla.pth") == fake_zoo["entry"].sha256
+
+
+def test_zoo_dir_is_read_before_the_network(fake_zoo, monkeypatch):
+    monkeypatch.setitem(ZOO, "mnist_vanilla", dataclasses.replace(fake_zoo["entry"], url=UNREACHABLE))
+    monkeypatch.setenv("WATTACK_ZOO_DIR", str(fake_zoo["remote"]))
+    _same_weights(load_model("mnist_vanilla", cache_dir=fake_zoo["cache"]), fake_zoo["weights"])
+    assert not fake_zoo["cache"].exists()  # read in place, not copied
+    monkeypatch.setenv("WATTACK_ZOO_DIR", str(fake_zoo["cache"]))  # a folder without the file
+    with pytest.raises(FileNotFoundError, match="lacks it"):
+        load_model("mnist_vanilla", cache_dir=fake_zoo["cache"])
+
+
+def test_source_file_folder_or_file_url(fake_zoo, tmp_path):
+    remote, file = fake_zoo["remote"], fake_zoo["remote"] / "mnist_vanilla.pth"
+    for source in (file, remote, str(remote), file.as_uri(), remote.as_uri()):
+        model = load_model("mnist_vanilla", source=source, cache_dir=fake_zoo["cache"])
+        _same_weights(model, fake_zoo["weights"])
+    assert not fake_zoo["cache"].exists()
+    with pytest.raises(ValueError, match="source must be a file, a folder or a file:// URL"):
+        load_model("mnist_vanilla", source="https://example.org/mnist_vanilla.pth")
+    with pytest.raises(FileNotFoundError, match="holds no mnist_vanilla.pth"):
+        load_model("mnist_vanilla", source=tmp_path / "home_cache")
+    altered = tmp_path / "altered"
+    altered.mkdir()
+    torch.save(mnist_convnet().state_dict(), altered / "mnist_vanilla.pth")
+    with pytest.raises(ValueError, match="sha256 .* not the published mnist_vanilla.pth"):
+        load_model("mnist_vanilla", source=altered)
+
+
+def test_bad_arguments_and_short_names(fake_zoo):
+    with pytest.raises(ValueError, match="name must be one of"):
+        load_model("vanilla")  # short names are load_reference_model's
+    with pytest.raises(ValueError, match="straight_through"):
+        load_model("mnist_vanilla", straight_through=True, source=fake_zoo["remote"])
+    with pytest.raises(ValueError, match="straight_through must be a bool"):
+        load_model("mnist_binarize", straight_through="yes")
+    state = torch.random.get_rng_state()
+    model = load_reference_model("vanilla", source=fake_zoo["remote"])
+    assert torch.equal(torch.random.get_rng_state(), state)  # loading consumes no global randomness
+    _same_weights(model, fake_zoo["weights"])
+    with pytest.raises(ValueError, match="name must be one of"):
+        load_reference_model("l2")
 
 
 @pytest.fixture(scope="module")
@@ -210,18 +351,26 @@ def _accuracy(model, ds):
 
 
 # Published clean accuracies (Wong et al. 2019): 99 / 97 / 98 / 99 %; the floors are the issue's.
-@needs_refs
+@pytest.mark.usefixtures("zoo_models")
 @pytest.mark.parametrize(
-    "name, floor", [("vanilla", 0.985), ("adv_training", 0.965), ("robust", 0.975), ("binarize", 0.985)]
+    "name, floor",
+    [
+        ("mnist_vanilla", 0.985),
+        ("mnist_adv_training", 0.965),
+        ("mnist_robust", 0.975),
+        ("mnist_binarize", 0.985),
+    ],
 )
-def test_reference_models_reach_published_accuracy(mnist_test, name, floor):
-    assert reference_model_path(name) == REFS / REFERENCE_MODELS[name][0]
-    model = load_reference_model(name)
-    assert not model.training
+def test_zoo_models_reach_published_accuracy(mnist_test, name, floor):
+    model = load_model(name)
+    assert not model.training and next(model.parameters()).device.type == "cpu"
     acc = _accuracy(model, mnist_test)
     assert acc >= floor, f"{name}: clean accuracy {acc:.4f} < {floor}"
-    if name == "binarize":
-        assert isinstance(model, BinarizedInput)
+    if name == "mnist_binarize":
+        assert isinstance(model, BinarizedInput) and not model.straight_through
         # The threshold is part of the model: inputs that binarize alike get the same logits.
         x = mnist_test.images[:16]
         torch.testing.assert_close(model(x), model(torch.where(x > 0.5, 0.9, 0.1)))
+        bpda = load_reference_model("binarize", straight_through=True)
+        assert bpda.straight_through
+        torch.testing.assert_close(bpda(x), model(x))

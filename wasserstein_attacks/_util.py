@@ -30,6 +30,7 @@ __all__ = [
     "plain",
     "atomic_write",
     "write_json",
+    "default_cache_dir",
     "sha256_bytes",
     "sha256_file",
     "weights_sha256",
@@ -157,6 +158,12 @@ def weights_sha256(model: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """Return the project's cache folder: ``$WATTACK_CACHE``, else ``~/.cache/wasserstein_attacks``."""
+    env = os.environ.get("WATTACK_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "wasserstein_attacks"
 
 
 # -------------------------------------------------------------------------------------- provenance

@@ -38,6 +38,8 @@ __all__ = [
     "example_seeds",
     "example_generators",
     "loss_per_example",
+    "LOSSES",
+    "check_logits",
     "predict",
     "repair_plan",
     "iterate",
@@ -104,12 +106,30 @@ def example_generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
+#: The losses an attack can maximise (see :func:`loss_per_example`).
+LOSSES = ("ce", "margin", "dlr")
+
+
+def check_logits(logits, what: str = "model outputs") -> torch.Tensor:
+    """Return ``logits`` if they are finite float logits ``[B, num_classes]``; else a one-line ``ValueError``.
+
+    A model that outputs NaN would otherwise be scored as predicting class 0 (``argmax`` of NaN).
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{what} must be float logits [B, num_classes], got {got}")
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).any(1).sum())
+        n = logits.shape[0]
+        raise ValueError(f"{what} are NaN or infinite on {bad} of {n} examples: the model is broken")
+    return logits
+
+
 def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted classes ``[B]`` (no grad), in chunks of ``batch_size``."""
+    """Predicted classes ``[B]`` (no grad), in chunks of ``batch_size``; ``ValueError`` on NaN/inf logits."""
     with torch.no_grad():
-        return torch.cat(
-            [model(images[i : i + batch_size]).argmax(1) for i in range(0, images.shape[0], batch_size)]
-        )
+        chunks = range(0, images.shape[0], batch_size)
+        return torch.cat([check_logits(model(images[i : i + batch_size])).argmax(1) for i in chunks])
 
 
 def loss_per_example(
@@ -121,6 +141,9 @@ def loss_per_example(
     ``loss="margin"``: best other logit minus the true logit (untargeted; > 0 means fooled), or target
     logit minus best other logit (targeted), as the difference-of-logits margin of AutoAttack's DLR
     without its scale normalisation.
+    ``loss="dlr"``: that margin divided by the spread of the logits (Croce & Hein 2020's DLR; largest
+    minus third-largest logit, or for a target its mean with the fourth), so it does not change when
+    the logits are scaled: neither saturates like the cross-entropy of a confident model in float32.
     """
     if loss == "ce":
         return (
@@ -133,7 +156,17 @@ def loss_per_example(
         own = logits.gather(1, cls[:, None])[:, 0]
         other = logits.masked_fill(F.one_hot(cls, logits.shape[1]).bool(), float("-inf")).amax(1)
         return own - other if targets is not None else other - own
-    raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
+    if loss == "dlr":
+        return loss_per_example(logits, labels, "margin", targets) / _dlr_scale(logits, targets is not None)
+    raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+
+
+def _dlr_scale(logits: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """DLR's denominator ``[B]``: ``z_(1) - z_(3)`` (untargeted) or ``z_(1) - (z_(3) + z_(4)) / 2``."""
+    k = min(logits.shape[1], 4 if targeted else 3)
+    top = logits.topk(k, dim=1).values
+    low = (top[:, 2] + top[:, 3]) / 2 if targeted and k == 4 else top[:, -1]
+    return (top[:, 0] - low).clamp_min(1e-12)
 
 
 def repair_plan(

@@ -8,7 +8,7 @@ of forward/backward passes on a few examples to flag the usual reasons an attack
 - the forward pass is random (two passes on the same input differ), e.g. a noise defense;
 - the outputs look like probabilities instead of logits (softmax saturates the gradients);
 - input gradients are zero or vanishing, e.g. a thresholding (binarize) input transform;
-- the outputs are not finite.
+- the outputs are not finite (an error: a NaN model would otherwise be scored as predicting class 0).
 
 For an input transform with no useful gradient, build a BPDA gradient model with
 :class:`StraightThrough` (forward = the transform, backward = identity) and pass it as
@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from ..threat import check_images, check_labels
-from .base import eval_mode, loss_per_example
+from .base import LOSSES, check_logits, eval_mode, loss_per_example
 
 __all__ = ["ModelChecks", "check_model", "StraightThrough", "straight_through"]
 
@@ -47,10 +47,12 @@ class ModelChecks:
         max_output_difference: largest absolute difference between those two passes (logit units).
         probabilities: the outputs look like probabilities (rows non-negative summing to 1, or all
             values in ``[0, 1]``) rather than logits.
-        zero_gradient_fraction: fraction of examples whose input gradient of the loss has every
-            entry of absolute value ``<= tiny`` (exactly zero for a thresholding transform).
-        nonfinite: some output or input gradient is NaN or infinite.
-        loss: the loss whose input gradient was checked (``"margin"`` or ``"ce"``).
+        zero_gradient_fraction: the largest, over ``losses``, fraction of examples whose input gradient
+            of that loss has every entry of absolute value ``<= tiny`` (exactly zero for a thresholding
+            transform; cross-entropy also vanishes in float32 on very confident examples).
+        nonfinite: some input gradient is NaN or infinite (non-finite outputs are an error).
+        losses: the losses whose input gradients were checked (the losses the attacks will follow).
+        zero_gradient_fractions: that fraction per loss, in the order of ``losses``.
         tiny: the vanishing-gradient threshold (loss units per unit of pixel value).
         warnings: one human-readable line per problem found (empty when none).
 
@@ -63,7 +65,8 @@ class ModelChecks:
     probabilities: bool
     zero_gradient_fraction: float
     nonfinite: bool
-    loss: str
+    losses: list[str]
+    zero_gradient_fractions: list[float]
     tiny: float
     warnings: list[str] = field(default_factory=list)
 
@@ -76,8 +79,20 @@ class ModelChecks:
         """Return the checks as a JSON-ready dict (plain floats, bools, ints, strings)."""
         d = asdict(self)
         d["warnings"] = list(self.warnings)
+        d["losses"] = list(self.losses)
+        d["zero_gradient_fractions"] = list(self.zero_gradient_fractions)
         d["ok"] = self.ok
         return d
+
+
+def _input_gradient(objective: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Gradient of ``objective.sum()`` with respect to ``x`` (zeros where the graph does not reach ``x``)."""
+    # A graph cut inside the model (e.g. ``(x > 0.5).float()`` before frozen weights) leaves nothing to
+    # differentiate: that is a zero input gradient, not an error.
+    if not objective.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(objective.sum(), x, allow_unused=True, retain_graph=True)
+    return torch.zeros_like(x) if grad is None else grad.detach()
 
 
 def check_model(
@@ -87,7 +102,7 @@ def check_model(
     *,
     seed: int = 0,
     max_examples: int = 8,
-    loss: str = "margin",
+    loss: str | Sequence[str] = "margin",
     tiny: float = 1e-10,
 ) -> ModelChecks:
     """Cheap gradient-masking checks: two forward passes and one backward pass on a few examples.
@@ -103,14 +118,20 @@ def check_model(
             the first pass, so the stochasticity check is reproducible; the second pass continues
             the same stream, so a random model gives a different output.
         max_examples: how many examples to use (the cost is linear in it).
-        loss: ``"margin"`` (default: best other logit minus the true logit; its gradient is zero
-            only when the logits are locally constant in the input, as behind a threshold) or
-            ``"ce"`` (also flags softmax saturation on very confident examples).
+        loss: the loss, or the losses, whose input gradients are checked: pass the ones the attacks
+            will follow (:attr:`~wasserstein_attacks.attacks.Suite.losses`). ``"margin"`` (default:
+            best other logit minus the true logit; its gradient is zero only when the logits are
+            locally constant in the input, as behind a threshold), ``"ce"`` (also vanishes when the
+            softmax saturates in float32 on very confident examples, which stalls a cross-entropy
+            attack) or ``"dlr"``.
         tiny: an example's gradient counts as vanishing when all its entries have absolute value
             ``<= tiny`` (loss units per unit of pixel value).
 
     Returns:
         :class:`ModelChecks`.
+
+    Raises:
+        ValueError: bad arguments, or outputs that are not finite logits ``[B, num_classes]``.
 
     """
     if not isinstance(model, torch.nn.Module):
@@ -119,8 +140,9 @@ def check_model(
     check_labels(labels, images.shape[0], "labels")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ValueError(f"max_examples must be an int >= 1, got {max_examples!r}")
-    if loss not in ("margin", "ce"):
-        raise ValueError(f"loss must be 'margin' or 'ce', got {loss!r}")
+    losses = [loss] if isinstance(loss, str) else list(loss)
+    if not losses or any(v not in LOSSES for v in losses):
+        raise ValueError(f"loss must be one of {LOSSES} or a non-empty list of them, got {loss!r}")
     if not (isinstance(tiny, (int, float)) and math.isfinite(tiny) and tiny >= 0):
         raise ValueError(f"tiny must be a finite float >= 0, got {tiny!r}")
 
@@ -153,19 +175,16 @@ def check_model(
             k = out1.shape[1]
             if int(y.min()) < 0 or int(y.max()) >= k:
                 raise ValueError(f"labels must be class indices in [0, {k - 1}] for a model with {k} outputs")
-            obj = loss_per_example(out1, y, loss)
-            # A graph cut inside the model (e.g. ``(x > 0.5).float()`` before frozen weights) leaves
-            # nothing to differentiate: that is a zero input gradient, not an error.
-            grad = torch.autograd.grad(obj.sum(), xg, allow_unused=True)[0] if obj.requires_grad else None
+            check_logits(out1, "model outputs on clean images")
+            grads = [_input_gradient(loss_per_example(out1, y, v), xg) for v in losses]
         with torch.no_grad():
             out2 = model(x)
     out1 = out1.detach()
-    grad = torch.zeros_like(x) if grad is None else grad.detach()
+    check_logits(out2, "model outputs on clean images")
 
-    nonfinite = not (bool(torch.isfinite(out1).all()) and bool(torch.isfinite(out2).all()))
-    nonfinite = nonfinite or not bool(torch.isfinite(grad).all())
+    nonfinite = not all(bool(torch.isfinite(g).all()) for g in grads)
     if nonfinite:
-        flag("model outputs or input gradients are NaN/inf on clean images")
+        flag("input gradients are NaN/inf on clean images")
 
     # NaN in the same place in both passes is a broken model, not a random one; the tolerance keeps
     # nondeterministic GPU kernels (last-bit differences) from passing for a randomised defense.
@@ -191,23 +210,25 @@ def check_model(
             "softmax/sigmoid, whose saturation hides the gradients"
         )
 
-    per_example = grad.flatten(1).abs().nan_to_num(nan=0.0).amax(1)
-    zero_fraction = float((per_example <= tiny).float().mean())
-    if zero_fraction > 0:
-        flag(
-            f"input gradient of the {loss} loss vanishes (all |grad| <= {tiny:g}) on {zero_fraction:.0%} of "
-            "the examples: gradient masking (e.g. a thresholding input transform); use a straight-through "
-            "gradient model (StraightThrough) as gradient_model="
-        )
+    largest = [g.flatten(1).abs().nan_to_num(nan=0.0).amax(1) for g in grads]  # per example
+    fractions = [float((m <= tiny).float().mean()) for m in largest]
+    for name, fraction in zip(losses, fractions, strict=True):
+        if fraction > 0:
+            flag(
+                f"input gradient of the {name} loss vanishes (all |grad| <= {tiny:g}) on {fraction:.0%} of "
+                "the examples: gradient masking (a thresholding input transform: use a straight-through "
+                "gradient model, StraightThrough, as gradient_model=) or saturation (use the margin loss)"
+            )
     return ModelChecks(
         n_examples=int(x.shape[0]),
         was_training=was_training,
         stochastic=stochastic,
         max_output_difference=max_diff,
         probabilities=probabilities,
-        zero_gradient_fraction=zero_fraction,
+        zero_gradient_fraction=max(fractions),
         nonfinite=nonfinite,
-        loss=loss,
+        losses=losses,
+        zero_gradient_fractions=fractions,
         tiny=float(tiny),
         warnings=found,
     )

@@ -31,7 +31,7 @@ from .._util import check_bool, check_choice, check_float, check_int
 from ..solvers.capacity import grid_overflow
 from ..threat import WassersteinBall
 from ..threat.exact import exact_plan
-from .base import Attack, RunOutput, example_generators, iterate, loss_per_example, register
+from .base import LOSSES, Attack, RunOutput, example_generators, iterate, loss_per_example, register
 
 __all__ = ["SinkhornPenalty", "sinkhorn_divergence"]
 
@@ -269,7 +269,7 @@ class SinkhornPenalty(Attack):
         check_float(init_noise, "init_noise", allow_zero=True)
         if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 < scaling < 1:
             raise ValueError(f"scaling must be a float in (0, 1), got {scaling!r}")
-        check_choice(loss, "loss", ("ce", "margin"))
+        check_choice(loss, "loss", LOSSES)
         check_bool(exact_refine, "exact_refine")
         self.steps = steps
         self.binary_search_steps = binary_search_steps

@@ -19,12 +19,12 @@ from __future__ import annotations
 import torch
 
 from .. import transport as T
-from .._util import check_bool, check_float, check_int
+from .._util import check_bool, check_choice, check_float, check_int
 from ..solvers.capacity import capacity_rows, fit_box
 from ..solvers.lmo import lmo_rows
 from ..solvers.rows import PlanRows, check_solver, cost_budget, example_max, shrink_to_budget
 from ..solvers.simplex import project_rows
-from .base import Attack, RunOutput, example_generators, iterate, predict, register, repair_plan
+from .base import LOSSES, Attack, RunOutput, example_generators, iterate, predict, register, repair_plan
 
 __all__ = ["ExactProjectionPGD", "FrankWolfe", "FrankWolfeBox", "PGDBox"]
 
@@ -47,8 +47,7 @@ class _PlanAttack(Attack):
 
     def __init__(self, *, steps: int, loss: str, restarts: int, stop_on_success: bool):
         self.steps = check_int(steps, "steps")
-        if loss not in ("ce", "margin"):
-            raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
+        check_choice(loss, "loss", LOSSES)
         self.loss = loss
         self.restarts = check_int(restarts, "restarts")
         self.stop_on_success = check_bool(stop_on_success, "stop_on_success")

@@ -29,7 +29,7 @@ from .._util import check_choice, check_float, check_int
 from ..solvers.sinkhorn import SinkhornDuals, sinkhorn_plan, sinkhorn_projection
 from ..threat import WassersteinBall
 from ..threat.exact import exact_plan
-from .base import Attack, RunOutput, example_seeds, iterate, predict, register, repair_plan
+from .base import LOSSES, Attack, RunOutput, example_seeds, iterate, predict, register, repair_plan
 
 __all__ = ["ProjectedSinkhorn", "ConstrainedSinkhorn"]
 
@@ -68,7 +68,7 @@ class _SinkhornPGD(Attack):
         if not isinstance(ramp, bool):
             raise ValueError(f"ramp must be a bool, got {ramp!r}")
         self.ramp = ramp
-        self.loss = check_choice(loss, "loss", ("ce", "margin"))
+        self.loss = check_choice(loss, "loss", LOSSES)
         self.restarts = check_int(restarts, "restarts", 1)
         self.output = check_choice(output, "output", ("plan", "image"))
 

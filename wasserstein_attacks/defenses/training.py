@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import pickle
 import time
 import warnings
@@ -29,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
+from .._util import default_cache_dir
 from ..data import ImageDataset, load_dataset, rotate, shift
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..threat import WassersteinBall
@@ -209,12 +209,6 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 1000) ->
 
 
 # ---------------------------------------------------------------------------- the standard MNIST model
-
-
-def default_cache_dir() -> Path:
-    """``$WATTACK_CACHE`` if set, else ``~/.cache/wasserstein_attacks``."""
-    env = os.environ.get("WATTACK_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "wasserstein_attacks"
 
 
 # Bump when the recipe changes in a way the config below does not capture: old caches are then retrained.

@@ -15,7 +15,14 @@ from torch import nn
 from .._util import atomic_write
 from .architectures import BinarizedInput
 
-__all__ = ["safe_load", "extract_state_dict", "load_state_dict_checked", "load_weights", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "safe_load",
+    "extract_state_dict",
+    "load_state_dict_checked",
+    "load_weights",
+    "save_checkpoint",
+    "load_checkpoint",
+]
 
 
 # ---------------------------------------------------------------------------- checkpoint formats
