@@ -67,7 +67,7 @@ ID=WattackStandard
 EXTRA_NOTE="; architecture of Wong et al. (2019), trained by this project's wattack-train (3 epochs SGD, seed 0)"
 if want "${ALL[@]}"; then
   CACHE=${WATTACK_CACHE:-$HOME/.cache/wasserstein_attacks}
-  "$BIN/python" -c "from wasserstein_attacks.train import standard_mnist_model; standard_mnist_model()"
+  "$BIN/python" -c "from wasserstein_attacks.defenses import standard_mnist_model; standard_mnist_model()"
   CKPT=$(ls -t "$CACHE"/mnist_convnet-*.pt | head -n 1)
   evaluate "$ID" standard_mnist "$CKPT" \
     --name "Standard training (this project's standard MNIST model)" --authors "wasserstein_attacks" \

@@ -16,9 +16,11 @@ import torch
 
 from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks import transport as T
+from wasserstein_attacks._util import sha256_file
 from wasserstein_attacks.attacks import base as attack_base
 from wasserstein_attacks.attacks.base import Attack, RunOutput, register
 from wasserstein_attacks.attacks.suite import Suite
+from wasserstein_attacks.models import safe_load
 
 FIXTURE_ROOT = Path(__file__).resolve().parent / "fixtures" / "leaderboard"
 RADII = [0.05, 0.1, 0.2, 0.5]
@@ -78,7 +80,7 @@ def load_tiny(architecture: str, checkpoint: Path) -> torch.nn.Module:
     if architecture != "tiny-linear":
         raise ValueError(f"unknown test architecture {architecture!r}")
     model = TinyNet()
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    model.load_state_dict(safe_load(checkpoint))
     return model.eval()
 
 
@@ -234,7 +236,7 @@ def make_example(root: Path = FIXTURE_ROOT, work: Path | None = None) -> Path:
         model = tiny_model()
         ckpt = save_model(model, work / "tiny.pt")
         x, y = synthetic_data(48)
-        results = run_benchmark(work / "run", model, x, y, checkpoint_sha256=lb._sha256_file(ckpt))
+        results = run_benchmark(work / "run", model, x, y, checkpoint_sha256=sha256_file(ckpt))
         return lb.add_entry(
             results, root=root, entry_id="ExampleTinyLinear", name="EXAMPLE ONLY: tiny linear model",
             authors="wasserstein_attacks test suite", source="https://example.org/wasserstein-attacks/example",

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from wasserstein_attacks import leaderboard as lb
+from wasserstein_attacks._util import sha256_bytes, sha256_file, weights_sha256
+from wasserstein_attacks.leaderboard.io import json_bytes, npz_bytes, read_npz
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "leaderboard"
@@ -39,7 +41,7 @@ def honest(tmp_path_factory):
     model = F.tiny_model()
     ckpt = F.save_model(model, tmp / "tiny.pt")
     x, y = F.synthetic_data(N)
-    results = F.run_benchmark(tmp / "run", model, x, y, checkpoint_sha256=lb._sha256_file(ckpt))
+    results = F.run_benchmark(tmp / "run", model, x, y, checkpoint_sha256=sha256_file(ckpt))
     entry = add(results, tmp / "root", "Honest")
     return {"tmp": tmp, "ckpt": ckpt, "results": results, "entry": entry}
 
@@ -59,16 +61,16 @@ def read(path: Path) -> dict:
 
 
 def write(path: Path, data: dict) -> None:
-    path.write_bytes(lb._json_bytes(data))
+    path.write_bytes(json_bytes(data))
 
 
 # ---------------------------------------------------------------------------------------- committed data
 def test_every_committed_entry_validates():
-    fixture_entries = lb._entry_paths(F.FIXTURE_ROOT)
+    fixture_entries = lb.entry_paths(F.FIXTURE_ROOT)
     assert fixture_entries, "the example entry under tests/fixtures/leaderboard is missing"
     for root in (COMMITTED, F.FIXTURE_ROOT):
         assert lb.validate_all(root) == {}
-    for p in lb._entry_paths(COMMITTED) + fixture_entries:
+    for p in lb.entry_paths(COMMITTED) + fixture_entries:
         entry = lb.load_entry(p)
         assert entry.data["schema_version"] == 1
 
@@ -80,7 +82,7 @@ def test_committed_pages_match_the_entries():
 
 
 def test_example_fixture_examples_are_exactly_inside(tmp_path):
-    target = fresh_copy(lb._entry_paths(F.FIXTURE_ROOT)[0], tmp_path)
+    target = fresh_copy(lb.entry_paths(F.FIXTURE_ROOT)[0], tmp_path)
     block = lb.verify_entry(target, now="2001-01-01T00:00:00Z")
     assert block["status"] == "examples-verified", block["checks"]
     assert read(target)["verification"] == block
@@ -105,7 +107,7 @@ def test_add_makes_a_consistent_entry(honest):
     assert ex["index"] == sorted(np.asarray(results["examples"]["index"])[broken].tolist())
     for c, r in zip(ex["cost"], ex["radius"], strict=True):
         assert c <= float(r) * (1 + 1e-4)
-    assert entry.data["examples"]["sha256"] == lb._sha256_file(honest["entry"].with_suffix(".npz"))
+    assert entry.data["examples"]["sha256"] == sha256_file(honest["entry"].with_suffix(".npz"))
     with np.load(honest["entry"].with_suffix(".npz"), allow_pickle=False) as z:  # a standard npz
         np.testing.assert_array_equal(z["sample_index"], ex["index"])
 
@@ -231,7 +233,7 @@ def _zip(path: Path, members: dict[str, bytes]) -> None:
 
 
 def test_hostile_npz_is_refused_before_allocation(tmp_path, honest):
-    good = lb._read_npz(honest["entry"].with_suffix(".npz"))
+    good = read_npz(honest["entry"].with_suffix(".npz"))
     members = {}
     for k, v in good.items():
         buf = __import__("io").BytesIO()
@@ -245,17 +247,17 @@ def test_hostile_npz_is_refused_before_allocation(tmp_path, honest):
     bomb["broken_cost.npy"] = buf.getvalue() + b"\0" * 8
     _zip(tmp_path / "bomb.npz", bomb)
     with pytest.raises(ValueError, match="larger than its data"):
-        lb._read_npz(tmp_path / "bomb.npz")
+        read_npz(tmp_path / "bomb.npz")
     pickled = dict(members)
     buf = __import__("io").BytesIO()
     np.lib.format.write_array(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     pickled["attack_names.npy"] = buf.getvalue()
     _zip(tmp_path / "pickled.npz", pickled)
     with pytest.raises(ValueError, match="attack_names"):
-        lb._read_npz(tmp_path / "pickled.npz")
+        read_npz(tmp_path / "pickled.npz")
     _zip(tmp_path / "extra.npz", {**members, "payload.npy": b"x"})
     with pytest.raises(ValueError, match="members must be exactly"):
-        lb._read_npz(tmp_path / "extra.npz")
+        read_npz(tmp_path / "extra.npz")
 
 
 # ---------------------------------------------------------------------------------------- verify
@@ -331,12 +333,12 @@ def test_verify_catches_numbers_edited_in_the_json(tmp_path, honest):
 
 def _craft(target: Path, edit) -> list[int]:
     """Edit the committed adversarial images, re-seal the npz's sha256; returns the edited dataset indices."""
-    arrays = lb._read_npz(target.with_suffix(".npz"))
+    arrays = read_npz(target.with_suffix(".npz"))
     data = read(target)
     edited = edit(arrays, data)
-    blob = lb._npz_bytes(arrays)
+    blob = npz_bytes(arrays)
     target.with_suffix(".npz").write_bytes(blob)
-    data["examples"]["sha256"] = lb._sha256(blob)
+    data["examples"]["sha256"] = sha256_bytes(blob)
     write(target, data)
     return edited
 
@@ -493,8 +495,13 @@ def test_default_model_loader_builds_and_loads_weights_only(tmp_path):
     x = torch.rand(3, 1, 28, 28)
     torch.testing.assert_close(binar(x), src((x > 0.5).float()))
     torch.save({"weights": src.state_dict(), "code": print}, tmp_path / "evil.pt")  # not weights-only
-    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+    with pytest.raises(ValueError, match="refused for safety") as err:
         lb.load_model("mnist_convnet", tmp_path / "evil.pt")
+    assert "\n" not in str(err.value)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt cannot be loaded") as err:
+        lb.load_model("mnist_convnet", tmp_path / "junk.pt")
+    assert "\n" not in str(err.value)
 
 
 def test_verify_a_reference_model_on_mnist_with_the_default_loaders(tmp_path, shared_dir):
@@ -507,7 +514,7 @@ def test_verify_a_reference_model_on_mnist_with_the_default_loaders(tmp_path, sh
     model = lb.load_model("mnist_convnet", ckpt)
     x, y = lb.load_data("mnist", "test")
     results = F.run_benchmark(tmp_path / "run", model, x[:16], y[:16], model_name="mnist_convnet",
-                              checkpoint_sha256=lb._sha256_file(ckpt), dataset=("mnist", "test"))
+                              checkpoint_sha256=sha256_file(ckpt), dataset=("mnist", "test"))
     target = add(results, tmp_path / "root", "Vanilla", architecture="mnist_convnet")
     assert read(target)["claimed"]["clean_accuracy"] >= 0.9
     block = lb.verify_entry(target, ckpt, n=16, suite_loader=lambda name, version: F.toy_suite(version))
@@ -515,11 +522,9 @@ def test_verify_a_reference_model_on_mnist_with_the_default_loaders(tmp_path, sh
 
 
 def test_verify_identifies_weights_when_the_run_had_no_checkpoint_file(tmp_path, honest):
-    from wasserstein_attacks.bench import _weights_sha256
-
     results = read(honest["results"])
     results["model"]["checkpoint_sha256"] = None
-    results["model"]["weights_sha256"] = _weights_sha256(F.load_tiny("tiny-linear", honest["ckpt"]))
+    results["model"]["weights_sha256"] = weights_sha256(F.load_tiny("tiny-linear", honest["ckpt"]))
     run = tmp_path / "run"
     run.mkdir()
     (run / "results.json").write_text(json.dumps(results))
@@ -541,3 +546,32 @@ def test_add_without_architecture_needs_a_buildable_model_name(honest, tmp_path)
     with pytest.raises(ValueError, match="--architecture"):
         lb.add_entry(path, root=tmp_path / "root", entry_id="X", authors="a", source="https://example.org",
                      training="none", examples_path=honest["results"].parent / "examples.npz")
+
+
+# ---------------------------------------------------------------------------------------- CLI errors
+@pytest.mark.parametrize("where", ["missing", "empty", "no-entries"])
+def test_cli_validate_refuses_a_root_without_entries(tmp_path, capsys, where):
+    """A mistyped --root validates nothing: one error line and exit 1, never "0/0 entries valid"."""
+    root = tmp_path / "root"
+    if where != "missing":
+        root.mkdir()
+    if where == "no-entries":
+        (root / "entries").mkdir()
+        (root / "entries" / ".gitkeep").write_text("")
+    assert lb.main(["validate", "--root", str(root)]) == 1
+    out = capsys.readouterr()
+    assert "0/0" not in out.out
+    assert out.err.count("\n") == 1 and out.err.startswith("error: --root ") and str(root) in out.err
+
+
+def test_add_checks_the_run_against_the_results_schema(tmp_path, honest):
+    results = read(honest["results"])
+    results["clean_accuracy"] = "high"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results))
+    shutil.copy(honest["results"].parent / "examples.npz", run / "examples.npz")
+    with pytest.raises(lb.EntryError, match="results schema: at /clean_accuracy"):
+        add(run / "results.json", tmp_path / "root", "X")
+    assert not (tmp_path / "root").exists()
+

@@ -10,6 +10,8 @@ import _leaderboard_fixtures as F
 import pytest
 
 from wasserstein_attacks import leaderboard as lb
+from wasserstein_attacks._util import sha256_bytes
+from wasserstein_attacks.leaderboard.io import json_bytes, npz_bytes, read_npz
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -83,7 +85,7 @@ def board(tmp_path_factory):
     """The committed example entry plus three synthetic ones (one hostile name, one failed verification)."""
     tmp = tmp_path_factory.mktemp("board")
     root = tmp / "root"
-    src = lb._entry_paths(F.FIXTURE_ROOT)[0]
+    src = lb.entry_paths(F.FIXTURE_ROOT)[0]
     dst = root / src.relative_to(F.FIXTURE_ROOT)
     dst.parent.mkdir(parents=True)
     shutil.copy(src, dst)
@@ -96,13 +98,13 @@ def board(tmp_path_factory):
     alpha = root / "entries" / "synthetic" / "W1-k3-box01" / "Alpha.json"
     lb.verify_entry(alpha, now="2001-01-02T00:00:00Z")  # examples-verified
     gamma = alpha.with_name("Gamma.json")
-    arrays = lb._read_npz(gamma.with_suffix(".npz"))
+    arrays = read_npz(gamma.with_suffix(".npz"))
     arrays["sample_adversarial"][0] *= 2.0  # mass changed: outside the ball
-    blob = lb._npz_bytes(arrays)
+    blob = npz_bytes(arrays)
     gamma.with_suffix(".npz").write_bytes(blob)
     data = json.loads(gamma.read_text())
-    data["examples"]["sha256"] = lb._sha256(blob)
-    gamma.write_bytes(lb._json_bytes(data))
+    data["examples"]["sha256"] = sha256_bytes(blob)
+    gamma.write_bytes(json_bytes(data))
     assert lb.verify_entry(gamma, now="2001-01-03T00:00:00Z")["status"] == "failed"
     lb.write_rendered(root)
     return root

@@ -1,0 +1,117 @@
+"""``wattack-leaderboard {validate,add,verify,render}``: the leaderboard's command line.
+
+Argparse rather than Hydra: the commands act on files named on the command line, not on a config.
+Every expected failure (invalid entry, bad argument, missing file) is one ``error: ...`` line on
+stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .._util import first_line
+from .add import add_entry
+from .io import entry_paths, validate_all
+from .render import write_rendered
+from .schema import TOOL, EntryError
+from .verify import verify_entry
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", type=Path, default=Path("leaderboard"),
+                        help="leaderboard folder (default: ./leaderboard)")
+    parser = argparse.ArgumentParser(
+        prog=TOOL, description="The leaderboard: benchmark runs as validated data, re-checkable exactly, "
+                               "rendered to static pages.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("validate", parents=[common], help="validate every entry (schema, limits, npz, numbers)")
+    a = sub.add_parser("add", parents=[common], help="turn a benchmark run (results.json) into an entry")
+    a.add_argument("results", type=Path, help="results.json written by wattack-bench")
+    a.add_argument("--id", dest="entry_id", help="entry file stem (default: the results' model name)")
+    a.add_argument("--name", help="display name (default: the id)")
+    a.add_argument("--authors", required=True)
+    a.add_argument("--source", required=True, help="http(s) link to the paper or code")
+    a.add_argument("--training", required=True, help="training method, e.g. 'standard'")
+    a.add_argument("--architecture", help="models.build_model name (default: the results' model name)")
+    a.add_argument("--paper", help="citation")
+    a.add_argument("--note")
+    a.add_argument("--headline-radius", type=float, help="ranking radius (default: 0.1 for MNIST)")
+    a.add_argument("--examples", type=Path, help="examples.npz of the run (default: beside results.json)")
+    a.add_argument("--selection-seed", type=int, help="seed choosing the committed examples (default: run's)")
+    a.add_argument("--force", action="store_true", help="replace an existing entry (drops its verification)")
+    v = sub.add_parser("verify", help="re-check an entry and record the result in it")
+    v.add_argument("entry", type=Path, help="entry JSON")
+    v.add_argument("--checkpoint", type=Path, help="the model's checkpoint (without: examples only)")
+    v.add_argument("--n", type=int, default=500, help="examples to re-attack (random subset, default 500)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the random subset")
+    v.add_argument("--z", type=float, default=3.0, help="tolerance in binomial standard errors (default 3)")
+    v.add_argument("--slack", type=float, default=0.01, help="absolute slack added to the tolerance")
+    v.add_argument("--by", help="who runs the verification (recorded)")
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--dry-run", action="store_true", help="print the block, do not write it")
+    sub.add_parser("render", parents=[common], help="write README.md and index.html from the entries")
+    return parser
+
+
+def _validate(args) -> int:
+    root = args.root
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root {root} is not a folder (expected a leaderboard with entries/)")
+    paths = entry_paths(root)
+    bad = validate_all(root)
+    for p, problems in sorted(bad.items()):
+        print(f"INVALID {p}", *(f"  - {x}" for x in problems), sep="\n")
+    if not paths:
+        # Nothing validated is not a success: a mistyped --root would otherwise pass.
+        raise ValueError(f"--root {root} holds no entries (expected entries/<dataset>/<threat-id>/<id>.json)")
+    print(f"{len(paths) - sum(p in bad for p in paths)}/{len(paths)} entries valid"
+          + (f", {len(bad)} problem file(s)" if bad else ""))
+    return 1 if bad else 0
+
+
+def _add(args) -> int:
+    target = add_entry(args.results, root=args.root, entry_id=args.entry_id, name=args.name,
+                       authors=args.authors, source=args.source, training=args.training,
+                       architecture=args.architecture, paper=args.paper, note=args.note,
+                       headline_radius=args.headline_radius, examples_path=args.examples,
+                       selection_seed=args.selection_seed, overwrite=args.force)
+    print(f"wrote {target} and {target.with_suffix('.npz').name}; `{TOOL} render` updates the pages")
+    return 0
+
+
+def _verify(args) -> int:
+    block = verify_entry(args.entry, args.checkpoint, n=args.n, seed=args.seed, z=args.z,
+                         slack=args.slack, by=args.by, device=args.device, write=not args.dry_run,
+                         progress=True)
+    for name, c in block["checks"].items():
+        print(f"{'ok  ' if c['passed'] else 'FAIL'} {name}: {c['detail']}")
+    for c in (block["reproduction"] or {}).get("comparisons", []):
+        print(f"{'ok  ' if c['passed'] else 'FAIL'} {c['radius']}: claimed {c['claimed']:.4f}, "
+              f"reproduced {c['reproduced']:.4f} (tolerance {c['tolerance']:.4f})")
+    print(f"status: {block['status']}" + ("" if args.dry_run else f" (written to {args.entry})"))
+    return 0 if block["status"] != "failed" else 1
+
+
+def _render(args) -> int:
+    md, page = write_rendered(args.root)
+    print(f"wrote {md} and {page}")
+    return 0
+
+
+_COMMANDS = {"validate": _validate, "add": _add, "verify": _verify, "render": _render}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``wattack-leaderboard`` (``validate``, ``add``, ``verify``, ``render``); returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (EntryError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
+        return 1
