@@ -240,3 +240,58 @@ def test_load_suite_builds_the_named_versioned_suite():
     assert [a.salt for a in suite.attacks] == [0, 1]
     with pytest.raises(ValueError, match="suite: unknown suite 'nope'"):
         load_suite("nope", conf_dir=conf)
+
+
+class _Spy(RandomShift):
+    """RandomShift that records the targets of every call."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls = []
+
+    def __call__(self, model, images, labels, **kw):
+        self.calls.append(None if kw.get("targets") is None else kw["targets"].clone())
+        return super().__call__(model, images, labels, **kw)
+
+
+def test_targeted_runs_follow_the_most_likely_wrong_classes():
+    data = synthetic_dataset(12, split="test", height=12, width=12, num_classes=4, seed=3)
+    model = CentreOfMass(12, 12, 4).eval()
+    spy = _Spy(salt=0)
+    suite = Suite("toy", 1, [spy], labels=["t"], targets=[2])
+    res = suite.run(model, data.images, data.labels, [0.6], threat=THREAT, seed=5, progress=False)
+    assert len(spy.calls) == 2 and all(t is not None for t in spy.calls)
+    with torch.no_grad():
+        logits = model(data.images)
+    attacked = res.clean_correct
+    wrong = logits.masked_fill(torch.nn.functional.one_hot(data.labels, 4).bool(), -torch.inf)
+    ranked = wrong.argsort(1, descending=True)
+    torch.testing.assert_close(spy.calls[0], ranked[attacked, 0])
+    assert (spy.calls[1] != data.labels[attacked][: spy.calls[1].numel()]).all()
+    # Whatever a targeted run broke is misclassified and inside its ball.
+    broken = res.broken_attack >= 0
+    with torch.no_grad():
+        assert (model(res.adversarial[broken]).argmax(1) != data.labels[broken]).all()
+
+
+def test_suite_lists_the_losses_its_attacks_use():
+    from wasserstein_attacks.attacks import FrankWolfeBox, PGDBox
+
+    suite = Suite("s", 1, [FrankWolfeBox(loss="margin"), PGDBox(loss="ce"), PGDBox(loss="margin")],
+                  labels=["a", "b", "c"])
+    assert suite.losses == ["margin", "ce"]
+    with pytest.raises(ValueError, match="targets must give one int >= 0 per attack"):
+        Suite("s", 1, [PGDBox()], targets=[-1])
+
+
+def test_suite_config_targets_must_name_its_attacks(tmp_path):
+    from omegaconf import OmegaConf
+
+    from wasserstein_attacks.attacks.suite import suite_from_config
+
+    cfg = OmegaConf.create({"name": "s", "version": 1, "attacks": {
+        "a": {"_target_": "wasserstein_attacks.attacks.PGDBox", "steps": 2}}, "targets": {"b": 2}})
+    with pytest.raises(ValueError, match="suite.targets names attacks"):
+        suite_from_config(cfg)
+    cfg.targets = {"a": 2}
+    assert suite_from_config(cfg).targets == [2]

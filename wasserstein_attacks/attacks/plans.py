@@ -304,8 +304,9 @@ class FrankWolfeBox(_PlanAttack):
         gamma: oracle temperature (1e-3, as Wu et al.).
         dual_lr: step of the capacity multipliers (units of the l_inf-normalised gradient).
         dual_steps: oracle calls (one dual step each) per iteration.
-        newton_steps: maximum multiplier evaluations per oracle call; tol: their relative tolerance.
-        loss: ``"ce"`` or ``"margin"``.
+        newton_steps: maximum multiplier evaluations per oracle call.
+        tol: relative tolerance of the multiplier search.
+        loss: ``"ce"``, ``"margin"`` or ``"dlr"`` (see :func:`~.base.loss_per_example`).
         restarts: runs; the first from the identity plan, later ones from seeded random feasible plans.
         stop_on_success: freeze an example at its first success.
 
@@ -361,10 +362,15 @@ class PGDBox(_PlanAttack):
     every iterate is exactly feasible.
 
     Args:
-        steps: iterations (300); lr: gradient step (0.1, as Wu et al. on MNIST).
-        dual_lr: step of the capacity multipliers; dual_steps: projections per iteration.
-        newton_steps: maximum multiplier evaluations per projection; tol: their relative tolerance.
-        loss, restarts, stop_on_success: as :class:`FrankWolfeBox`.
+        steps: iterations (300).
+        lr: gradient step (0.1, as Wu et al. on MNIST).
+        dual_lr: step of the capacity multipliers.
+        dual_steps: projections per iteration.
+        newton_steps: maximum multiplier evaluations per projection.
+        tol: relative tolerance of the multiplier search.
+        loss: as :class:`FrankWolfeBox`.
+        restarts: as :class:`FrankWolfeBox`.
+        stop_on_success: as :class:`FrankWolfeBox`.
 
     """
 

@@ -267,7 +267,10 @@ class ProjectedSinkhorn(_SinkhornPGD):
         lam: entropy regularisation of the projection (1000 for MNIST, 3000 for CIFAR-10).
         sinkhorn_maxiters: projection iterations per step (``pgd.attack`` default 400).
         stopping: ``"authors"`` (their objective expression) or ``"dual"``: see :func:`sinkhorn_projection`.
-        ramp, ramp_start, ramp_factor, ramp_every: the growing-radius protocol above (off by default).
+        ramp: run the growing-radius protocol above (off by default).
+        ramp_start: first radius of the ramp.
+        ramp_factor: the radius grows by this factor ...
+        ramp_every: ... every this many iterations.
         loss: ``"ce"`` (theirs) or ``"margin"``.
         restarts: attempts per example; attempt ``r > 0`` starts from a random sign step (seeded per
             example) projected onto the ball, and runs only on examples not yet broken (verified).
@@ -348,8 +351,12 @@ class ConstrainedSinkhorn(_SinkhornPGD):
         lam: entropy regularisation (1000 MNIST, 3000 CIFAR-10).
         sinkhorn_maxiters: projection iterations before the feasibility checks alone decide (100).
         stopping: ``"authors"`` (their objective expression) or ``"dual"``: see :func:`sinkhorn_projection`.
-        cost_tol, mass_tol: their convergence criteria (1e-3 cost violation, 1e-2 on ``|sum z - 1|``).
-        ramp, ramp_start, ramp_increment, ramp_every: the protocol above (off by default).
+        cost_tol: their convergence criterion on the cost violation (1e-3).
+        mass_tol: their convergence criterion on ``|sum z - 1|`` (1e-2).
+        ramp: run the growing-radius protocol above (off by default).
+        ramp_start: first radius of the ramp.
+        ramp_increment: the radius grows by this much ...
+        ramp_every: ... every this many iterations.
         loss: ``"ce"`` (theirs) or ``"margin"``.
         restarts: attempts per example; attempt ``r > 0`` starts from a random normalised step (seeded
             per example) projected onto the ball, and runs only on examples not yet broken (verified).

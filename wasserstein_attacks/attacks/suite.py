@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..threat import WassersteinBall, check_images, check_labels
-from .base import Attack, eval_mode, predict
+from .base import Attack, check_logits, eval_mode
 
 __all__ = ["Suite", "SuiteResult", "load_suite", "suite_from_config", "check_radii", "in_exact_sample"]
 
@@ -171,6 +171,41 @@ class SuiteResult:
         )
 
 
+class _Walk:
+    """Per-example state of a suite run: the cheapest verified break so far, per attack and overall."""
+
+    def __init__(self, x: torch.Tensor, clean_correct: torch.Tensor, n_attacks: int, tol: float):
+        b = x.shape[0]
+        self.clean_correct, self.tol = clean_correct, tol
+        self.broken_cost = torch.where(clean_correct, torch.inf, 0.0).double()
+        self.broken_radius = self.broken_cost.clone()
+        self.broken_attack = torch.full((b,), -1, dtype=torch.long)
+        self.attack_cost = torch.full((b, n_attacks), torch.inf, dtype=torch.float64)
+        self.attack_cost[~clean_correct] = 0.0
+        self.adversarial = x.clone()
+        self.resisted = torch.zeros(b, dtype=torch.bool)  # descending walk: resisted a larger ball
+
+    def robust_at(self, r: float) -> torch.Tensor:
+        """Bool ``[B]``: clean-correct and not yet broken within ``r`` (with the cost tolerance)."""
+        return self.clean_correct & ~(self.broken_cost <= r * (1.0 + self.tol))
+
+    def record(self, idx: torch.Tensor, won: torch.Tensor, cost: torch.Tensor, adv: torch.Tensor, j: int,
+               r: float) -> None:
+        """Keep the breaks ``won [n]`` among the examples ``idx [n]`` that attack ``j`` found at ``r``."""
+        hit = idx[won]
+        self.broken_cost[hit] = cost[won]
+        self.attack_cost[hit, j] = torch.minimum(self.attack_cost[hit, j], self.broken_cost[hit])
+        self.broken_attack[hit] = j
+        self.broken_radius[hit] = r
+        self.adversarial[hit.to(adv.device)] = adv[won.to(adv.device)].to(self.adversarial.dtype)
+
+
+def _target_classes(logits: torch.Tensor, labels: torch.Tensor, rank: int) -> torch.Tensor:
+    """Return the ``rank``-th most likely wrong class (1 = the runner-up) of each example: long ``[B]``."""
+    wrong = logits.masked_fill(torch.nn.functional.one_hot(labels, logits.shape[1]).bool(), -torch.inf)
+    return wrong.topk(rank, dim=1).indices[:, rank - 1]
+
+
 class Suite:
     """A named, versioned, ordered ensemble of attacks.
 
@@ -184,13 +219,18 @@ class Suite:
 
             - ``"ascending"``: smallest radius first; an example broken at ``r`` is not attacked again
               (its adversarial example lies in every larger ball). An example that resists runs every
-              attack's full budget again at each larger radius.
+              attack's full budget again at each larger radius. Nothing is assumed: every example is
+              attacked at every radius below its cheapest verified break.
             - ``"descending"``: largest radius first; an example is attacked at a smaller radius only if
               it was broken at the larger one, and one that resists every attack at a radius is not
               attacked at smaller radii (their balls lie inside the one it resisted). Each example spends
               a full budget at most once per attack instead of at every radius below its breaking point,
               which is several times cheaper on models that resist small radii; the price is the
-              assumption that an attack that fails in a ball would also fail in the balls inside it.
+              assumption that an attack that fails in a ball would also fail in the balls inside it
+              (not true in general: kept for the frozen ``standard-v2``).
+        targets: per attack, ``0`` (untargeted, the default) or ``n >= 1``: the attack runs targeted at
+            each of the ``n`` most likely wrong classes of the clean image in turn (AutoAttack's
+            targeted runs); an example is broken by the cheapest of those breaks.
 
     """
 
@@ -202,6 +242,7 @@ class Suite:
         *,
         labels: list[str] | None = None,
         order: str = "ascending",
+        targets: list[int] | None = None,
     ):
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -215,18 +256,35 @@ class Suite:
             raise ValueError(f"labels must give one distinct label per attack, got {labels}")
         if order not in ("ascending", "descending"):
             raise ValueError(f"order must be 'ascending' or 'descending', got {order!r}")
+        targets = [0] * len(attacks) if targets is None else list(targets)
+        bad = len(targets) != len(attacks) or any(isinstance(t, bool) or not isinstance(t, int) or t < 0
+                                                  for t in targets)
+        if bad:
+            raise ValueError(f"targets must give one int >= 0 per attack ({len(attacks)}), got {targets}")
         self.name, self.version, self.attacks, self.labels, self.order = name, version, attacks, labels, order
+        self.targets = targets
 
     def __repr__(self) -> str:
+        extra = f", targets={self.targets}" if any(self.targets) else ""
         return (f"Suite(name={self.name!r}, version={self.version}, attacks={self.labels}, "
-                f"order={self.order!r})")
+                f"order={self.order!r}{extra})")
+
+    @property
+    def losses(self) -> list[str]:
+        """The losses the suite's attacks maximise, each once, in order (for :func:`check_model`)."""
+        out = []
+        for a in self.attacks:
+            loss = getattr(a, "loss", None)
+            if isinstance(loss, str) and loss not in out:
+                out.append(loss)
+        return out or ["margin"]
 
     def run(
         self,
         model: torch.nn.Module,
         images: torch.Tensor,
         labels: torch.Tensor,
-        radii,
+        radii: tuple[float, ...] | list[float],
         *,
         threat: WassersteinBall,
         seed: int = 0,
@@ -266,81 +324,86 @@ class Suite:
         if not isinstance(indices, torch.Tensor) or tuple(indices.shape) != (b,):
             raise ValueError(f"indices must be a long tensor [B] = [{b}] of dataset indices")
         indices = indices.detach().cpu().long()
-        sample = in_exact_sample(indices, exact_fraction)
         x = images.detach()
         labels = labels.to(x.device)
         with eval_mode(model):
-            clean_correct = (predict(model, x) == labels).cpu()
-        tol = threat.cost_tol
-        broken_cost = torch.where(clean_correct, torch.inf, 0.0).double()
-        broken_radius = broken_cost.clone()
-        broken_attack = torch.full((b,), -1, dtype=torch.long)
-        attack_cost = torch.full((b, len(self.attacks)), torch.inf, dtype=torch.float64)
-        attack_cost[~clean_correct] = 0.0
-        adversarial = x.clone()
+            logits = _clean_logits(model, x)
+        walk = _Walk(x, (logits.argmax(1) == labels).cpu(), len(self.attacks), threat.cost_tol)
         timings = []
         extra = {} if gradient_model is None else {"gradient_model": gradient_model}
+        call = dict(model=model, seed=seed, extra=extra)
         start = time.perf_counter()
-        # Descending order: examples that resisted every attack at a larger radius are not attacked again.
-        resisted = torch.zeros(b, dtype=torch.bool)
         for r in radii if self.order == "ascending" else radii[::-1]:
-            ball = threat.with_eps(r)
             attacked = torch.zeros(b, dtype=torch.bool)
-            for j, (label, attack) in enumerate(zip(self.labels, self.attacks, strict=True)):
-                todo = clean_correct & ~(broken_cost <= r * (1.0 + tol)) & ~resisted
+            for j, label in enumerate(self.labels):
+                todo = walk.robust_at(r) & ~walk.resisted
                 attacked |= todo
                 n = int(todo.sum())
                 if n == 0:
                     continue
-                with tqdm(
-                    total=n, desc=f"r={r:g} {label}", unit="ex", leave=False, disable=not progress
-                ) as bar:
+                bar = tqdm(total=n, desc=f"r={r:g} {label}", unit="ex", leave=False, disable=not progress)
+                with bar:
                     idx = todo.nonzero()[:, 0]
-                    dev_idx = idx.to(x.device)
-                    res = attack(
-                        model,
-                        x[dev_idx],
-                        labels[dev_idx],
-                        threat=ball,
-                        seed=seed,
-                        indices=indices[idx],
-                        **extra,
-                    )
-                    won = res.success.cpu()
-                    hit = idx[won]
-                    broken_cost[hit] = res.cost.cpu()[won]
-                    attack_cost[hit, j] = torch.minimum(attack_cost[hit, j], broken_cost[hit].double())
-                    broken_attack[hit] = j
-                    broken_radius[hit] = r
-                    adversarial[hit.to(x.device)] = res.adversarial[won.to(x.device)].to(adversarial.dtype)
+                    ball = threat.with_eps(r)
+                    won, seconds = self._attack(j, walk, idx, x, labels, logits, indices, ball, r, **call)
                     bar.update(n)
-                    still = int((clean_correct & ~(broken_cost <= r * (1.0 + tol))).sum())
+                    still = int(walk.robust_at(r).sum())
                     bar.set_postfix(robust=f"{still}/{b}", elapsed=f"{time.perf_counter() - start:.1f}s")
-                timings.append(
-                    dict(radius=r, attack=label, attacked=n, broken=int(won.sum()), seconds=res.seconds)
-                )
+                timings.append(dict(radius=r, attack=label, attacked=n, broken=won, seconds=seconds))
             if self.order == "descending":
-                resisted |= attacked & ~(broken_cost <= r * (1.0 + tol))
+                walk.resisted |= attacked & walk.robust_at(r)
+        return self._result(walk, radii, x, labels, indices, threat, exact_fraction, timings)
+
+    def _attack(self, j, walk: _Walk, idx, x, labels, logits, indices, ball, r, *, model, seed, extra):
+        """Run attack ``j`` (each of its targeted runs) on the examples ``idx``; record the breaks.
+
+        Returns ``(examples broken, seconds)``.
+        """
+        attack, dev_idx = self.attacks[j], idx.to(x.device)
+        # An untargeted attack runs once; a targeted one once per target rank (1 = the runner-up class).
+        runs = list(range(1, self.targets[j] + 1)) if self.targets[j] else [None]
+        broken, seconds = torch.zeros(idx.numel(), dtype=torch.bool), 0.0
+        for rank in runs:
+            targets = None if rank is None else _target_classes(logits[dev_idx], labels[dev_idx], rank)
+            res = attack(model, x[dev_idx], labels[dev_idx], threat=ball, targets=targets, seed=seed,
+                         indices=indices[idx], **extra)
+            seconds += res.seconds
+            cost = res.cost.cpu().double()
+            # A targeted success is misclassified too; keep it only where it is cheaper than what we have.
+            won = res.success.cpu() & (cost < walk.broken_cost[idx])
+            walk.record(idx, won, cost, res.adversarial, j, r)
+            broken |= won
+        return int(broken.sum()), seconds
+
+    def _result(self, walk: _Walk, radii, x, labels, indices, threat, exact_fraction, timings) -> SuiteResult:
+        b = x.shape[0]
         exact = torch.full((b,), float("nan"), dtype=torch.float64)
-        check = torch.from_numpy(sample) & (broken_attack >= 0)
+        check = torch.from_numpy(in_exact_sample(indices, exact_fraction)) & (walk.broken_attack >= 0)
         if bool(check.any()):
             sel = check.nonzero()[:, 0]
-            exact[sel] = threat.distance(x[sel.to(x.device)].cpu(), adversarial[sel.to(x.device)].cpu())
+            exact[sel] = threat.distance(x[sel.to(x.device)].cpu(), walk.adversarial[sel.to(x.device)].cpu())
         return SuiteResult(
             radii=radii,
             attacks=tuple(self.labels),
             indices=indices,
             labels=labels.detach().cpu().long(),
-            clean_correct=clean_correct,
-            broken_cost=broken_cost,
-            broken_attack=broken_attack,
-            broken_radius=broken_radius,
-            adversarial=adversarial.detach().cpu(),
+            clean_correct=walk.clean_correct,
+            broken_cost=walk.broken_cost,
+            broken_attack=walk.broken_attack,
+            broken_radius=walk.broken_radius,
+            adversarial=walk.adversarial.detach().cpu(),
             exact_distance=exact,
-            cost_tol=float(tol),
+            cost_tol=float(threat.cost_tol),
             timings=timings,
-            attack_cost=attack_cost,
+            attack_cost=walk.attack_cost,
         )
+
+
+def _clean_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Logits ``[B, classes]`` of the clean images (no grad); ``ValueError`` if any is NaN/inf."""
+    with torch.no_grad():
+        chunks = range(0, x.shape[0], batch_size)
+        return check_logits(torch.cat([model(x[i : i + batch_size]) for i in chunks]))
 
 
 def _conf_dir() -> Path:
@@ -352,7 +415,8 @@ def suite_from_config(cfg) -> Suite:
     """Build a :class:`Suite` from a composed suite config (``name``, ``version``, ``attacks`` mapping).
 
     ``cfg.attacks`` maps a label to an attack config (``_target_`` plus the constructor's keyword
-    arguments), in run order. Raises ``ValueError`` naming the failing field.
+    arguments), in run order; optional ``cfg.targets`` maps labels to their number of targeted runs
+    (:class:`Suite`'s ``targets``), ``cfg.order`` is the walk. Raises ``ValueError`` naming the failing field.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -377,7 +441,16 @@ def suite_from_config(cfg) -> Suite:
     order = str(cfg.get("order", "ascending"))
     if order not in ("ascending", "descending"):
         raise ValueError(f"suite.order must be 'ascending' or 'descending', got {order!r}")
-    return Suite(str(cfg.name), int(cfg.version), attacks, labels=[str(k) for k in cfg.attacks], order=order)
+    labels = [str(k) for k in cfg.attacks]
+    targets = dict(cfg.get("targets") or {})
+    unknown = sorted(set(map(str, targets)) - set(labels))
+    if unknown:
+        raise ValueError(f"suite.targets names attacks that are not in suite.attacks: {unknown}")
+    counts = [targets.get(label, 0) for label in labels]
+    try:
+        return Suite(str(cfg.name), int(cfg.version), attacks, labels=labels, order=order, targets=counts)
+    except ValueError as exc:
+        raise ValueError(f"suite: {exc}") from None
 
 
 def load_suite(name: str, conf_dir: str | Path | None = None) -> Suite:

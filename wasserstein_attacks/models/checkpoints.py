@@ -41,7 +41,8 @@ def safe_load(path: str | Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
         text = " ".join(str(exc).split())
-        if "weights_only" in text or "Unsupported global" in text:
+        # torch names weights_only in every failure message; a refused pickle says which global it met.
+        if "Unsupported global" in text or "Unsupported operand" in text:
             reason = "it holds pickled objects other than tensors and plain containers (refused for safety)"
         else:
             reason = f"it is not a readable torch file ({type(exc).__name__}: {text[:160]})"
