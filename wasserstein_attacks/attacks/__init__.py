@@ -1,4 +1,4 @@
-"""Wasserstein attacks: one contract (:class:`Attack` -> :class:`AttackResult`), a registry, the suite.
+"""Wasserstein attacks: one contract (``Attack`` -> ``AttackResult``), a registry, the suite.
 
 ``get(name, **kwargs)`` instantiates a registered attack; ``available()`` lists the names.
 """

@@ -1,8 +1,8 @@
 """The attack contract: one template ``__call__``, a frozen result, the common verified ending.
 
-Every attack subclasses :class:`Attack` and implements ``_run``, which returns a transport plan in
+Every attack subclasses ``Attack`` and implements ``_run``, which returns a transport plan in
 the local layout (preferred) or an image. ``__call__`` then, for every attack alike
-(the threat model's "Exactness" rule, :mod:`wasserstein_attacks.threat`):
+(the threat model's "Exactness" rule, ``wasserstein_attacks.threat``):
 
 1. validates the inputs and puts the model in eval mode (restoring its mode afterwards);
 2. repairs the plan: exact row sums ``x``; where the box or the cost does not hold, moves back along
@@ -106,7 +106,7 @@ def example_generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-#: The losses an attack can maximise (see :func:`loss_per_example`).
+#: The losses an attack can maximise (see ``loss_per_example``).
 LOSSES = ("ce", "margin", "dlr")
 
 
@@ -189,7 +189,7 @@ def repair_plan(
         threat: the ball: ``eps`` (per example), ``p``, ``kernel_size`` ``k`` and ``box`` (``None``:
             no ``[0, 1]`` box, so step 2 and the box bound of step 3 are skipped).
         max_rounds: most rounds of the local box repair (step 2), passed to
-            :func:`~wasserstein_attacks.solvers.grid_overflow`.
+            ``grid_overflow``.
 
     Returns:
         ``(plan, kept)``: float64 feasible plan and, per example ``[B]``, the fraction of the moved
@@ -258,7 +258,7 @@ def iterate(
         labels: long ``[B]`` true classes.
         targets: long ``[B]`` target classes (targeted attack), or ``None`` (untargeted).
         steps: iterations at most per example.
-        loss: ``"ce"`` or ``"margin"``, the loss to maximise (see :func:`loss_per_example`).
+        loss: ``"ce"`` or ``"margin"``, the loss to maximise (see ``loss_per_example``).
         state: per-example tensors with leading dim ``B``; ``state["var"]`` is the variable the
             gradient is taken with respect to (a plan ``[B,C,H*W,k*k]`` or an image ``[B,C,H,W]``).
             Updated in place for the active examples.

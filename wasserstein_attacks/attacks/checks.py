@@ -1,6 +1,6 @@
 """Gradient-masking checks to run before attacking, and straight-through (BPDA) gradient models.
 
-A gradient attack is only as good as the gradients it follows. :func:`check_model` spends a couple
+A gradient attack is only as good as the gradients it follows. ``check_model`` spends a couple
 of forward/backward passes on a few examples to flag the usual reasons an attack silently fails
 (Athalye, Carlini, Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018):
 
@@ -11,7 +11,7 @@ of forward/backward passes on a few examples to flag the usual reasons an attack
 - the outputs are not finite (an error: a NaN model would otherwise be scored as predicting class 0).
 
 For an input transform with no useful gradient, build a BPDA gradient model with
-:class:`StraightThrough` (forward = the transform, backward = identity) and pass it as
+``StraightThrough`` (forward = the transform, backward = identity) and pass it as
 ``gradient_model=`` to any attack; success is still judged on the real model::
 
     model = torch.nn.Sequential(binarize, net)                      # what is evaluated
@@ -36,7 +36,7 @@ __all__ = ["ModelChecks", "check_model", "StraightThrough", "straight_through"]
 
 @dataclass(frozen=True)
 class ModelChecks:
-    """Outcome of :func:`check_model` (all values JSON-ready).
+    """Outcome of ``check_model`` (all values JSON-ready).
 
     Attributes:
         n_examples: examples the checks used.
@@ -119,7 +119,7 @@ def check_model(
             the same stream, so a random model gives a different output.
         max_examples: how many examples to use (the cost is linear in it).
         loss: the loss, or the losses, whose input gradients are checked: pass the ones the attacks
-            will follow (:attr:`~wasserstein_attacks.attacks.Suite.losses`). ``"margin"`` (default:
+            will follow (``losses``). ``"margin"`` (default:
             best other logit minus the true logit; its gradient is zero only when the logits are
             locally constant in the input, as behind a threshold), ``"ce"`` (also vanishes when the
             softmax saturates in float32 on very confident examples, which stalls a cross-entropy
@@ -128,7 +128,7 @@ def check_model(
             ``<= tiny`` (loss units per unit of pixel value).
 
     Returns:
-        :class:`ModelChecks`.
+        ``ModelChecks``.
 
     Raises:
         ValueError: bad arguments, or outputs that are not finite logits ``[B, num_classes]``.
@@ -283,7 +283,7 @@ def straight_through(transform: Transform) -> Transform:
 
 
 class StraightThrough(torch.nn.Module):
-    """Module form of :func:`straight_through`: forward = ``transform``, backward = identity.
+    """Module form of ``straight_through``: forward = ``transform``, backward = identity.
 
     Put it in front of the classifier to build a BPDA gradient model, then pass that model as
     ``gradient_model=`` to an attack (the attack follows its gradients; success is judged on the

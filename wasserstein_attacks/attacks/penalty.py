@@ -163,7 +163,7 @@ def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor, box: tuple[int
     """Map logits ``z`` to the plan ``x_i * softmax(z_i)`` over in-image offsets, then make the box hold.
 
     ``box = (H, W, k)`` applies the local box repair
-    (:func:`~wasserstein_attacks.solvers.grid_overflow`: the share of moved mass that overflows a
+    (``grid_overflow``: the share of moved mass that overflows a
     pixel goes back to its sources' "stay") as part of the map, so every plan it produces is inside
     ``[0, 1]`` (capacity-respecting); ``None`` skips it (no box). The repair's keep factors are held
     constant in the backward pass: differentiating through them divides by the inflow, which is 0 at

@@ -1,17 +1,17 @@
 """Attacks that optimise the transport plan directly (Wu, Wang, Yu, ICML 2020), and box-aware variants.
 
-The variable is a local plan ``P`` (layout ``[B, C, H*W, k*k]``, :mod:`wasserstein_attacks.transport`)
+The variable is a local plan ``P`` (layout ``[B, C, H*W, k*k]``, ``wasserstein_attacks.transport``)
 from the clean image ``x``; the adversarial image is its column sums. The feasible set of Wu et al. is
 
     Pi(x, eps) = { P >= 0 on the window,  P 1 = x,  <P, C> <= eps N }          (Wu et al., eq. 6)
 
 and the box-aware variants add the column capacity ``P^T 1 <= 1`` (pixels stay in ``[0, 1]``).
 
-The solvers they use (one implementation each) live in :mod:`wasserstein_attacks.solvers`: the exact
-projection onto ``Pi(x, eps)`` (:func:`~wasserstein_attacks.solvers.project_plan`), the entropic
-oracle (:func:`~wasserstein_attacks.solvers.entropic_lmo`), Wu et al.'s capacity post-projection and
-the local box repair (:func:`~wasserstein_attacks.solvers.fit_box`), all on compact rows
-(:class:`~wasserstein_attacks.solvers.PlanRows`).
+The solvers they use (one implementation each) live in ``wasserstein_attacks.solvers``: the exact
+projection onto ``Pi(x, eps)`` (``project_plan``), the entropic
+oracle (``entropic_lmo``), Wu et al.'s capacity post-projection and
+the local box repair (``fit_box``), all on compact rows
+(``PlanRows``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ __all__ = ["ExactProjectionPGD", "FrankWolfe", "FrankWolfeBox", "PGDBox"]
 class _PlanAttack(Attack):
     """Shared driver of the plan attacks: restarts, per-example seeds, the shared loop, diagnostics.
 
-    The plan of every example lives in one compact ``[M, k*k]`` tensor (rows with mass, :class:`PlanRows`);
-    the shared loop (:func:`~wasserstein_attacks.attacks.base.iterate`) sees only the image the plan
+    The plan of every example lives in one compact ``[M, k*k]`` tensor (rows with mass, ``PlanRows``);
+    the shared loop (``iterate``) sees only the image the plan
     produces, and the plan gradient is the image gradient at each entry's target (``column_sums``'
     adjoint). Subclasses implement ``_step`` (one update of the active examples' plans) and may carry
     per-example state (``_extra_state``, e.g. warm-started multipliers) and post-process (``_finalise``).
@@ -138,11 +138,11 @@ class ExactProjectionPGD(_PlanAttack):
     From the identity plan, each iteration takes the gradient ``G`` of the loss w.r.t. the plan (through
     the clamped image, as their code), normalises it per example by its l_inf norm (+1e-8), steps
     ``P <- P + lr G`` and projects exactly onto ``Pi(x, eps) = {P >= 0, P 1 = x, <P, C> <= eps N}``
-    (:func:`project_plan`: rows ``Pi_simplex(V - lambda C)``, ``lambda`` by bisection on
+    (``project_plan``: rows ``Pi_simplex(V - lambda C)``, ``lambda`` by bisection on
     ``[0, 2 ||V||_inf + ||x||_inf]`` keeping the feasible end; their MNIST script: 25 steps, tolerance
     1e-4). Faithful: the box is not in the feasible set (their attack returns unclipped images; the
     common ending repairs). ``post_projection`` emulates their optional box post-projection
-    (:func:`capacity_projection`, 5000 dual-ascent steps; used in their CIFAR/ImageNet scripts).
+    (``capacity_projection``, 5000 dual-ascent steps; used in their CIFAR/ImageNet scripts).
 
     Differences from their code, by design: stopping is per example at the first success
     (``stop_on_success``; their loop runs every iteration on the whole batch), restarts after the first
@@ -212,7 +212,7 @@ class FrankWolfe(_PlanAttack):
     """Frank-Wolfe over transport plans with the entropic oracle (Wu, Wang, Yu, ICML 2020, Section 4.2).
 
     From the identity plan, each iteration normalises the plan gradient ``G`` per example by its l_inf
-    norm, calls the entropic linear maximisation oracle (:func:`entropic_lmo`)
+    norm, calls the entropic linear maximisation oracle (``entropic_lmo``)
     ``S = x_i softmax((G - lambda C) / gamma)`` with ``<C, S> = eps N``, and steps
     ``P <- P + 2/(t+2) (S - P)``. Faithful: the box is ignored (their MNIST script returns the clamped
     image, which changes the mass; the common ending decides what counts).
@@ -286,11 +286,11 @@ class FrankWolfe(_PlanAttack):
 class FrankWolfeBox(_PlanAttack):
     """Box-aware Frank-Wolfe (ours): every iterate is a verified member of the ball, pixels in ``[0, 1]``.
 
-    Wu et al.'s Frank-Wolfe (:class:`FrankWolfe`) with the column capacity ``P^T 1 <= 1`` inside:
+    Wu et al.'s Frank-Wolfe (``FrankWolfe``) with the column capacity ``P^T 1 <= 1`` inside:
 
     1. the entropic oracle prices each pixel's capacity with a multiplier ``mu_j >= 0``:
        ``S_ij = x_i softmax((G_ij - lambda C_ij - mu_target(ij)) / gamma)`` (``lambda`` as in
-       :class:`FrankWolfe` with ``solver="newton"``, so that ``<C, S> = eps N``);
+       ``FrankWolfe`` with ``solver="newton"``, so that ``<C, S> = eps N``);
     2. ``mu`` takes a projected dual-ascent step ``mu <- max(0, mu + dual_lr (S^T 1 - 1))`` per oracle call
        (``dual_steps`` calls per iteration) and carries over to the next iteration, so the prices track the
        pixels the attack wants to fill (MNIST strokes sit at exactly 1: no mass can enter them unless
@@ -306,7 +306,7 @@ class FrankWolfeBox(_PlanAttack):
         dual_steps: oracle calls (one dual step each) per iteration.
         newton_steps: maximum multiplier evaluations per oracle call.
         tol: relative tolerance of the multiplier search.
-        loss: ``"ce"``, ``"margin"`` or ``"dlr"`` (see :func:`~.base.loss_per_example`).
+        loss: ``"ce"``, ``"margin"`` or ``"dlr"`` (see ``loss_per_example``).
         restarts: runs; the first from the identity plan, later ones from seeded random feasible plans.
         stop_on_success: freeze an example at its first success.
 
@@ -368,9 +368,9 @@ class PGDBox(_PlanAttack):
         dual_steps: projections per iteration.
         newton_steps: maximum multiplier evaluations per projection.
         tol: relative tolerance of the multiplier search.
-        loss: as :class:`FrankWolfeBox`.
-        restarts: as :class:`FrankWolfeBox`.
-        stop_on_success: as :class:`FrankWolfeBox`.
+        loss: as ``FrankWolfeBox``.
+        restarts: as ``FrankWolfeBox``.
+        stop_on_success: as ``FrankWolfeBox``.
 
     """
 

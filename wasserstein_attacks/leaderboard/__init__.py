@@ -23,8 +23,8 @@ claimed numbers consistent with the per-example arrays, HTML escaping when rende
 loaded only with ``torch.load(..., weights_only=True)`` and only when their sha256 matches the entry.
 The verification block is written by ``verify`` only; claimed numbers are never modified.
 
-Modules, each importing only those before it: :mod:`.schema` (limits, what a valid entry is),
-:mod:`.io` (files), :mod:`.verify`, :mod:`.add`, :mod:`.render`, :mod:`.cli`
+Modules, each importing only those before it: ``.schema`` (limits, what a valid entry is),
+``.io`` (files), ``.verify``, ``.add``, ``.render``, ``.cli``
 (``wattack-leaderboard {validate,add,verify,render}``).
 """
 

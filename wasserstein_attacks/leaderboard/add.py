@@ -1,7 +1,7 @@
 """Turning a benchmark run (``results.json`` + ``examples.npz`` of ``wattack-bench``) into an entry.
 
 The entry keeps the run's numbers as claimed, all per-example outcomes, and a seeded random subset of
-at most :data:`~.schema.MAX_SAMPLE` broken examples with their images; it is validated exactly as
+at most ``MAX_SAMPLE`` broken examples with their images; it is validated exactly as
 ``validate`` would before anything is written.
 """
 
@@ -79,7 +79,7 @@ def add_entry(
         overwrite: replace an existing entry (its verification block is dropped).
 
     Returns:
-        Path of the written entry JSON. Raises :class:`EntryError` / ``ValueError`` without writing
+        Path of the written entry JSON. Raises ``EntryError`` / ``ValueError`` without writing
         anything if the run does not make a valid entry.
 
     """
@@ -196,7 +196,7 @@ def _robust_table(results: dict) -> tuple[list[float], dict[str, float]]:
 
 
 def _headline_radius(headline: float | None, dataset: str, grid: list[float], robust: dict) -> float:
-    """``headline`` if given, else the dataset's :data:`HEADLINE_RADIUS` if in the grid, else its middle."""
+    """``headline`` if given, else the dataset's ``HEADLINE_RADIUS`` if in the grid, else its middle."""
     if headline is None:
         default = HEADLINE_RADIUS.get(dataset)
         headline = default if default in grid else grid[len(grid) // 2]

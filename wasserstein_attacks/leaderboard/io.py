@@ -1,7 +1,7 @@
 """Reading and writing entries: strict JSON, pickle-free npz, and the ``entries/`` folder as a whole.
 
 Everything read here is untrusted: JSON without NaN, infinities or duplicate keys and under a size
-limit; npz members checked against :data:`~.schema.NPZ_SPEC` before anything is allocated.
+limit; npz members checked against ``NPZ_SPEC`` before anything is allocated.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _no_duplicates(pairs):
 def read_json(path: Path, max_bytes: int, what: str) -> tuple[object, bytes]:
     """Parse ``path`` as strict JSON (no NaN/inf, no duplicate keys), refusing files over ``max_bytes``.
 
-    Returns ``(value, raw bytes)``. ``FileNotFoundError`` if ``path`` is not a file, :class:`EntryError`
+    Returns ``(value, raw bytes)``. ``FileNotFoundError`` if ``path`` is not a file, ``EntryError``
     (naming ``what``) if it is too large or not JSON.
     """
     path = Path(path)
@@ -145,7 +145,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    """One ``.npy`` member, its header checked against :data:`NPZ_SPEC` and its size before reading."""
+    """One ``.npy`` member, its header checked against ``NPZ_SPEC`` and its size before reading."""
     key = info.filename[:-4]
     with zf.open(info) as f:
         version = np.lib.format.read_magic(f)
@@ -189,7 +189,7 @@ def load_arrays(path: Path, data: dict) -> tuple[dict | None, list[str]]:
 
 
 def load_entry_json(path: Path) -> dict:
-    """Read an entry's JSON and validate it alone (not its npz); :class:`EntryError` lists every problem."""
+    """Read an entry's JSON and validate it alone (not its npz); ``EntryError`` lists every problem."""
     data, _ = read_json(path, MAX_ENTRY_BYTES, "entry")
     problems = entry_problems(data, path)
     if problems:
@@ -198,7 +198,7 @@ def load_entry_json(path: Path) -> dict:
 
 
 def load_entry(path: Path) -> Entry:
-    """Read and fully validate an entry (JSON + npz); raise :class:`EntryError` listing every problem."""
+    """Read and fully validate an entry (JSON + npz); raise ``EntryError`` listing every problem."""
     path = Path(path)
     data = load_entry_json(path)
     arrays, problems = load_arrays(path, data)
@@ -216,7 +216,7 @@ def validate_all(root: Path) -> dict[Path, list[str]]:
     """Validate every entry under ``root/entries``; returns ``{path: problems}`` for the invalid ones.
 
     Also reports files that are not part of an entry (an npz without its JSON, files at other depths).
-    An empty ``{}`` also for a ``root`` without entries: callers that need some check :func:`entry_paths`.
+    An empty ``{}`` also for a ``root`` without entries: callers that need some check ``entry_paths``.
     """
     root = Path(root)
     bad: dict[Path, list[str]] = {}

@@ -345,7 +345,7 @@ def _render_html(tables: list[_Table]) -> str:
 def render(root: Path) -> tuple[str, str]:
     """Render ``(README.md, index.html)`` text from the entries under ``root``; deterministic.
 
-    Raises :class:`EntryError` if any entry does not validate (nothing invalid is ever rendered).
+    Raises ``EntryError`` if any entry does not validate (nothing invalid is ever rendered).
     """
     bad = validate_all(root)
     if bad:

@@ -1,6 +1,6 @@
 """What a valid entry is: limits, the JSON schema, and the rules the schema cannot express.
 
-:func:`entry_problems` checks an entry's JSON alone; :func:`array_problems` checks its claimed numbers
+``entry_problems`` checks an entry's JSON alone; ``array_problems`` checks its claimed numbers
 and committed examples against the per-example arrays of its npz. Both return every problem found
 (an empty list: valid), so a submitter sees all of them at once.
 """

@@ -262,7 +262,7 @@ def _predictions(model, x: torch.Tensor, adv: np.ndarray, device) -> tuple[torch
 
 
 def _reproduce(data, arrays, checkpoint, checks, stats, loaders, device, progress) -> dict | None:
-    """Run the checks that need the model (see :func:`verify_entry`): fill ``checks``, return the block."""
+    """Run the checks that need the model (see ``verify_entry``): fill ``checks``, return the block."""
     if not _checkpoint_matches(data, checkpoint, checks) or arrays is None:
         return None
     model = loaders["model"](data["architecture"], checkpoint)

@@ -1,10 +1,10 @@
 """Models: architectures, safe checkpoint I/O and the model zoo of published checkpoints.
 
-- ``architectures``: :func:`build_model` by name (``mnist_convnet``, ``resnet18``, ``tiny``),
-  :class:`Normalize`, :class:`BinarizedInput`.
-- ``checkpoints``: :func:`safe_load` (``weights_only=True``), other people's formats
-  (:func:`load_weights`) and the project's own (:func:`save_checkpoint`, :func:`load_checkpoint`).
-- ``zoo``: :func:`load_model` by name (``mnist_adv_training``, ...; :func:`list_models`), downloaded
+- ``architectures``: ``build_model`` by name (``mnist_convnet``, ``resnet18``, ``tiny``),
+  ``Normalize``, ``BinarizedInput``.
+- ``checkpoints``: ``safe_load`` (``weights_only=True``), other people's formats
+  (``load_weights``) and the project's own (``save_checkpoint``, ``load_checkpoint``).
+- ``zoo``: ``load_model`` by name (``mnist_adv_training``, ...; ``list_models``), downloaded
   once from the authors' repository, checked against its sha256 and cached.
 
 Every model takes images in pixel space, ``[B, C, H, W]`` in ``[0, 1]``, and returns logits

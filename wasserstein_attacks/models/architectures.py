@@ -209,7 +209,7 @@ def build_model(
         num_classes: number of logits.
         in_channels: input channels (default 1 for mnist_convnet and tiny, 3 for resnet18; the MNIST
             architecture only accepts 1).
-        binarize: wrap in :class:`BinarizedInput` (threshold 0.5).
+        binarize: wrap in ``BinarizedInput`` (threshold 0.5).
         straight_through: with ``binarize``, a straight-through backward pass (BPDA).
         seed: if given, the initial weights are drawn from ``torch.manual_seed(seed)`` without
             changing the global random state.

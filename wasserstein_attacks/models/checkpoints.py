@@ -115,10 +115,10 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a checkpoint file (any format of :func:`extract_state_dict`) into ``model``; returns it.
+    """Load a checkpoint file (any format of ``extract_state_dict``) into ``model``; returns it.
 
     Read with ``weights_only=True`` on CPU; ``ValueError`` if it does not fit (see
-    :func:`load_state_dict_checked`), ``FileNotFoundError`` if ``path`` does not exist.
+    ``load_state_dict_checked``), ``FileNotFoundError`` if ``path`` does not exist.
     """
     path = Path(path)
     if not path.is_file():
@@ -180,7 +180,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` into ``model``; return its ``meta`` dict.
+    """Load a checkpoint written by ``save_checkpoint`` into ``model``; return its ``meta`` dict.
 
     ``ValueError`` if the file is not such a checkpoint or does not fit ``model``.
     """

@@ -49,13 +49,13 @@ class ZooEntry:
 
     Attributes:
         name: the zoo name, also the Hydra config ``model=<name>``.
-        architecture: the :func:`~wasserstein_attacks.models.build_model` name the weights fit.
+        architecture: the ``build_model`` name the weights fit.
         file: the checkpoint's file name (in the cache, in ``$WATTACK_ZOO_DIR``, at the URL).
         sha256: hex sha256 of the published file.
         url: where the authors publish it (a pinned commit, so the bytes cannot change).
         paper: the paper that trained it.
         description: what it is, with the clean accuracy its authors report.
-        binarize: the model thresholds its input at 0.5 (:class:`BinarizedInput`).
+        binarize: the model thresholds its input at 0.5 (``BinarizedInput``).
 
     """
 
@@ -118,7 +118,7 @@ _SHORT_NAMES = {name.removeprefix("mnist_"): name for name in ZOO}
 
 
 def list_models() -> dict[str, str]:
-    """Return the zoo's names, each with a one-line description (full records: :data:`ZOO`)."""
+    """Return the zoo's names, each with a one-line description (full records: ``ZOO``)."""
     return {name: entry.description for name, entry in ZOO.items()}
 
 
@@ -245,7 +245,7 @@ def load_model(
     """Zoo model ``name`` with its published weights, on CPU, in eval mode.
 
     Args:
-        name: one of :func:`list_models` (``"mnist_vanilla"``, ``"mnist_adv_training"``,
+        name: one of ``list_models`` (``"mnist_vanilla"``, ``"mnist_adv_training"``,
             ``"mnist_robust"``, ``"mnist_binarize"``).
         cache_dir: download cache (default ``$WATTACK_CACHE/models`` or
             ``~/.cache/wasserstein_attacks/models``).
@@ -274,6 +274,6 @@ def load_model(
 
 
 def load_reference_model(name: str, **kwargs) -> nn.Module:
-    """Return :func:`load_model` ``(name, **kwargs)``; also takes the short names (``adv_training``, ...)."""
+    """Return ``load_model`` ``(name, **kwargs)``; also takes the short names (``adv_training``, ...)."""
     full = _SHORT_NAMES.get(name, name) if isinstance(name, str) else name
     return load_model(full, **kwargs)

@@ -1,0 +1,159 @@
+"""Choose the default suite with evidence: every attack configuration on every model, per example.
+
+Each configuration (attack x loss x restarts x targeted runs) runs alone as a one-attack suite walked
+in ascending order (every example is attacked at every radius below its cheapest verified break: no
+assumption about the walk). Because attacks seed per example and stop per example, a suite made of
+several configurations breaks exactly the union of what its members break, so any candidate suite is
+evaluated offline from the per-example costs stored here, against the per-example worst case over
+everything tried. ``standard-v2`` itself (descending walk, cross-entropy) runs too, for its numbers
+and its time.
+
+    python benchmarks/suite_ablation.py --n 200 --threads 1          # resumable; JSON after each run
+    python benchmarks/suite_ablation.py --analyse                   # tables from the JSON only
+
+Writes ``benchmarks/results/suite_ablation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
+
+from wasserstein_attacks import WassersteinBall  # noqa: E402
+from wasserstein_attacks.attacks import Suite, get, load_suite  # noqa: E402
+from wasserstein_attacks.data import load_dataset  # noqa: E402
+from wasserstein_attacks.models import load_model  # noqa: E402
+
+RADII = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+OUT = RESULTS / "suite_ablation.json"  # --out replaces it
+#: label -> (registry name, constructor keywords, targeted runs). Defaults are the attack configs'.
+CONFIGS = {
+    "fwb-ce": ("frank_wolfe_box", {"loss": "ce"}, 0),
+    "pgdb-ce": ("pgd_box", {"loss": "ce"}, 0),
+    "fwb-margin": ("frank_wolfe_box", {"loss": "margin"}, 0),
+    "pgdb-margin": ("pgd_box", {"loss": "margin"}, 0),
+    "fwb-dlr": ("frank_wolfe_box", {"loss": "dlr"}, 0),
+    "pgdb-dlr": ("pgd_box", {"loss": "dlr"}, 0),
+    "pgdb-margin-r2": ("pgd_box", {"loss": "margin", "restarts": 2}, 0),
+    "fwb-margin-t3": ("frank_wolfe_box", {"loss": "margin"}, 3),
+    "fw-margin": ("frank_wolfe", {"loss": "margin"}, 0),
+}
+MODELS = ("standard", "mnist_vanilla", "mnist_adv_training", "mnist_robust", "mnist_binarize")
+
+
+def _model(name: str) -> torch.nn.Module:
+    if name == "standard":
+        from wasserstein_attacks.defenses import standard_mnist_model
+
+        return standard_mnist_model(progress=False).eval()
+    # The binarized model is attacked through its straight-through (BPDA) gradient, as in the bench.
+    kwargs = {"straight_through": True} if name == "mnist_binarize" else {}
+    return load_model(name, **kwargs)
+
+
+def _suite(label: str) -> Suite:
+    if label == "standard-v2":
+        return load_suite("standard-v2")
+    name, kwargs, targets = CONFIGS[label]
+    return Suite(label, 1, [get(name, **kwargs)], labels=[label], targets=[targets])
+
+
+def _run(label: str, model, images, labels) -> dict:
+    start = time.perf_counter()
+    res = _suite(label).run(model, images, labels, RADII, threat=WassersteinBall(eps=0.0), seed=0,
+                            progress=False)
+    return {
+        "seconds": time.perf_counter() - start,
+        "clean_accuracy": res.clean_accuracy,
+        "robust_accuracy": {repr(r): res.robust_accuracy(r) for r in RADII},
+        "broken_cost": [float(c) for c in res.broken_cost.tolist()],
+        "cost_tol": res.cost_tol,
+    }
+
+
+def measure(args) -> dict:
+    """Run every (model, configuration) not in the JSON yet; rewrite the JSON after each."""
+    torch.set_num_threads(args.threads)
+    report = _load() or {"n": args.n, "radii": list(RADII), "runs": {}}
+    if report["n"] != args.n:
+        raise SystemExit(f"--n {args.n}: {OUT} holds n={report['n']}; move it away to start over")
+    data = load_dataset("mnist", "test", n=args.n)
+    for model_name in args.models:
+        model = _model(model_name)
+        runs = report["runs"].setdefault(model_name, {})
+        for label in ["standard-v2", *CONFIGS]:
+            if label in runs:
+                continue
+            runs[label] = _run(label, model, data.images, data.labels)
+            print(f"{model_name:20s} {label:16s} {runs[label]['seconds']:7.1f} s  "
+                  + " ".join(f"{v:.3f}" for v in runs[label]["robust_accuracy"].values()), flush=True)
+            report.update(machine=machine(), provenance=provenance())
+            write_json(OUT, report)
+    return report
+
+
+def _load() -> dict | None:
+    import json
+
+    return json.loads(OUT.read_text()) if OUT.is_file() else None
+
+
+def robust_of(runs: dict, members: list[str], r: float, tol: float) -> float:
+    """Robust accuracy at ``r`` of a suite made of ``members``: the union of their per-example breaks."""
+    costs = [runs[m]["broken_cost"] for m in members]
+    cheapest = [min(cs) for cs in zip(*costs, strict=True)]
+    return sum(not c <= r * (1 + tol) for c in cheapest) / len(cheapest)
+
+
+def analyse(report: dict, candidate: list[str]) -> dict:
+    """Per model and radius: v2, the candidate, and the worst case over every configuration (points)."""
+    out = {}
+    for model_name, runs in report["runs"].items():
+        configs = [c for c in CONFIGS if c in runs]
+        tol = next(iter(runs.values()))["cost_tol"]
+        if not all(c in runs for c in candidate):
+            continue
+        rows = {}
+        for r in report["radii"]:
+            rows[repr(r)] = {
+                "v2": 100 * runs["standard-v2"]["robust_accuracy"][repr(r)],
+                "candidate": 100 * robust_of(runs, candidate, r, tol),
+                "worst_case": 100 * robust_of(runs, configs + ["standard-v2"], r, tol),
+            }
+        time_candidate = sum(runs[c]["seconds"] for c in candidate)
+        out[model_name] = {"radii": rows, "seconds_v2": runs["standard-v2"]["seconds"],
+                           "seconds_candidate_upper_bound": time_candidate, "configs_tried": configs}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="first n MNIST test images")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--analyse", action="store_true", help="only print the tables from the JSON")
+    parser.add_argument("--candidate", nargs="+", default=["fwb-margin", "pgdb-margin"])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    globals()["OUT"] = args.out
+    report = _load() if args.analyse else measure(args)
+    if report is None:
+        raise SystemExit(f"{OUT} does not exist yet: run without --analyse first")
+    table = analyse(report, args.candidate)
+    for model_name, t in table.items():
+        seconds = f"v2 {t['seconds_v2']:.0f} s, candidate <= {t['seconds_candidate_upper_bound']:.0f} s"
+        print(f"\n{model_name}: {seconds}")
+        for r, row in t["radii"].items():
+            print(f"  eps {r:>5}: v2 {row['v2']:5.1f}  candidate {row['candidate']:5.1f}  "
+                  f"worst case {row['worst_case']:5.1f}")
+
+
+if __name__ == "__main__":
+    main()
