@@ -3,7 +3,8 @@
 - :class:`RandomShift`: a toy attack registered as ``test_random_shift``: each example moves all its
   mass by one random window offset (drawn from its own seed); the common ending scales the move back
   to the radius, so the centre of mass moves by at most ``eps`` pixels. ``delay`` slows each call
-  (kill-and-resume tests).
+  (kill-and-resume tests); ``started`` names a file touched as each call starts (a test can wait
+  until a worker process is busy).
 - :class:`CentreOfMass`: a model whose logits depend only on the image's centre of mass, with class
   centres rotated by 45 degrees from the synthetic blobs' so that examples sit near its decision
   boundaries: some are clean errors, the others break at assorted radii.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,11 +27,14 @@ class RandomShift(Attack):
 
     name = "test_random_shift"
 
-    def __init__(self, *, salt: int = 0, delay: float = 0.0):
+    def __init__(self, *, salt: int = 0, delay: float = 0.0, started: str | None = None):
         self.salt = salt
         self.delay = delay
+        self.started = started
 
     def _run(self, model, x, labels, *, threat, targets, seeds):
+        if self.started:
+            Path(self.started).touch()
         if self.delay:
             time.sleep(self.delay)
         b, c, h, w = x.shape

@@ -27,7 +27,7 @@ from bench_doubles import CentreOfMass  # noqa: E402
 
 from wasserstein_attacks import WassersteinBall, bench  # noqa: E402
 from wasserstein_attacks.bench import ConfigError  # noqa: E402
-from wasserstein_attacks.cli import bench_main, merge_main  # noqa: E402
+from wasserstein_attacks.cli import CONF_DIR, bench_main, merge_main  # noqa: E402
 
 TOY = [
     f"hydra.searchpath=[file://{TESTS / 'conf'}]",
@@ -43,7 +43,7 @@ TOY = [
 
 
 def toy_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=[*TOY, *overrides])
 
 
@@ -208,6 +208,85 @@ def test_kill_and_resume_gives_identical_bytes(tmp_path):
     assert 2 <= done < 8 and not (run_dir / "results.json").exists()
     subprocess.run(cmd, cwd=tmp_path, env=env(), check=True, capture_output=True, timeout=300)
     assert_same_bytes(run_dir / "results.json", ref / "results.json")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Processes below ``pid`` (from /proc: no psutil needed)."""
+    parent = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                parent[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait() is missing
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    run_dir, busy = tmp_path / "killed", tmp_path / "busy"
+    # Each batch sleeps a minute: a worker that outlives its parent is still in that batch when checked.
+    slow = ["suite.attacks.shift_a.delay=60", f"+suite.attacks.shift_a.started={busy}", "workers=2"]
+    proc = subprocess.Popen(
+        cli(*TOY, *slow, f"hydra.run.dir={run_dir}"),
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not busy.exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no worker started a batch in time"
+        time.sleep(0.05)
+    children = _descendants(proc.pid)
+    assert proc.poll() is None and len(children) >= 2, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [c for c in children if _alive(c)]
+    for c in left:  # do not leave them running under the rest of the suite
+        os.kill(c, signal.SIGKILL)
+    assert not left, f"processes {left} outlived their killed parent"
+
+
+def test_corrupt_state_is_recomputed_or_reported_in_one_line(tmp_path, capsys):
+    small = ["dataset.n=12", "radii=[0.6]"]
+    ref = tmp_path / "ref"
+    bench.run(toy_cfg(*small), ref)
+    folder = tmp_path / "corrupt"
+    bench.run(toy_cfg(*small), folder)
+    state = folder / "state"
+    data = (state / "batch-000000.npz").read_bytes()
+    (state / "batch-000000.npz").write_bytes(data[: len(data) // 2])  # truncated zip
+    (state / "batch-000001.npz").write_bytes(b"not an npz file")
+    (folder / "results.json").unlink()
+    capsys.readouterr()
+    bench.run(toy_cfg(*small), folder)
+    err = [line for line in capsys.readouterr().err.splitlines() if "unreadable" in line]
+    assert len(err) == 2 and all(line.endswith("computing that batch again") for line in err), err
+    assert_same_bytes(folder / "results.json", ref / "results.json")
+
+    (state / "header.json").write_text('{"config_hash": ')
+    with pytest.raises(ConfigError) as exc:
+        bench.run(toy_cfg(*small), folder)
+    assert "header.json is unreadable" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(ValueError, match=r"^folders: .*header.json is unreadable") as exc:
+        bench.merge([folder], tmp_path / "merged")
+    assert "\n" not in str(exc.value)
 
 
 @pytest.mark.parametrize("launcher", ["basic", "parallel"])

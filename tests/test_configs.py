@@ -1,4 +1,7 @@
-"""Every Hydra config in conf/ composes and what it instantiates instantiates; presets run at tiny size."""
+"""Every Hydra config in the package's conf/ composes, its targets instantiate; presets run at tiny size.
+
+Also: users' own config folders (``hydra.searchpath``) extend the packaged groups.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +21,14 @@ from omegaconf import OmegaConf
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-CONF = REPO / "conf"
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(TESTS))
 
 from wasserstein_attacks import WassersteinBall, bench  # noqa: E402
 from wasserstein_attacks.attacks.base import Attack  # noqa: E402
 from wasserstein_attacks.attacks.suite import Suite, load_suite, suite_from_config  # noqa: E402
+from wasserstein_attacks.bench import spec  # noqa: E402
+from wasserstein_attacks.cli import CONF_DIR as CONF  # noqa: E402
 
 
 def options(group: str) -> list[str]:
@@ -69,7 +73,7 @@ def test_dataset_configs(name):
         return
     bind(cfg.dataset)
     if name == "synthetic":
-        images, labels, info = bench._load_data(cfg)
+        images, labels, info = spec.load_data(cfg)
         assert images.shape == (cfg.dataset.n, 1, 12, 12) and labels.shape == (cfg.dataset.n,)
         assert info["name"] == "synthetic" and "root" not in info
 
@@ -85,7 +89,7 @@ def test_model_configs(name):
         )
     if name == "standard_mnist":
         pytest.skip("instantiating trains the standard model: covered by the slow preset test")
-    model, info = bench._build_model(cfg)
+    model, info = spec.build_model(cfg)
     assert isinstance(model, torch.nn.Module) and info["name"] == cfg.model.name
     if cfg.model.checkpoint is not None:
         assert len(info["checkpoint_sha256"]) == 64
@@ -125,7 +129,7 @@ def test_attack_configs_are_exactly_the_constructor_arguments(name):
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k != "self"
     }
     assert set(cfg.attack) - {"_target_"} == params
-    suite, desc = bench._build_suite(cfg, name)
+    suite, desc = spec.build_suite(cfg, name)
     assert isinstance(suite.attacks[0], Attack) and desc["name"] == f"single-{name}"
 
 
@@ -161,7 +165,7 @@ def test_slurm_launcher_composes():
 
 def test_train_config_composes():
     cfg = compose_cfg(config="train")
-    from wasserstein_attacks import train
+    from wasserstein_attacks.defenses import training as train
 
     inspect.signature(train.standard_mnist_model).bind(**OmegaConf.to_container(cfg.train))
     assert float(bench.build_threat(cfg, eps=cfg.report.eps).eps_for(1)) == cfg.report.eps
@@ -177,6 +181,31 @@ def test_run_folder_is_deterministic_and_shard_safe():
     )
     name = OmegaConf.create({"a": "${wattack_dirname:'seed=3,shard=1/4'}", "b": "${wattack_dirname:''}"})
     assert (name.a, name.b) == ("seed=3,shard=1-of-4", "default")
+
+
+def test_user_config_folders_extend_the_packaged_groups(tmp_path):
+    mine = tmp_path / "my_conf"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "model").mkdir()
+    (mine / "model" / "my_tiny.yaml").write_text(
+        "name: my_tiny\nbuild:\n  _target_: wasserstein_attacks.models.build_model\n  name: tiny\n"
+        "  num_classes: 4\n  seed: 3\ncheckpoint: null\n"
+    )
+    (mine / "experiment" / "my_debug.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - debug\n  - override /model: my_tiny\n"
+        "name: my-debug\nradii: [0.3]\n"
+    )
+    code = "import sys; sys.argv[0] = 'wattack-bench'; import wasserstein_attacks.cli as c; c.bench_main()"
+    args = [f"hydra.searchpath=[file://{mine}]", "experiment=my_debug", "--cfg", "job"]
+    env = dict(os.environ, WANDB_MODE="disabled")
+    p = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=99
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    cfg = OmegaConf.create(p.stdout)
+    assert (cfg.name, cfg.model.name, cfg.model.build.seed) == ("my-debug", "my_tiny", 3)
+    assert list(cfg.radii) == [0.3]
+    assert cfg.dataset.name == "synthetic" and cfg.suite.name == "debug"  # the packaged preset underneath
 
 
 def test_debug_preset_runs(tmp_path):

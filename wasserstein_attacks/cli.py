@@ -1,7 +1,9 @@
-"""Console scripts: ``wattack-bench`` and ``wattack-train`` (Hydra apps over ``conf/``), ``wattack-merge``.
+"""Console scripts: ``wattack-bench``, ``wattack-train`` (Hydra apps, packaged conf/), ``wattack-merge``.
 
 ``wattack-bench [overrides]`` evaluates a model (see :mod:`wasserstein_attacks.bench`); ``--help`` lists
-the config groups. ``wattack-train [overrides]`` trains the project's standard MNIST model.
+the config groups. Your own config files (an ``experiment/``, ``model/`` or any group) are found with
+``hydra.searchpath=[file:///path/to/your/conf]``.
+``wattack-train [overrides]`` trains the project's standard MNIST model.
 ``wattack-merge FOLDER... [-o OUT]`` combines the shard folders of one run.
 A bad config stops with a one-line message naming the field (exit status 2) before any work.
 """
@@ -17,11 +19,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from . import bench
+from ._util import write_json
 from .bench import ConfigError
 
 __all__ = ["bench_main", "train_main", "merge_main", "CONF_DIR"]
 
-#: The project's Hydra config root, shipped inside the package.
+#: The project's Hydra config root, shipped inside the package (a plain folder in site-packages too:
+#: Hydra gets it as an absolute path, which works from a checkout, an editable and a wheel install).
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
@@ -69,8 +73,8 @@ def bench_main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _train_app(cfg: DictConfig) -> None:
-    from .defenses import training as train
     from .data import load_dataset
+    from .defenses import training as train
 
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -83,7 +87,7 @@ def _train_app(cfg: DictConfig) -> None:
     acc = train.evaluate(model, test)
     print(f"standard MNIST model: clean accuracy {acc:.4f} on {len(test)} MNIST test images", flush=True)
     report = train.natural_transformation_report(model, test, threat, n=int(cfg.report.natural_n))
-    bench.write_json(
+    write_json(
         out / "natural_transformations.json", {"clean_accuracy": acc, "test_n": len(test), **report}
     )
     print(train.format_natural_report(report))

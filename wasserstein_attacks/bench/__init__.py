@@ -1,4 +1,37 @@
-"""The benchmark pipeline (being split into spec, state, results, report and runner)."""
+"""The benchmark pipeline: how robust is a model under the Wasserstein threat model.
 
-from .runner import *  # noqa: F403
-from .runner import __all__, _weights_sha256  # noqa: F401
+One place for each thing: :mod:`.spec` parses the composed Hydra config once into a frozen
+:class:`RunSpec` (or a one-line :class:`ConfigError`); :mod:`.state` keeps the resumable per-batch
+state of a run folder; :mod:`.results` builds, validates and merges ``results.json``; :mod:`.report`
+draws the plots, prints the summary and logs to wandb; :mod:`.runner` runs the batches (:func:`run`).
+"""
+
+from .._util import radius_key, write_json
+from .results import SCHEMA_VERSION, load_results, merge, validate_results
+from .runner import run
+from .spec import (
+    ConfigError,
+    RunSpec,
+    build_threat,
+    config_hash,
+    parse_shard,
+    register_resolvers,
+    shard_batches,
+)
+
+__all__ = [
+    "ConfigError",
+    "RunSpec",
+    "SCHEMA_VERSION",
+    "build_threat",
+    "run",
+    "merge",
+    "load_results",
+    "validate_results",
+    "parse_shard",
+    "shard_batches",
+    "config_hash",
+    "radius_key",
+    "register_resolvers",
+    "write_json",
+]
