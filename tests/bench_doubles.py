@@ -60,9 +60,10 @@ if "test_random_shift" not in available():
 class CentreOfMass(torch.nn.Module):
     """Logits ``-||com(x) - centre_k||^2`` (pixels^2) for ``num_classes`` centres on a circle."""
 
-    def __init__(self, height: int = 12, width: int = 12, num_classes: int = 4, softmax: bool = False):
+    def __init__(self, height: int = 12, width: int = 12, num_classes: int = 4, softmax: bool = False,
+                 nan: bool = False):
         super().__init__()
-        self.softmax = softmax
+        self.softmax, self.nan = softmax, nan
         angle = 2 * math.pi * (torch.arange(num_classes, dtype=torch.float64) + 0.5) / num_classes
         radius = 0.3 * min(height, width)
         centres = torch.stack(
@@ -79,9 +80,12 @@ class CentreOfMass(torch.nn.Module):
         cx = (m.sum(1) * self.ww).sum(1) / n
         com = torch.stack([cy, cx], 1)
         logits = -((com[:, None, :] - self.centres[None]) ** 2).sum(-1)
+        if self.nan:  # a broken model: argmax would read its NaN logits as class 0
+            logits = logits * torch.nan
         return logits.softmax(1) if self.softmax else logits
 
 
-def centre_of_mass_model(height: int = 12, width: int = 12, num_classes: int = 4, softmax: bool = False):
-    """Factory for Hydra configs (``softmax=True``: outputs probabilities, which the model checks flag)."""
-    return CentreOfMass(height, width, num_classes, softmax)
+def centre_of_mass_model(height: int = 12, width: int = 12, num_classes: int = 4, softmax: bool = False,
+                         nan: bool = False):
+    """Factory for Hydra configs (``softmax=True``: probabilities, which the model checks flag; ``nan``: NaN)."""
+    return CentreOfMass(height, width, num_classes, softmax, nan)

@@ -129,7 +129,7 @@ def test_run_writes_verified_results(base_run):
     # The exact LP sample is chosen by index and checked against the radius.
     checked = [e is not None for e in ex["exact_distance"]]
     assert loaded["exact_check"]["checked"] == sum(checked) > 0
-    assert loaded["exact_check"]["within_radius"] == sum(checked)
+    assert loaded["exact_check"]["within_counted_radius"] == sum(checked)
     assert all(c <= bb for c, bb in zip(checked, broken, strict=True))
 
 
@@ -399,3 +399,33 @@ def test_wandb_logger_offline_writes_a_run(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert list((tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_exact_check_tests_the_counted_radius_not_the_call_radius():
+    from wasserstein_attacks.attacks.suite import SuiteResult
+    from wasserstein_attacks.bench.results import build_results
+
+    # Broken by the call at 0.5 with certified cost 0.015 (so counted from 0.02), exact distance 0.03: inside
+    # the call's ball but outside the ball it is counted in. The old check (call radius) passed it.
+    res = SuiteResult(
+        radii=(0.01, 0.02, 0.5), attacks=("a",), indices=torch.arange(1), labels=torch.zeros(1, dtype=torch.long),
+        clean_correct=torch.tensor([True]), broken_cost=torch.tensor([0.015]).double(),
+        broken_attack=torch.tensor([0]), broken_radius=torch.tensor([0.5]).double(),
+        adversarial=torch.zeros(1, 1, 2, 2), exact_distance=torch.tensor([0.03]).double(), cost_tol=1e-4,
+    )
+    header = {"exact_check": {"fraction": 1.0, "tolerance": 1e-4}}
+    out = build_results(header, res, None)
+    assert out["exact_check"]["checked"] == 1 and out["exact_check"]["within_counted_radius"] == 0
+
+
+def test_a_nan_model_is_an_error_not_class_zero(tmp_path):
+    # It used to be scored as predicting class 0 (clean = robust = share of label 0).
+    with pytest.raises(ConfigError, match="model: .*NaN or infinite"):
+        bench.run(toy_cfg("+model.build.nan=true"), tmp_path / "nan")
+
+
+def test_model_checks_use_the_suites_losses():
+    # standard-v2 attacks with cross-entropy: the checks must test that loss's gradient, not the margin's.
+    spec = bench.RunSpec.from_config(toy_cfg("suite=standard-v2"))
+    assert spec.model_checks["losses"] == ["ce"]
+    assert len(spec.model_checks["zero_gradient_fractions"]) == 1

@@ -132,6 +132,18 @@ class SuiteResult:
         cost = self.broken_cost if upto is None else self.attack_cost[:, : upto + 1].amin(1)
         return self.clean_correct & ~(cost <= float(radius) * (1.0 + self.cost_tol))
 
+    def counted_radius(self) -> torch.Tensor:
+        """Float64 ``[B]``: the smallest grid radius at which each example counts as broken.
+
+        ``r`` with ``broken_cost <= r (1 + cost_tol)``; 0 for clean errors, ``+inf`` if never broken. An
+        exact re-check must test this claim: the example's exact distance within ``r (1 + cost_tol)``.
+        """
+        out = torch.full_like(self.broken_cost, torch.inf)
+        for r in sorted(self.radii, reverse=True):
+            inside = self.broken_cost <= r * (1.0 + self.cost_tol)
+            out = torch.where(inside, torch.tensor(r, dtype=out.dtype), out)
+        return torch.where(self.clean_correct, out, torch.zeros_like(out))
+
     def robust_accuracy(self, radius: float) -> float:
         """Fraction of examples clean-correct with no verified adversarial of certified cost ``<= radius``."""
         return float(self.robust(radius).double().mean())

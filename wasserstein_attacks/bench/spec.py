@@ -128,22 +128,15 @@ def _logger(cfg: DictConfig) -> dict:
 
 
 def register_resolvers() -> None:
-    """OmegaConf resolvers the configs use: ``wattack_dirname`` (run folder names), ``wattack_shared``."""
+    """OmegaConf resolver the configs use: ``wattack_dirname`` (run folder names)."""
 
     def dirname(overrides: str) -> str:
         # "shard=0/4" would make nested folders: keep one folder per run.
         s = re.sub(r"shard=(\d+)/(\d+)", r"shard=\1-of-\2", overrides or "")
         return s.replace("/", "_") or "default"
 
-    def shared(rel: str) -> str:
-        from ..models import default_shared_dir
-
-        return str(default_shared_dir() / rel)
-
     if not OmegaConf.has_resolver("wattack_dirname"):
         OmegaConf.register_new_resolver("wattack_dirname", dirname)
-    if not OmegaConf.has_resolver("wattack_shared"):
-        OmegaConf.register_new_resolver("wattack_shared", shared)
 
 
 register_resolvers()
@@ -283,17 +276,17 @@ def load_data(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return images.float(), labels.long(), info
 
 
-def _model_checks(model, images, labels, seed: int) -> dict | None:
-    from ..attacks import checks
+def _model_checks(model, images, labels, seed: int, losses: list[str]) -> dict:
+    from ..attacks.checks import check_model
 
-    check_model = getattr(checks, "check_model", None)
-    if check_model is None:
-        return None
     # check_model also warns per problem; run() prints the report's list once, so keep these from doubling it.
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        report = check_model(model, images, labels, seed=seed)
-    return report.as_dict() if hasattr(report, "as_dict") else dict(report)
+        try:
+            report = check_model(model, images, labels, seed=seed, loss=losses)
+        except ValueError as exc:  # e.g. NaN logits: the run must not score a broken model
+            raise ConfigError(f"model: {first_line(exc)}") from None
+    return report.as_dict()
 
 
 def _hashed_config(cfg: DictConfig, checkpoint_sha256: str | None) -> dict:
@@ -388,7 +381,9 @@ class RunSpec:
         config = _hashed_config(cfg, model_info["checkpoint_sha256"])
         # The model's sanity checks see a fixed head of the data, the same for every shard.
         head = slice(0, min(128, images.shape[0]))
-        checks = _model_checks(model, images[head], labels[head], seed)
+        # The gradients the suite's attacks will follow: its own losses (a saturated cross-entropy would
+        # pass a margin-loss check and still stall a cross-entropy attack).
+        checks = _model_checks(model, images[head], labels[head], seed, suite.losses)
         model.eval()
         return cls(
             radii=radii,
