@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from .. import transport as T
+from .._kernels import use_triton
 from ..threat import WassersteinBall
 from .rows import PlanRows, public_rows, shrink_to_budget
 from .search import multiplier_search
@@ -164,6 +165,10 @@ def capacity_projection(
 
 def fit_box(rows: PlanRows, P: torch.Tensor, max_rounds: int = 100) -> torch.Tensor:
     """:func:`return_overflow` on compact rows ``P [M, k*k]`` (see :class:`~.rows.PlanRows`)."""
+    if use_triton(P):  # device rounds, one host check per few rounds; the code below is the reference
+        from .triton_capacity import fit_box_triton
+
+        return fit_box_triton(rows, P, max_rounds=max_rounds)
     stay = rows.kk // 2
 
     def own(q):

@@ -11,6 +11,7 @@ import functools
 
 import torch
 
+from .._kernels import use_triton
 from ..threat import WassersteinBall
 from .rows import PlanRows, check_solver, example_max, public_rows, shrink_to_budget
 from .search import Family, multiplier_search
@@ -126,6 +127,11 @@ def lmo_rows(
     price: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """:func:`entropic_lmo` on compact rows ``G [M, k*k]``; returns ``(rows, lambda [B], evaluations)``."""
+    if use_triton(G):  # the fused kernel (one launch, no host sync); the code below is the reference
+        from .triton_search import lmo_rows_triton
+
+        return lmo_rows_triton(rows, G, budget, gamma=gamma, solver=solver, steps=steps, tol=tol, start=start,
+                               price=price)
     family = _lmo_family(rows, G, gamma, price)
     spread = rows.spread
     # At lambda = gain + margin the softmax moves at most budget / spread of each row's mass per unit cost.

@@ -12,6 +12,7 @@ import math
 import torch
 
 from .. import transport as T
+from .._kernels import use_triton
 from ..threat import WassersteinBall, check_images
 
 __all__ = [
@@ -125,6 +126,11 @@ class PlanRows:
 
     def columns(self, rows: torch.Tensor) -> torch.Tensor:
         """Column sums of the plan given by ``rows`` (the image it produces), flat ``[B*C*H*W]``."""
+        # On the device: a gather kernel (no atomics, deterministic); the code below is the reference.
+        if not (rows.requires_grad and torch.is_grad_enabled()) and use_triton(rows):
+            from .triton_capacity import columns_rows_triton
+
+            return columns_rows_triton(self, rows)
         flat = (rows * self.validf).reshape(-1)
         return rows.new_zeros(self.size).index_add_(0, self.target.reshape(-1), flat)
 

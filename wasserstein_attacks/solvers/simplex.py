@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from .._kernels import use_triton
 from ..threat import WassersteinBall
 from .rows import PlanRows, check_solver, example_max, public_rows, shrink_to_budget
 from .search import Family, multiplier_search
@@ -116,6 +117,11 @@ def project_rows(
 
     ``price [M, k*k]`` (optional) is subtracted from ``V`` (column-capacity multipliers at each target).
     """
+    if use_triton(V):  # the fused kernel (one launch, no host sync); the code below is the reference
+        from .triton_search import project_rows_triton
+
+        return project_rows_triton(rows, V, budget, solver=solver, steps=steps, tol=tol, start=start,
+                                   price=price, upper=upper)
     family = projection_family(rows, V, price)
     if upper is None:
         # Past this multiplier every row keeps all its mass on "stay" (cost 0): Wu et al.'s bracket.

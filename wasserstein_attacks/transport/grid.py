@@ -20,6 +20,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._kernels import use_triton
+
 __all__ = [
     "check_kernel_size",
     "check_p",
@@ -149,6 +151,10 @@ def column_sums(plan: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if hw != height * width or k * k != kk:
         raise ValueError(f"plan must have shape [B, C, {height * width}, k*k], got {tuple(plan.shape)}")
     check_kernel_size(k, "the plan's window (sqrt of its last dimension)")
+    if not (plan.requires_grad and torch.is_grad_enabled()) and use_triton(plan):
+        from .triton_grid import column_sums_triton  # one gather kernel; the code below is the reference
+
+        return column_sums_triton(plan, height, width, k)
     if plan.device.type == "cpu":
         # A scatter-add along precomputed targets is ~20x faster than F.fold on CPU; on GPUs fold
         # stays, as its scatter-add alternative uses atomics (summation order not reproducible).
@@ -174,6 +180,10 @@ def gather_neighbours(image: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """
     b, c, h, w = image.shape
     k = check_kernel_size(kernel_size)
+    if not (image.requires_grad and torch.is_grad_enabled()) and use_triton(image):
+        from .triton_grid import gather_neighbours_triton  # one kernel; the code below is the reference
+
+        return gather_neighbours_triton(image, k)
     cols = F.unfold(image.reshape(b * c, 1, h, w), kernel_size=k, padding=k // 2)  # [BC, kk, HW]
     return cols.transpose(1, 2).reshape(b, c, h * w, k * k)
 
