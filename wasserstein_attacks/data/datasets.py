@@ -529,7 +529,11 @@ def _check_split(split: str) -> None:
 
 
 def load_dataset(
-    name: str, split: str = "test", root: str | Path | None = None, n: int | None = None, **options
+    name: str,
+    split: str = "test",
+    root: str | Path | None = None,
+    n: int | None = None,
+    **options: int | float,
 ) -> ImageDataset:
     """Load a dataset by name and keep its first ``n`` examples.
 
