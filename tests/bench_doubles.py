@@ -87,5 +87,5 @@ class CentreOfMass(torch.nn.Module):
 
 def centre_of_mass_model(height: int = 12, width: int = 12, num_classes: int = 4, softmax: bool = False,
                          nan: bool = False):
-    """Factory for Hydra configs (``softmax=True``: probabilities, which the model checks flag; ``nan``: NaN)."""
+    """Factory for Hydra configs (``softmax``: probabilities, which the model checks flag; ``nan``: NaN)."""
     return CentreOfMass(height, width, num_classes, softmax, nan)

@@ -301,11 +301,12 @@ def test_counted_radius_is_the_smallest_ball_an_example_counts_in():
     # Found by the attack call at 0.5 with certified cost 0.015: it counts as broken from 0.02 on, so an
     # exact re-check must test 0.02, not 0.5 (the radius of the call).
     res = SuiteResult(
-        radii=(0.01, 0.02, 0.5), attacks=("a",), indices=torch.arange(3), labels=torch.zeros(3, dtype=torch.long),
-        clean_correct=torch.tensor([True, True, False]), broken_cost=torch.tensor([0.015, torch.inf, 0.0]).double(),
-        broken_attack=torch.tensor([0, -1, -1]), broken_radius=torch.tensor([0.5, torch.inf, 0.0]).double(),
-        adversarial=torch.zeros(3, 1, 2, 2), exact_distance=torch.full((3,), float("nan"), dtype=torch.float64),
-        cost_tol=1e-4,
+        radii=(0.01, 0.02, 0.5), attacks=("a",), indices=torch.arange(3),
+        labels=torch.zeros(3, dtype=torch.long), clean_correct=torch.tensor([True, True, False]),
+        broken_cost=torch.tensor([0.015, torch.inf, 0.0]).double(), broken_attack=torch.tensor([0, -1, -1]),
+        broken_radius=torch.tensor([0.5, torch.inf, 0.0]).double(), adversarial=torch.zeros(3, 1, 2, 2),
+        exact_distance=torch.full((3,), float("nan"), dtype=torch.float64), cost_tol=1e-4,
     )
-    torch.testing.assert_close(res.counted_radius(), torch.tensor([0.02, torch.inf, 0.0], dtype=torch.float64))
+    expected = torch.tensor([0.02, torch.inf, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(res.counted_radius(), expected)
     assert res.robust(0.02).tolist() == [False, True, False]

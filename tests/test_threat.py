@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from wasserstein_attacks import Certificate, WassersteinBall
-from wasserstein_attacks import threat as threat_module
 from wasserstein_attacks import transport as T
+from wasserstein_attacks.threat import ball as threat_module
 
 FIELDS = (
     "feasible",
@@ -109,20 +109,27 @@ def test_batched_certificate_matches_direct_sums_and_per_example_calls(monkeypat
 # ---------------------------------------------------------------- failure modes
 
 
+C_MAX_5 = 2 * math.sqrt(2)  # dearest move of the 5x5 window, p = 1
+
+
 def test_negative_entry_is_detected():
     x = flat()
     plan = T.identity_plan(x, 5)
     i, left = entry(5, 5, 5, (2, 2), (0, -1))
     _, right = entry(5, 5, 5, (2, 2), (0, 1))
-    plan[0, 0, i, left] = -0.1  # row sum unchanged, cost 0: only the sign check catches it
+    plan[0, 0, i, left] = -0.1  # row sum unchanged, raw cost 0: the sign check and the clamp catch it
     plan[0, 0, i, right] = 0.1
     y = T.column_sums(plan, 5, 5)
     cert = WassersteinBall(1.0).certify(x, y, plan)
     assert not cert.feasible.item()
     n = x.sum().item()
     assert cert.negative.item() == pytest.approx(-0.1 / n, rel=1e-12)
-    assert cert.cost.item() == pytest.approx(0.0, abs=1e-15)
-    assert cert.row_error.item() == 0 and cert.column_error.item() == 0 and cert.outside_mass.item() == 0
+    # The clamped plan sends 0.1 too much from the row and 0.1 too little to the left pixel; both are
+    # charged at the dearest move, on top of the clamped plan's own cost (0.1 moved one pixel).
+    assert cert.row_error.item() == pytest.approx(0.1 / n, rel=1e-12)
+    assert cert.column_error.item() == pytest.approx(0.1 / n, rel=1e-12)
+    assert cert.cost.item() == pytest.approx((0.1 + C_MAX_5 * 0.2) / n, rel=1e-12)
+    assert cert.outside_mass.item() == 0
 
 
 def test_wrong_row_sums_are_detected():
@@ -131,18 +138,33 @@ def test_wrong_row_sums_are_detected():
     other[0, 0, 2, 2], other[0, 0, 2, 3] = 0.3, 0.7  # same mass, different source image
     cert = WassersteinBall(1.0).certify(x, other, T.identity_plan(other, 5))
     assert not cert.feasible.item()
-    assert cert.row_error.item() == pytest.approx(0.2 / x.sum().item(), rel=1e-12)
+    # Total L1 over pixels: 0.2 too little at one pixel, 0.2 too much at the next.
+    assert cert.row_error.item() == pytest.approx(0.4 / x.sum().item(), rel=1e-12)
     assert cert.column_error.item() == 0 and cert.mass_error.item() == pytest.approx(0, abs=1e-15)
 
 
-def test_wrong_column_sums_are_detected():
+def test_wrong_column_sums_are_detected_and_charged():
     x = flat()
     claimed = x.clone()
     claimed[0, 0, 2, 2], claimed[0, 0, 2, 3] = 0.3, 0.7
+    n = x.sum().item()
     cert = WassersteinBall(1.0).certify(x, claimed, T.identity_plan(x, 5))
     assert not cert.feasible.item()
-    assert cert.column_error.item() == pytest.approx(0.2 / x.sum().item(), rel=1e-12)
-    assert cert.row_error.item() == 0 and cert.cost.item() == 0
+    assert cert.column_error.item() == pytest.approx(0.4 / n, rel=1e-12)
+    assert cert.row_error.item() == 0
+    assert cert.cost.item() == pytest.approx(C_MAX_5 * 0.4 / n, rel=1e-12)
+    # Within the mass tolerance the mismatch is accepted, but charged in the cost.
+    small = x.clone()
+    small[0, 0, 2, 2] -= 1e-6 * n
+    small[0, 0, 2, 3] += 1e-6 * n
+    cert = WassersteinBall(1.0).certify(x, small, T.identity_plan(x, 5))
+    assert cert.feasible.item()
+    assert cert.cost.item() == pytest.approx(C_MAX_5 * 2e-6, rel=1e-9)
+    assert (
+        not WassersteinBall(C_MAX_5 * 2e-6 * 0.99, cost_tol=0)
+        .certify(x, small, T.identity_plan(x, 5))
+        .feasible
+    )
 
 
 def test_mass_on_out_of_image_entries_is_detected():
@@ -152,17 +174,20 @@ def test_mass_on_out_of_image_entries_is_detected():
     assert not T.valid_mask(5, 5, 5)[i, up]
     plan[0, 0, i, T.stay_index(5)] = 0.4
     plan[0, 0, i, up] = 0.1
+    n = x.sum().item()
     cert = WassersteinBall(10.0, box=None).certify(x, T.column_sums(plan, 5, 5), plan)
     assert not cert.feasible.item()
-    assert cert.outside_mass.item() == pytest.approx(0.1 / x.sum().item(), rel=1e-12)
+    assert cert.outside_mass.item() == pytest.approx(0.1 / n, rel=1e-12)
     assert cert.row_error.item() == 0
-    # A negative out-of-image entry must not cancel a positive one.
+    # A negative out-of-image entry cannot cancel a positive one: it is clamped to 0, and the row it
+    # leaves short shows up as a row error instead.
     i2, left = entry(5, 5, 5, (4, 0), (0, -1))
     plan[0, 0, i2, left] = -0.1
     plan[0, 0, i2, T.stay_index(5)] = 0.6
     cert = WassersteinBall(10.0, box=None).certify(x, T.column_sums(plan, 5, 5), plan)
-    assert cert.outside_mass.item() == pytest.approx(0.2 / x.sum().item(), rel=1e-12)
-    assert cert.negative.item() == pytest.approx(-0.1 / x.sum().item(), rel=1e-12)
+    assert cert.outside_mass.item() == pytest.approx(0.1 / n, rel=1e-12)
+    assert cert.row_error.item() == pytest.approx(0.1 / n, rel=1e-12)
+    assert cert.negative.item() == pytest.approx(-0.1 / n, rel=1e-12)
 
 
 def test_box_violation_is_detected_and_ignored_without_a_box():

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 from wasserstein_attacks import WassersteinBall
-from wasserstein_attacks.defenses import training as train_module
 from wasserstein_attacks.data import load_dataset, synthetic_dataset
-from wasserstein_attacks.models import build_model
+from wasserstein_attacks.defenses import training as train_module
 from wasserstein_attacks.defenses.training import (
     deterministic,
     evaluate,
@@ -16,6 +15,7 @@ from wasserstein_attacks.defenses.training import (
     standard_mnist_model,
     train_model,
 )
+from wasserstein_attacks.models import build_model
 
 
 def _weights(model):

@@ -1,13 +1,35 @@
 """The Wasserstein threat model ("W1, local 5x5, box [0,1]"), implemented once.
 
-See ``../shared/THREAT_MODEL.md`` for the definition. In short, for images ``x, x'`` of shape
-``[C, H, W]`` with values in ``[0, 1]``::
+See ``threat_model.md`` beside this file (also a page of the documentation) for the definition. In
+short, for images ``x, x'`` of shape ``[C, H, W]`` with values in ``[0, 1]``::
 
     W(x, x') = min_P sum(P * c) / N(x),   N(x) = sum(x) over all channels,
 
 over non-negative plans supported on ``k x k`` windows, one block per channel, with row sums ``x``
-and column sums ``x'``; ``c = ||d||_2 ** p`` in pixels. ``eps = 0.1`` is moving 10 % of the mass by
-one pixel (Hu et al. report ``eps * C*H*W``: convert with :meth:`WassersteinBall.from_hu_units`).
+and column sums ``x'`` (up to the mass tolerance below); ``c = ||d||_2 ** p`` in pixels.
+``eps = 0.1`` is moving 10 % of the mass by one pixel (Hu et al. report ``eps * C*H*W``: convert
+with :meth:`WassersteinBall.from_hu_units`).
+
+The plan certificate (:meth:`WassersteinBall.certify`) is sound for any plan, not only the
+project's own. It evaluates the clamped plan ``Q = max(P, 0)`` (entries below ``-eps_dtype``, the
+plan dtype's machine epsilon, are refused outright; below that is float rounding) and measures the
+TOTAL L1 mismatches, summed over every pixel and channel: ``R = |rows(Q) - x|_1`` (every entry),
+``O`` = mass on out-of-image entries and ``S = |cols(Q) - x_adv|_1``; it requires
+``R + O + S <= mass_tol * N`` and certifies the cost ``(sum(Q * c) + c_max * (R + O + S)) / N`` with
+``c_max = (sqrt(2) * (k // 2)) ** p``, the window's dearest move. Why this bounds the exact distance:
+scaling down the rows of ``Q`` that send too much, dropping the out-of-image entries and dropping
+the excess of the columns that receive too much (relative to ``x_adv`` rescaled to the mass of
+``x``, as the exact solver does) gives a plan ``F <= Q`` (so ``sum(F * c) <= sum(Q * c)``) whose
+rows are at most ``x`` and columns at most the rescaled ``x_adv``. It leaves
+``u_c = mass_c(x) - mass_c(F)`` of channel ``c`` unmatched on each side, and
+``u_c <= R_c + O_c + S_c``: writing ``R^+ / R^-`` (``S^+ / S^-``) for the excess and the shortfall
+of the rows (columns), ``x_adv`` scaled up gives ``u_c <= R^- + O + S^+``; scaled down, the column
+excess grows by ``mass_c(x_adv) - mass_c(x) = S^- - S^+ - O + R^+ - R^-`` and
+``u_c <= R^+ + S^-``. Summed over the channels, ``u <= R + O + S <= mass_tol * N``. The exact
+referee (:mod:`.exact`) lets up to ``mass_tol * N`` in total over the channels stay unmatched at
+``c_max`` per unit, whether or not an exact plan exists; so the exact distance is at most
+``(sum(F * c) + c_max * u) / N <= (sum(Q * c) + c_max * (R + O + S)) / N``, the certified cost.
+The float64 sums add only rounding (relative ~1e-15).
 """
 
 from __future__ import annotations
@@ -65,42 +87,41 @@ _CERTIFY_CHUNK = 1 << 20
 
 
 def _plan_statistics(
-    plan: torch.Tensor,
-    x: torch.Tensor,
-    x_adv: torch.Tensor,
-    costs: torch.Tensor,
-    inv_i: torch.Tensor,
-    inv_o: torch.Tensor,
+    plan: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor, costs: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
     """Compute certify's per-example statistics for a chunk of plans ``[b, C, H*W, k*k]``, in float64.
 
-    ``x, x_adv`` are the chunk's float64 images ``[b, C, H, W]``, ``costs [k*k]`` the offset costs and
-    ``inv_i, inv_o`` the out-of-image entries. Returns, each ``[b]`` and unnormalised: all entries
-    finite, the most negative entry, the absolute mass on out-of-image entries, the max row-sum and
-    column-sum errors, and the cost ``sum(P * c)``. Non-finite entries count as zero in the sums.
+    ``x, x_adv`` are the chunk's float64 images ``[b, C, H, W]`` and ``costs [k*k]`` the offset costs.
+    Returns, each ``[b]`` and unnormalised: all entries finite, the most negative raw entry, and for
+    the clamped plan ``Q = max(P, 0)``: the mass on out-of-image entries, the L1 row mismatch
+    ``sum |rows(Q) - x|`` (every entry counted), the L1 column mismatch ``sum |cols(Q) - x_adv|``
+    (in-image entries only) and the cost ``sum(Q * c)``. Non-finite entries count as zero.
     """
     P = plan.detach().to(torch.float64)
     bb, c, hw, kk = P.shape
-    # Row sums and a matrix-vector product for the cost: no plan-sized temporary. A NaN or inf entry
-    # makes its example's totals non-finite (entries are bounded, so finite sums cannot overflow).
-    rows = P.sum(-1)
-    row_cost = P.reshape(-1, kk).mv(costs).reshape(bb, c * hw)
-    finite = torch.isfinite(rows.sum(dim=(1, 2)) + row_cost.sum(1))
+
+    def sums(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Row sums and a matrix-vector product for the cost: no plan-sized temporary.
+        return q.sum(-1), q.reshape(-1, kk).mv(costs).reshape(bb, c * hw).sum(1)
+
+    rows, cost = sums(P)
+    # A NaN or inf entry makes its example's totals non-finite (entries are bounded, so finite sums
+    # cannot overflow).
+    finite = torch.isfinite(rows.sum(dim=(1, 2)) + cost)
     if not bool(finite.all()):
         P = torch.nan_to_num(P, nan=0.0, posinf=0.0, neginf=0.0)
-        rows = P.sum(-1)
-        row_cost = P.reshape(-1, kk).mv(costs).reshape(bb, c * hw)
-    cols = T.column_sums(P, x.shape[2], x.shape[3])  # drops the out-of-image entries
     negative = P.amin(dim=(1, 2, 3))
-    # Out-of-image mass = all row sums minus all column sums when no entry is negative (one subtraction
-    # instead of a gather); with negative entries (rare: attacks clamp) the signs could cancel, so
-    # those examples sum the absolute out-of-image entries instead.
-    outside = rows.sum(dim=(1, 2)) - cols.sum(dim=(1, 2, 3))
-    if bool((negative < 0).any()):
-        outside = torch.where(negative < 0, P[:, :, inv_i, inv_o].abs().sum(dim=(1, 2)), outside)
-    row_err = (rows - x.reshape(bb, c, hw)).abs().amax(dim=(1, 2))
-    col_err = (cols - x_adv).abs().amax(dim=(1, 2, 3))
-    return finite, negative, outside.abs(), row_err, col_err, row_cost.sum(1)
+    # Everything below is computed on the clamped plan: a negative entry can then neither cut the cost
+    # nor cancel mass elsewhere; what clamping changes shows up in the (charged) mismatches.
+    if bool((negative < 0).any()) or not bool(finite.all()):
+        P = P.clamp_min(0)
+        rows, cost = sums(P)
+    cols = T.column_sums(P, x.shape[2], x.shape[3])  # drops the out-of-image entries
+    # With no negative entry, out-of-image mass is all row sums minus all column sums (no gather).
+    outside = (rows.sum(dim=(1, 2)) - cols.sum(dim=(1, 2, 3))).clamp_min(0)
+    row_l1 = (rows - x.reshape(bb, c, hw)).abs().sum(dim=(1, 2))
+    col_l1 = (cols - x_adv).abs().sum(dim=(1, 2, 3))
+    return finite, negative, outside, row_l1, col_l1, cost
 
 
 @dataclass(frozen=True)
@@ -108,16 +129,19 @@ class Certificate:
     """Per-example outcome of :meth:`WassersteinBall.certify` (all tensors ``[B]``, on CPU).
 
     Attributes:
-        feasible: the plan proves ``W(x, x_adv) <= eps`` within the ball's tolerances and ``x_adv`` is
-            in the box.
-        cost: certified transport cost ``sum(P * c) / N`` over every entry (float64, units of ``eps``);
-            an upper bound on the exact distance whenever the plan is feasible; non-finite entries
-            count as zero (``feasible`` is then False).
-        negative: most negative plan entry (<= 0) / N.
-        row_error: max absolute error of the row sums (every entry counted), relative to ``N``.
-        column_error: max absolute error of the column sums (the in-image entries' targets, i.e. the
-            image the plan produces), relative to ``N``.
-        outside_mass: absolute mass on out-of-image entries, relative to ``N``.
+        feasible: the plan proves ``W(x, x_adv) <= eps * (1 + cost_tol)`` (see the module docstring)
+            and ``x_adv`` is in the box.
+        cost: certified cost ``(sum(Q * c) + c_max * (row_error + outside_mass + column_error) * N) / N``
+            of the clamped plan ``Q = max(P, 0)`` (float64, units of ``eps``): an upper bound on the
+            exact distance whenever the mismatch checks pass; non-finite entries count as zero
+            (``feasible`` is then False).
+        negative: most negative raw plan entry (<= 0) / N (refused below minus the plan dtype's
+            machine epsilon, in absolute terms).
+        row_error: total L1 error of the clamped plan's row sums (every entry counted), relative to
+            ``N``.
+        column_error: total L1 error of the clamped plan's column sums (the in-image entries' targets,
+            i.e. the image the plan produces) against ``x_adv``, relative to ``N``.
+        outside_mass: mass of the clamped plan on out-of-image entries, relative to ``N``.
         box_violation: how far ``x_adv`` leaves the box (0 if inside).
         mass_error: max per-channel ``|N_c(x) - N_c(x_adv)| / N``.
 
@@ -135,7 +159,7 @@ class Certificate:
 
 @dataclass(frozen=True)
 class WassersteinBall:
-    """The ball ``{x' in box : W(x, x') <= eps}`` of ``../shared/THREAT_MODEL.md``.
+    """The ball ``{x' in box : W(x, x') <= eps}`` of ``threat_model.md`` (beside this module).
 
     Args:
         eps: radius, a scalar or a per-example tensor ``[B]``, in units of "fraction of the image's
@@ -236,6 +260,14 @@ class WassersteinBall:
     def certify(self, x: torch.Tensor, x_adv: torch.Tensor, plan: torch.Tensor) -> Certificate:
         """Check that ``plan`` proves ``x_adv`` inside the ball around ``x``, in float64.
 
+        Checked per example: every entry finite; no entry below ``-finfo(plan.dtype).eps`` (absolute:
+        float rounding, independent of ``N``); for the clamped plan ``Q = max(P, 0)``, the total L1
+        mismatch ``row_error + outside_mass + column_error <= mass_tol`` (relative to ``N``, summed
+        over all pixels and channels, never per pixel); per-channel mass within ``mass_tol``; the
+        box within ``box_tol``; and ``cost <= eps * (1 + cost_tol)``, where ``cost`` charges that
+        mismatch at the window's dearest move ``c_max = (sqrt(2) * (k // 2)) ** p``. The module
+        docstring says why a passing plan bounds the exact distance, whatever plan it is.
+
         Args:
             x: ``[B, C, H, W]`` clean images in ``[0, 1]``.
             x_adv: ``[B, C, H, W]`` the claimed image (non-negative; the box is checked, not assumed).
@@ -259,48 +291,36 @@ class WassersteinBall:
         n = X.sum(dim=(1, 2, 3))
         scale = n.clamp_min(1e-300)
         costs = T.offset_costs(self.kernel_size, self.p, device=dev)
-        inv_i, inv_o = (~T.valid_mask(h, w, self.kernel_size, device=dev)).nonzero(as_tuple=True)
         step = max(1, _CERTIFY_CHUNK // (c * h * w * kk))
         parts = [
-            _plan_statistics(plan[s : s + step], X[s : s + step], Y[s : s + step], costs, inv_i, inv_o)
+            _plan_statistics(plan[s : s + step], X[s : s + step], Y[s : s + step], costs)
             for s in range(0, b, step)
         ]
-        finite, negative, outside, row_err, col_err, total = (torch.cat(t) for t in zip(*parts, strict=True))
-        negative = negative.clamp_max(0) / scale
-        outside = outside / scale
-        row_err = row_err / scale
-        col_err = col_err / scale
+        finite, negative, outside, row_l1, col_l1, total = (torch.cat(t) for t in zip(*parts, strict=True))
+        # Rounding of a plan computed in its own dtype, in absolute terms: not a budget that grows with N.
+        neg_ok = negative >= -torch.finfo(plan.dtype if plan.is_floating_point() else torch.float64).eps
+        mismatch = (row_l1 + outside + col_l1) / scale
+        # Each unit of unmatched mass is charged the window's dearest move (module docstring).
+        total = total + costs.max() * (row_l1 + outside + col_l1)
         mass_err = (X.sum(dim=(2, 3)) - Y.sum(dim=(2, 3))).abs().amax(1) / scale
         y_min, y_max = Y.flatten(1).aminmax(dim=1)
         box_v = (-y_min).clamp_min(0)
         if self.box is not None:
             box_v = torch.maximum(box_v, y_max - 1)
-        zero = n <= 0
         # An all-zero image's ball is {x}: only the zero image (and the zero plan) qualifies.
-        cost = torch.where(zero, torch.where(y_max > 0, torch.inf, 0.0), total / scale)
-        eps = self.eps_for(b).to(dev)
+        cost = torch.where(n <= 0, torch.where(y_max > 0, torch.inf, 0.0), total / scale)
         tol = self.mass_tol
         feasible = (
             finite
-            & (negative >= -tol)
-            & (outside <= tol)
-            & (row_err <= tol)
-            & (col_err <= tol)
+            & neg_ok
+            & (mismatch <= tol)
             & (mass_err <= tol)
             & (box_v <= self.box_tol)
-            & (cost <= eps * (1 + self.cost_tol))
+            & (cost <= self.eps_for(b).to(dev) * (1 + self.cost_tol))
         )
-        cpu = lambda t: t.detach().cpu()  # noqa: E731
-        return Certificate(
-            cpu(feasible),
-            cpu(cost),
-            cpu(negative),
-            cpu(row_err),
-            cpu(col_err),
-            cpu(outside),
-            cpu(box_v),
-            cpu(mass_err),
-        )
+        fields = (feasible, cost, negative.clamp_max(0) / scale, row_l1 / scale, col_l1 / scale)
+        fields += (outside / scale, box_v, mass_err)
+        return Certificate(*(t.detach().cpu() for t in fields))
 
     def distance(self, x: torch.Tensor, x_adv: torch.Tensor, *, workers: int | None = None) -> torch.Tensor:
         """Exact ``W(x, x_adv)`` per example, float64 ``[B]`` on CPU (``+inf`` if infeasible).
