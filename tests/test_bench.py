@@ -410,7 +410,8 @@ def test_exact_check_tests_the_counted_radius_not_the_call_radius():
     res = SuiteResult(
         radii=(0.01, 0.02, 0.5), attacks=("a",), indices=torch.arange(1),
         labels=torch.zeros(1, dtype=torch.long), clean_correct=torch.tensor([True]),
-        broken_cost=torch.tensor([0.015]).double(), broken_attack=torch.tensor([0]), broken_radius=torch.tensor([0.5]).double(),
+        broken_cost=torch.tensor([0.015]).double(), broken_attack=torch.tensor([0]),
+        broken_radius=torch.tensor([0.5]).double(),
         adversarial=torch.zeros(1, 1, 2, 2), exact_distance=torch.tensor([0.03]).double(), cost_tol=1e-4,
     )
     header = {"exact_check": {"fraction": 1.0, "tolerance": 1e-4}}
