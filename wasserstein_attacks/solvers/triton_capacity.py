@@ -11,11 +11,14 @@ flags once every ``check_every`` rounds to decide whether to launch more: the on
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 
-from .rows import PlanRows
+if TYPE_CHECKING:  # annotations only: rows.py dispatches to this module, which must not import it back
+    from .rows import PlanRows
 
 __all__ = ["row_map", "columns_rows_triton", "fit_box_triton"]
 
