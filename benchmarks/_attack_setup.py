@@ -5,12 +5,10 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
-import json
 import math
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -118,19 +116,9 @@ def _finite(obj):
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as JSON atomically (temporary file in the same folder, then ``os.replace``).
+    """Write ``obj`` as JSON atomically; non-finite floats (an exact distance of ``inf`` says "outside
+    the ball") are written as strings."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _machine import write_json_atomic
 
-    Non-finite floats (an exact distance of ``inf`` says "outside the ball") are written as strings.
-    """
-    obj = _finite(obj)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, _finite(obj), indent=1)

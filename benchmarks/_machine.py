@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,20 +114,12 @@ def _accelerator() -> dict | None:
             "device_count": torch.cuda.device_count()}
 
 
-def write_json_atomic(path: str | Path, obj) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``.
+def write_json_atomic(path: str | Path, obj, indent: int = 2) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (the package's ``_util.atomic_write``).
 
     A reader never sees a half-written file; the folder is created if needed. Returns the path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from wasserstein_attacks._util import atomic_write
+
+    text = json.dumps(obj, indent=indent, allow_nan=False) + "\n"
+    return atomic_write(path, text.encode())

@@ -282,8 +282,27 @@ class FrankWolfe(_PlanAttack):
         return torch.lerp(P, S, 2.0 / (t + 2)), {"lam": lam}
 
 
+class _PricedPlanAttack(_PlanAttack):
+    """Box-aware plan attacks: pixel capacities priced by multipliers carried across iterations.
+
+    State per example: ``mu`` (one multiplier ``mu_j >= 0`` per pixel) and the warm-started cost
+    multiplier ``lam``.
+    """
+
+    keeps_box = True
+
+    def _set_prices(self, dual_lr: float, dual_steps: int, newton_steps: int, tol: float) -> None:
+        self.dual_lr = check_float(dual_lr, "dual_lr")
+        self.dual_steps = check_int(dual_steps, "dual_steps")
+        self.newton_steps = check_int(newton_steps, "newton_steps")
+        self.tol = check_float(tol, "tol")
+
+    def _extra_state(self, b, pixels, like):
+        return {"lam": like.new_zeros(b), "mu": like.new_zeros(b, pixels)}
+
+
 @register("frank_wolfe_box")
-class FrankWolfeBox(_PlanAttack):
+class FrankWolfeBox(_PricedPlanAttack):
     """Box-aware Frank-Wolfe (ours): every iterate is a verified member of the ball, pixels in ``[0, 1]``.
 
     Wu et al.'s Frank-Wolfe (``FrankWolfe``) with the column capacity ``P^T 1 <= 1`` inside:
@@ -312,8 +331,6 @@ class FrankWolfeBox(_PlanAttack):
 
     """
 
-    keeps_box = True
-
     def __init__(
         self,
         *,
@@ -329,13 +346,7 @@ class FrankWolfeBox(_PlanAttack):
     ):
         super().__init__(steps=steps, loss=loss, restarts=restarts, stop_on_success=stop_on_success)
         self.gamma = check_float(gamma, "gamma")
-        self.dual_lr = check_float(dual_lr, "dual_lr")
-        self.dual_steps = check_int(dual_steps, "dual_steps")
-        self.newton_steps = check_int(newton_steps, "newton_steps")
-        self.tol = check_float(tol, "tol")
-
-    def _extra_state(self, b, pixels, like):
-        return {"lam": like.new_zeros(b), "mu": like.new_zeros(b, pixels)}
+        self._set_prices(dual_lr, dual_steps, newton_steps, tol)
 
     def _step(self, rows, P, G, state, t):
         mu, lam = state["mu"].reshape(-1), state["lam"]
@@ -350,7 +361,7 @@ class FrankWolfeBox(_PlanAttack):
 
 
 @register("pgd_box")
-class PGDBox(_PlanAttack):
+class PGDBox(_PricedPlanAttack):
     """Box-aware PGD over plans (ours): Wu et al.'s PGD with the capacity ``P^T 1 <= 1`` in the projection.
 
     Each iteration steps ``V = P + lr G`` (``G`` the l_inf-normalised plan gradient) and projects onto
@@ -374,8 +385,6 @@ class PGDBox(_PlanAttack):
 
     """
 
-    keeps_box = True
-
     def __init__(
         self,
         *,
@@ -391,13 +400,7 @@ class PGDBox(_PlanAttack):
     ):
         super().__init__(steps=steps, loss=loss, restarts=restarts, stop_on_success=stop_on_success)
         self.lr = check_float(lr, "lr")
-        self.dual_lr = check_float(dual_lr, "dual_lr")
-        self.dual_steps = check_int(dual_steps, "dual_steps")
-        self.newton_steps = check_int(newton_steps, "newton_steps")
-        self.tol = check_float(tol, "tol")
-
-    def _extra_state(self, b, pixels, like):
-        return {"lam": like.new_zeros(b), "mu": like.new_zeros(b, pixels)}
+        self._set_prices(dual_lr, dual_steps, newton_steps, tol)
 
     def _step(self, rows, P, G, state, t):
         V = P + self.lr * G
