@@ -157,7 +157,7 @@ def write_results(folder: Path, *, ok, cost, by, clean, adversarial, labels, ind
             "broken_by": list(by),
             "exact_distance": [None] * len(ok),
         },
-        "exact_check": {"fraction": 0.0, "tolerance": tol, "checked": 0, "within_radius": 0,
+        "exact_check": {"fraction": 0.0, "tolerance": tol, "checked": 0, "within_counted_radius": 0,
                         "max_exact_over_cost": None},
         "model": {"name": model_name, "checkpoint": "tiny.pt", "checkpoint_sha256": checkpoint_sha256,
                   "weights_sha256": "1" * 64},
@@ -182,16 +182,16 @@ def write_results(folder: Path, *, ok, cost, by, clean, adversarial, labels, ind
 
 def run_benchmark(folder: Path, model, images, labels, *, suite=None, seed=0,
                   checkpoint_sha256: str = "0" * 64, model_name: str = "tiny-linear",
-                  dataset=("synthetic", "test")) -> Path:
+                  dataset=("synthetic", "test"), threat: WassersteinBall = THREAT) -> Path:
     """Run the toy suite on the tiny model and write the run's results (a miniature ``wattack-bench``)."""
     suite = suite or toy_suite()
     index = torch.arange(images.shape[0])
-    res = suite.run(model, images, labels, RADII, threat=THREAT.with_eps(max(RADII)), seed=seed,
+    res = suite.run(model, images, labels, RADII, threat=threat.with_eps(max(RADII)), seed=seed,
                     indices=index, progress=False)
     return write_results(folder, ok=res.clean_correct.numpy(), cost=res.broken_cost.numpy(), by=res.broken_by,
                          clean=images.numpy(), adversarial=res.adversarial.numpy(), labels=labels.numpy(),
                          index=index.numpy(), seed=seed, checkpoint_sha256=checkpoint_sha256,
-                         model_name=model_name, dataset=dataset)
+                         model_name=model_name, dataset=dataset, threat=threat)
 
 
 def synthetic_run(folder: Path, *, n: int = 40, seed: int = 0, broken_fraction: float = 0.5,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks import leaderboard as lb
 from wasserstein_attacks._util import sha256_bytes, sha256_file, weights_sha256
 from wasserstein_attacks.leaderboard.io import json_bytes, npz_bytes, read_npz
@@ -177,6 +178,9 @@ def _mutations():
         "example cost above its radius": lambda d: d["examples"]["cost"].__setitem__(0, 0.9),
         "too many examples": lambda d: d["examples"]["index"].extend(range(1000, 1200)),
         "unknown verification status": setter(["verification"], {"status": "trusted"}),
+        "tolerances not canonical": setter(["threat", "tolerances", "mass_rel"], 0.0),
+        "model with NaN outputs": setter(["model_checks", "nonfinite"], True),
+        "exact check counts too many": setter(["claimed", "exact_check", "within_counted_radius"], 5),
     }
 
 
@@ -368,14 +372,17 @@ def test_verify_catches_adversarial_examples_outside_the_ball(tmp_path, honest):
         return [data["examples"]["index"][i] for i in (far, jump, box)]
 
     bad = _craft(target, edit)
-    assert lb.validate_all(target.parents[3]) == {}  # structurally fine: only the exact check can tell
+    # Structurally fine: only the exact check can tell, and validate runs it (issue #11).
+    problems = lb.validate_all(target.parents[3])[target]
+    assert any("outside the box" in p for p in problems) and any("counted radius" in p for p in problems)
     block = lb.verify_entry(target, now="2001-01-01T00:00:00Z")
     assert block["status"] == "failed"
     check = block["checks"]["examples_in_ball"]
     assert not check["passed"]
     listed = json.loads(check["detail"].split("failing dataset indices: ")[1].split(" ...")[0])
     assert sorted(listed) == sorted(bad)
-    assert lb.load_entry(target).status == "failed"
+    with pytest.raises(lb.EntryError, match="exact LP"):  # an entry with such examples is invalid
+        lb.load_entry(target)
 
 
 def test_verify_checks_the_checkpoint_before_loading(tmp_path, honest):
@@ -435,10 +442,11 @@ def test_render_is_deterministic_and_ranked(tmp_path):
     rows = [line for line in md.splitlines() if line.startswith("| ") and "Rank" not in line]
     assert [r.split(" | ")[1].split("]")[0].lstrip("[") for r in rows] == ["Strong", "Middle", "Weak"]
     assert "2001-02-03" not in md  # no timestamps other than the entries' verification dates
-    # A failed verification drops an entry to the bottom, unranked, marked as such.
+    # A failed verification drops an entry to the bottom, unranked, marked as such (here: the checkpoint
+    # a maintainer was given is not the entry's, so the model is never loaded).
     strong = paths[1]
-    _craft(strong, lambda arrays, data: arrays["sample_adversarial"].__setitem__(0, 0.0) or [])
-    lb.verify_entry(strong, now="2002-03-04T00:00:00Z")
+    wrong = F.save_model(F.tiny_model(), tmp_path / "wrong.pt")
+    assert lb.verify_entry(strong, wrong, now="2002-03-04T00:00:00Z")["status"] == "failed"
     md2, page2 = lb.render(root)
     rows = [line for line in md2.splitlines() if line.startswith("| ") and "Rank" not in line]
     assert rows[-1].startswith("| – | [Strong]")
@@ -575,3 +583,160 @@ def test_add_checks_the_run_against_the_results_schema(tmp_path, honest):
         add(run / "results.json", tmp_path / "root", "X")
     assert not (tmp_path / "root").exists()
 
+
+
+# ---------------------------------------------------------------------------------------- issue #11: gaming
+def _reseal_claims(data: dict, arrays: dict) -> None:
+    """Recompute every claimed number (and the committed examples' costs) from the per-example arrays."""
+    from wasserstein_attacks.leaderboard.schema import grid_radius, robust_bounds
+
+    cl, tol = data["claimed"], data["threat"]["tolerances"]["cost_rel"]
+    for key in cl["robust_accuracy"]:
+        cl["robust_accuracy"][key] = robust_bounds(arrays, float(key), tol)[0]
+    for table in cl["per_attack_robust_accuracy"].values():
+        table.update({k: cl["robust_accuracy"][k] for k in table})
+    cl["curve"]["accuracy"] = [robust_bounds(arrays, r, tol)[0] for r in cl["curve"]["radius"]]
+    row = {int(i): j for j, i in enumerate(arrays["index"].tolist())}
+    data["examples"]["cost"] = [float(arrays["broken_cost"][row[i]]) for i in data["examples"]["index"]]
+    costs = data["examples"]["cost"]
+    data["examples"]["radius"] = [grid_radius(c, cl["robust_accuracy"], tol) for c in costs]
+
+
+def test_tolerances_are_part_of_the_threat_model(tmp_path):
+    """Finding 1: a run with all tolerances 0 certifies nothing (robust = clean): it must not be an entry."""
+    zero = WassersteinBall(0.1, kernel_size=3, mass_tol=0.0, cost_tol=0.0, box_tol=0.0)
+    model = F.tiny_model()
+    x, y = F.synthetic_data(N)
+    results = F.run_benchmark(tmp_path / "run", model, x, y, threat=zero)
+    run = read(results)
+    assert run["robust_accuracy"]["0.5"] == run["clean_accuracy"]  # the premise: nothing certified
+    with pytest.raises(lb.EntryError, match="threat.tolerances") as err:
+        add(results, tmp_path / "root", "ZeroTol")
+    assert "\n" not in str(err.value) and not (tmp_path / "root").exists()
+    # An entry edited to other tolerances after the fact is refused by validate, with one line naming them.
+    honest = add(F.synthetic_run(tmp_path / "ok", n=40), tmp_path / "root2", "Ok")
+    data = read(honest)
+    data["threat"]["tolerances"]["cost_rel"] = 0.01
+    problems = lb.entry_problems(data, honest)
+    assert len(problems) == 1 and problems[0].startswith("threat.tolerances"), problems
+
+
+def test_a_copied_verification_record_does_not_bind(tmp_path, honest):
+    """Finding 2: a record copied from another entry, or kept after the entry changed, is not "verified"."""
+    verified = fresh_copy(honest["entry"], tmp_path / "a")
+    block = lb.verify_entry(verified, honest["ckpt"], n=N, now="2001-01-01T00:00:00Z", **loaders())
+    assert block["status"] == "verified" and lb.load_entry(verified).status == "verified"
+    binding = block["binding"]
+    assert binding["npz_sha256"] == sha256_file(verified.with_suffix(".npz"))
+    assert binding["checkpoint_sha256"] == sha256_file(honest["ckpt"])
+    assert binding["suite"] == {"name": "toy", "version": 1}
+    root = tmp_path / "b"
+    other = add(F.synthetic_run(tmp_path / "run", n=40), root, "Copier")
+    data = read(other)
+    data["verification"] = block
+    write(other, data)
+    assert lb.entry_problems(data, other) == []  # the record itself is well-formed
+    problems = lb.validate_all(root)[other]
+    assert any(p.startswith("verification: ") and "does not bind" in p for p in problems), problems
+    assert lb.load_entry(other).status == "unbound"
+    md, page = lb.render(root)  # rendered, but never as verified
+    assert "verification does not match the entry" in md and "| verified" not in md
+    assert 'class="text status-verified"' not in page and 'class="text status-unbound"' in page
+    # The verified entry edited afterwards (a claim raised within the arrays' slack would do): unbound too.
+    data = read(verified)
+    data["note"] = "edited after verification"
+    write(verified, data)
+    assert lb.load_entry(verified).status == "unbound"
+    assert "verification" in " ".join(lb.validate_all(tmp_path / "a")[verified])
+
+
+def test_a_record_status_must_follow_from_its_checks(honest):
+    """A hand-edited record ("verified" over a failed check) is invalid, whether or not it binds."""
+    data = read(honest["entry"])
+    block = lb.verify_entry(honest["entry"], honest["ckpt"], n=N, write=False, **loaders())
+    block["checks"]["reproduction"]["passed"] = False
+    data["verification"] = block
+    assert any(p.startswith("verification.status is 'verified' but checks") for p in
+               lb.entry_problems(data, honest["entry"]))
+
+
+def test_validate_rechecks_every_committed_example_exactly(tmp_path, honest):
+    """Finding 3: validate (not only verify) runs the exact LP on every committed adversarial example."""
+    target = fresh_copy(honest["entry"], tmp_path)
+
+    def understate(arrays, data):
+        # Claim one example broken at a smaller radius than its exact distance, every number coherent.
+        rows = {int(i): j for j, i in enumerate(arrays["index"].tolist())}
+        k = int(np.argmax(data["examples"]["cost"]))
+        i = data["examples"]["index"][k]
+        arrays["broken_cost"][rows[i]] = data["examples"]["cost"][k] / 4
+        _reseal_claims(data, arrays)
+        return [i]
+
+    bad = _craft(target, understate)
+    problems = lb.validate_all(target.parents[3])[target]
+    assert any("exact" in p and str(bad[0]) in p for p in problems), problems
+
+
+def test_validate_checks_claims_against_the_committed_examples(honest):
+    """Finding 3: a claimed robust accuracy above what the committed broken examples allow is reported."""
+    entry = lb.load_entry(honest["entry"])
+    from wasserstein_attacks.leaderboard.committed import claims_problems
+
+    data = copy.deepcopy(entry.data)
+    dist = np.asarray(data["examples"]["cost"])  # exact distances within the certified costs
+    assert claims_problems(data, dist) == []
+    top = max(data["claimed"]["robust_accuracy"], key=float)
+    data["claimed"]["robust_accuracy"][top] = data["claimed"]["clean_accuracy"]
+    problems = claims_problems(data, dist)
+    assert problems and problems[0].startswith(f"claimed.robust_accuracy[{top}]"), problems
+
+
+def test_verify_requires_every_committed_example_misclassified(tmp_path, honest):
+    """Finding 4: no flip slack: one committed "adversarial" example the model gets right fails verify."""
+    n = 200  # enough broken examples that one of them is below the old 5 % slack
+    x, y = F.synthetic_data(n)
+    sha = sha256_file(honest["ckpt"])
+    results = F.run_benchmark(tmp_path / "run", F.tiny_model(), x, y, checkpoint_sha256=sha)
+    target = add(results, tmp_path / "root", "Big")
+
+    def keep_clean(arrays, data):
+        arrays["sample_adversarial"][0] = arrays["sample_clean"][0]  # distance 0: inside every ball
+        return []
+
+    _craft(target, keep_clean)
+    m = len(read(target)["examples"]["index"])
+    assert m > 20
+    assert lb.validate_all(target.parents[3]) == {}
+    block = lb.verify_entry(target, honest["ckpt"], n=n, write=False, **loaders(n))
+    assert block["status"] == "failed"
+    check = block["checks"]["examples_misclassified"]
+    assert not check["passed"] and f"{m - 1}/{m}" in check["detail"]
+
+
+def test_verify_fails_a_model_with_nan_logits(tmp_path, honest):
+    """A NaN-outputting model cannot be verified: argmax of NaN logits would "misclassify" everything."""
+    target = fresh_copy(honest["entry"], tmp_path)
+
+    class NaNNet(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 2), math.nan)
+
+    block = lb.verify_entry(target, honest["ckpt"], n=N, write=False,
+                            **{**loaders(), "model_loader": lambda architecture, checkpoint: NaNNet()})
+    assert block["status"] == "failed"
+    assert not block["checks"]["model_outputs"]["passed"]
+    assert "NaN" in block["checks"]["model_outputs"]["detail"]
+
+
+@pytest.mark.parametrize("fields", [("within_counted_radius",), ("within_radius",),
+                                    ("within_counted_radius", "within_radius"), ()])
+def test_exact_check_counted_radius_and_legacy_fields(honest, fields):
+    """Finding 5: new runs report within_counted_radius, old entries within_radius; exactly one of them."""
+    data = read(honest["entry"])
+    assert "within_counted_radius" in data["claimed"]["exact_check"]
+    ec = data["claimed"]["exact_check"]
+    count = ec.pop("within_counted_radius")
+    ec.update({f: count for f in fields})
+    problems = lb.entry_problems(data, honest["entry"])
+    assert (problems == []) == (len(fields) == 1), problems

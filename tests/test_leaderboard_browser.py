@@ -10,8 +10,6 @@ import _leaderboard_fixtures as F
 import pytest
 
 from wasserstein_attacks import leaderboard as lb
-from wasserstein_attacks._util import sha256_bytes
-from wasserstein_attacks.leaderboard.io import json_bytes, npz_bytes, read_npz
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -98,14 +96,10 @@ def board(tmp_path_factory):
     alpha = root / "entries" / "synthetic" / "W1-k3-box01" / "Alpha.json"
     lb.verify_entry(alpha, now="2001-01-02T00:00:00Z")  # examples-verified
     gamma = alpha.with_name("Gamma.json")
-    arrays = read_npz(gamma.with_suffix(".npz"))
-    arrays["sample_adversarial"][0] *= 2.0  # mass changed: outside the ball
-    blob = npz_bytes(arrays)
-    gamma.with_suffix(".npz").write_bytes(blob)
-    data = json.loads(gamma.read_text())
-    data["examples"]["sha256"] = sha256_bytes(blob)
-    gamma.write_bytes(json_bytes(data))
-    assert lb.verify_entry(gamma, now="2001-01-03T00:00:00Z")["status"] == "failed"
+    # A checkpoint that is not the entry's: verification fails (examples outside the ball would now
+    # make the entry invalid, and an invalid entry is never rendered).
+    wrong = F.save_model(F.tiny_model(), tmp / "wrong.pt")
+    assert lb.verify_entry(gamma, wrong, now="2001-01-03T00:00:00Z")["status"] == "failed"
     lb.write_rendered(root)
     return root
 

@@ -7,7 +7,9 @@ Layout (the ``leaderboard/`` folder of the repository, or any ``--root``)::
     README.md, index.html                     written by ``render`` (same entries -> same bytes)
 
 ``<threat-id>`` names the threat model: ``W<p>-k<kernel_size>-box01`` (``dense`` for no window,
-``nobox`` for no box), e.g. ``W1-k5-box01`` for the project's default ``WassersteinBall``.
+``nobox`` for no box), e.g. ``W1-k5-box01`` for the project's default ``WassersteinBall``. The
+tolerances (``mass_rel``, ``cost_rel``, ``box_abs``) are part of the threat model: every entry must
+state the canonical ones, ``WassersteinBall``'s defaults (``CANONICAL_TOLERANCES``).
 
 The npz (written without pickles, read without ``np.load``) holds, for all ``n`` evaluated examples:
 ``index`` int64 (dataset index), ``label`` int64, ``clean_correct`` bool, ``broken_cost`` float64 (certified
@@ -18,13 +20,18 @@ random subset of at most 100 broken examples: ``sample_index`` int64 ``[m]``, ``
 ``broken_cost <= r * (1 + cost_rel)`` (the ball's certification rule); claimed accuracies must lie
 between that count and the strict ``broken_cost <= r`` count.
 
-Entries are untrusted input: strict schema, size limits, canonical radius keys, the npz's sha256,
-claimed numbers consistent with the per-example arrays, HTML escaping when rendered, checkpoints
-loaded only with ``torch.load(..., weights_only=True)`` and only when their sha256 matches the entry.
-The verification block is written by ``verify`` only; claimed numbers are never modified.
+Entries are untrusted input: strict schema, size limits, canonical radius keys and tolerances, the
+npz's sha256, claimed numbers consistent with the per-example arrays, every committed adversarial
+example re-checked by the exact LP (in the box, inside the ball of its counted radius, claims no higher
+than the examples allow), HTML escaping when rendered, checkpoints loaded only with
+``torch.load(..., weights_only=True)`` and only when their sha256 matches the entry.
+The verification block is written by ``verify`` only; claimed numbers are never modified. It binds
+to the entry (sha256 of the entry without the block, of the npz and of the checkpoint, and the
+suite's name and version): a record copied from another entry, or older than the entry's last change,
+is reported by ``validate`` and rendered as "verification does not match the entry", never "verified".
 
 Modules, each importing only those before it: ``.schema`` (limits, what a valid entry is),
-``.io`` (files), ``.verify``, ``.add``, ``.render``, ``.cli``
+``.committed`` (the exact re-check), ``.io`` (files), ``.verify``, ``.add``, ``.render``, ``.cli``
 (``wattack-leaderboard {validate,add,verify,render}``).
 """
 
@@ -34,13 +41,16 @@ from .cli import main
 from .io import Entry, entry_paths, load_entry, validate_all
 from .render import render, write_rendered
 from .schema import (
+    CANONICAL_TOLERANCES,
     HEADLINE_RADIUS,
     MAX_ENTRY_BYTES,
     MAX_NPZ_BYTES,
     MAX_SAMPLE,
     SCHEMA_VERSION,
     EntryError,
+    binding_problems,
     entry_problems,
+    entry_sha256,
     threat_id,
 )
 from .verify import load_data, load_entry_suite, load_model, verify_entry
@@ -51,6 +61,8 @@ __all__ = [
     "radius_key",
     "threat_id",
     "entry_problems",
+    "entry_sha256",
+    "binding_problems",
     "entry_paths",
     "load_entry",
     "validate_all",
@@ -64,6 +76,7 @@ __all__ = [
     "main",
     "SCHEMA_VERSION",
     "HEADLINE_RADIUS",
+    "CANONICAL_TOLERANCES",
     "MAX_ENTRY_BYTES",
     "MAX_NPZ_BYTES",
     "MAX_SAMPLE",

@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         prog=TOOL, description="The leaderboard: benchmark runs as validated data, re-checkable exactly, "
                                "rendered to static pages.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("validate", parents=[common], help="validate every entry (schema, limits, npz, numbers)")
+    sub.add_parser("validate", parents=[common],
+                   help="validate every entry (schema, tolerances, npz, numbers, committed examples by "
+                        "exact LP, verification binding)")
     a = sub.add_parser("add", parents=[common], help="turn a benchmark run (results.json) into an entry")
     a.add_argument("results", type=Path, help="results.json written by wattack-bench")
     a.add_argument("--id", dest="entry_id", help="entry file stem (default: the results' model name)")

@@ -1,5 +1,8 @@
 """Reading and writing entries: strict JSON, pickle-free npz, and the ``entries/`` folder as a whole.
 
+Loading an entry validates all of it: the JSON, the npz, the claims against the per-example arrays,
+and every committed adversarial example by the exact LP (``.committed``).
+
 Everything read here is untrusted: JSON without NaN, infinities or duplicate keys and under a size
 limit; npz members checked against ``NPZ_SPEC`` before anything is allocated.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .._util import sha256_file
+from .committed import claims_problems, exact_distances, example_problems
 from .schema import (
     MAX_ENTRY_BYTES,
     MAX_NPZ_BYTES,
@@ -23,6 +27,7 @@ from .schema import (
     NPZ_SPEC,
     EntryError,
     array_problems,
+    binding_problems,
     entry_problems,
 )
 
@@ -32,6 +37,8 @@ __all__ = [
     "json_bytes",
     "npz_bytes",
     "read_npz",
+    "read_entry_npz",
+    "committed_problems",
     "load_arrays",
     "load_entry_json",
     "load_entry",
@@ -50,9 +57,14 @@ class Entry:
 
     @property
     def status(self) -> str:
-        """``"verified"``, ``"examples-verified"``, ``"failed"`` or ``"claimed"`` (never verified)."""
+        """Return the shown status: the record's, ``"claimed"`` (none) or ``"unbound"``.
+
+        ``"unbound"``: a record that does not bind to this entry (copied, or the entry changed since).
+        """
         v = self.data["verification"]
-        return v["status"] if v else "claimed"
+        if not v:
+            return "claimed"
+        return "unbound" if binding_problems(self.data) else v["status"]
 
 
 # ---------------------------------------------------------------------------------------------- JSON
@@ -170,11 +182,10 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- entries
-def load_arrays(path: Path, data: dict) -> tuple[dict | None, list[str]]:
-    """Read the npz of the entry at ``path`` (its JSON ``data`` already valid); return it and its problems.
+def read_entry_npz(path: Path, data: dict) -> tuple[dict | None, list[str]]:
+    """Read the npz of the entry at ``path`` (its JSON ``data`` already valid): ``(arrays, [])``.
 
-    ``(None, problems)`` when the npz is missing, differs from ``examples.sha256`` or is unreadable;
-    otherwise ``(arrays, problems of the claimed numbers against them)``.
+    ``(None, [problem])`` when the npz is missing, differs from ``examples.sha256`` or is unreadable.
     """
     npz = Path(path).parent / data["examples"]["file"]
     if not npz.is_file():
@@ -182,10 +193,34 @@ def load_arrays(path: Path, data: dict) -> tuple[dict | None, list[str]]:
     if sha256_file(npz) != data["examples"]["sha256"]:
         return None, [f"{npz.name}: sha256 differs from examples.sha256 (changed after the entry was made)"]
     try:
-        arrays = read_npz(npz)
+        return read_npz(npz), []
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         return None, [f"{npz.name}: {e}"]
-    return arrays, array_problems(data, arrays)
+
+
+def committed_problems(data: dict, arrays: dict) -> list[str]:
+    """Re-check every committed adversarial example by the exact LP, then the claims against them.
+
+    ``arrays`` must already pass ``array_problems`` (shapes and clean images checked). See ``.committed``.
+    """
+    if not data["examples"]["index"]:
+        return []
+    dist, in_box = exact_distances(data, arrays)
+    return example_problems(data, dist, in_box) + claims_problems(data, dist)
+
+
+def load_arrays(path: Path, data: dict) -> tuple[dict | None, list[str]]:
+    """Read the npz of the entry at ``path`` (its JSON ``data`` already valid); return it and its problems.
+
+    ``(None, problems)`` when the npz is missing, differs from ``examples.sha256`` or is unreadable;
+    otherwise ``(arrays, problems)``: the claimed numbers against the per-example arrays and, when those
+    agree, every committed adversarial example re-checked exactly (``committed_problems``).
+    """
+    arrays, problems = read_entry_npz(path, data)
+    if arrays is None:
+        return None, problems
+    problems = array_problems(data, arrays)
+    return arrays, problems or committed_problems(data, arrays)
 
 
 def load_entry_json(path: Path) -> dict:
@@ -212,20 +247,25 @@ def entry_paths(root: Path) -> list[Path]:
     return sorted((Path(root) / "entries").glob("*/*/*.json"))
 
 
-def validate_all(root: Path) -> dict[Path, list[str]]:
+def validate_all(root: Path, *, binding: bool = True) -> dict[Path, list[str]]:
     """Validate every entry under ``root/entries``; returns ``{path: problems}`` for the invalid ones.
 
-    Also reports files that are not part of an entry (an npz without its JSON, files at other depths).
-    An empty ``{}`` also for a ``root`` without entries: callers that need some check ``entry_paths``.
+    Also reports files that are not part of an entry (an npz without its JSON, files at other depths)
+    and, with ``binding``, verification records that do not bind to their entry (``render`` shows those
+    as not verified instead). An empty ``{}`` also for a ``root`` without entries: callers that need
+    some check ``entry_paths``.
     """
     root = Path(root)
     bad: dict[Path, list[str]] = {}
     paths = entry_paths(root)
     for p in paths:
         try:
-            load_entry(p)
+            entry = load_entry(p)
         except (EntryError, FileNotFoundError) as e:
             bad[p] = getattr(e, "problems", [str(e)])
+            continue
+        if binding and binding_problems(entry.data):
+            bad[p] = binding_problems(entry.data)
     known = set(paths) | {p.with_suffix(".npz") for p in paths}
     entries = root / "entries"
     if entries.is_dir():

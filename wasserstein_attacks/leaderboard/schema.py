@@ -7,7 +7,9 @@ and committed examples against the per-example arrays of its npz. Both return ev
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -19,6 +21,7 @@ import jsonschema
 import numpy as np
 
 from .._util import radius_key
+from ..threat import WassersteinBall
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -30,11 +33,14 @@ __all__ = [
     "HEADLINE_RADIUS",
     "TOOL",
     "NPZ_SPEC",
+    "CANONICAL_TOLERANCES",
     "EntryError",
     "threat_id",
     "entry_problems",
     "array_problems",
     "schema_problems",
+    "entry_sha256",
+    "binding_problems",
     "robust_bounds",
     "eligible",
     "grid_radius",
@@ -63,6 +69,12 @@ NPZ_SPEC = {  # key -> (numpy dtype kind(s), ndim)
     "sample_clean": ("f", 4),
     "sample_adversarial": ("f", 4),
 }
+_BALL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(WassersteinBall) if f.init}
+#: The tolerances of every threat model: ``WassersteinBall``'s defaults. They are part of the threat
+#: model's identity (an entry's numbers depend on them: with all tolerances 0 nothing certifies and robust
+#: accuracy equals clean accuracy), so an entry stating others is refused rather than ranked beside others.
+CANONICAL_TOLERANCES = {"mass_rel": _BALL_DEFAULTS["mass_tol"], "cost_rel": _BALL_DEFAULTS["cost_tol"],
+                        "box_abs": _BALL_DEFAULTS["box_tol"]}
 # Floating-point slack when claimed fractions are compared with fractions recomputed from the arrays.
 _SLACK = 1e-9
 
@@ -139,6 +151,8 @@ def entry_problems(data, path: Path | None = None) -> list[str]:
     out = _threat_problems(data["threat"])
     out += _table_problems(data["claimed"])
     out += _example_list_problems(data)
+    out += _run_check_problems(data)
+    out += _record_problems(data["verification"])
     if data["model"]["checkpoint_sha256"] is None and "weights_sha256" not in data["model"]:
         out.append("model: checkpoint_sha256 is null, so weights_sha256 is required (to identify the model)")
     if data["examples"]["file"] != f"{data['id']}.npz":
@@ -160,7 +174,80 @@ def _threat_problems(th: dict) -> list[str]:
         out.append(f"threat.id is {th['id']!r} but p/kernel_size/box give {tid!r}")
     if th["kernel_size"] is not None and th["kernel_size"] % 2 == 0:
         out.append(f"threat.kernel_size must be odd, got {th['kernel_size']}")
+    if th["tolerances"] != CANONICAL_TOLERANCES:
+        out.append(f"threat.tolerances {th['tolerances']} differ from the canonical tolerances of {tid} "
+                   f"{CANONICAL_TOLERANCES} (WassersteinBall's defaults): they are part of the threat model; "
+                   "re-run with the default tolerances")
     return out
+
+
+def _run_check_problems(data: dict) -> list[str]:
+    """Check that the run's own checks do not contradict a valid result (NaN outputs, exact re-check)."""
+    out = []
+    if (data.get("model_checks") or {}).get("nonfinite") is True:
+        out.append("model_checks.nonfinite is true: the model produced NaN or infinite outputs")
+    ec = data["claimed"].get("exact_check")
+    if ec is not None:
+        field = "within_counted_radius" if "within_counted_radius" in ec else "within_radius"
+        if ec[field] > ec["checked"]:
+            out.append(f"claimed.exact_check.{field} = {ec[field]} exceeds checked = {ec['checked']}")
+    return out
+
+
+def _record_problems(record: dict | None) -> list[str]:
+    """Check that a verification record's status follows from its checks (as ``verify`` writes it)."""
+    if record is None:
+        return []
+    failed = sorted(k for k, c in record["checks"].items() if not c["passed"])
+    status = record["status"]
+    if status == "failed" and not failed:
+        return ["verification.status is 'failed' but every check passed"]
+    if status != "failed" and failed:
+        return [f"verification.status is {status!r} but checks {failed} failed"]
+    if status == "verified" and (record["reproduction"] is None or "checkpoint" not in record["checks"]):
+        return ["verification.status is 'verified' without a checkpoint check and a reproduction"]
+    if status == "examples-verified" and record["reproduction"] is not None:
+        return ["verification.status is 'examples-verified' but holds a reproduction (use 'verified')"]
+    return []
+
+
+# ------------------------------------------------------------------------------------------ the binding
+def entry_sha256(data: dict) -> str:
+    """sha256 of the entry without its verification record, in canonical JSON (sorted keys, no spaces).
+
+    Computed from the parsed values, so re-indenting the file does not change it; any edited value does.
+    """
+    rest = {k: v for k, v in data.items() if k != "verification"}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def binding_problems(data: dict) -> list[str]:
+    """Why the verification record does not belong to this entry (empty: it binds, or there is none).
+
+    The record names the sha256 of the entry (``entry_sha256``), of its npz, of the checkpoint it ran and
+    the suite's name and version: a record copied from another entry, or kept after the entry changed,
+    does not bind. (A binding is not a signature: only re-running ``verify`` shows a record is true.)
+    """
+    record = data["verification"]
+    if record is None:
+        return []
+    b = record.get("binding")
+    if b is None:
+        return ["verification: record does not bind to this entry: it has no binding (written before records "
+                "were bound to their entry); re-run verify"]
+    want = {"entry_sha256": entry_sha256(data), "npz_sha256": data["examples"]["sha256"],
+            "suite": {"name": data["suite"]["name"], "version": data["suite"]["version"]}}
+    # "verified" speaks for the entry's checkpoint; a failed record may document another file's failure.
+    if record["status"] == "verified":
+        want["checkpoint_sha256"] = data["model"]["checkpoint_sha256"] or b["checkpoint_sha256"]
+    bad = sorted(k for k, v in want.items() if b[k] != v)
+    if record["status"] == "verified" and b["checkpoint_sha256"] is None:
+        bad.append("checkpoint_sha256 (null in a verified record)")
+    if bad:
+        return [f"verification: record does not bind to this entry: {', '.join(bad)} differ (copied from "
+                "another entry, or the entry changed after verify); re-run verify"]
+    return []
 
 
 def _table_problems(cl: dict) -> list[str]:

@@ -15,9 +15,20 @@ import torch
 
 from .. import __version__
 from .._util import atomic_write, git_commit, sha256_file, weights_sha256
-from ..threat import WassersteinBall
-from .io import json_bytes, load_arrays, load_entry_json
-from .schema import TOOL, EntryError, clean_text, entry_problems, robust_bounds, utc_now
+from ..attacks.base import predict
+from .committed import canonical_ball, claims_problems, exact_distances, example_problems
+from .io import json_bytes, load_entry_json, read_entry_npz
+from .schema import (
+    CANONICAL_TOLERANCES,
+    TOOL,
+    EntryError,
+    array_problems,
+    clean_text,
+    entry_problems,
+    entry_sha256,
+    robust_bounds,
+    utc_now,
+)
 
 __all__ = ["check_architecture", "load_model", "load_data", "load_entry_suite", "verify_entry"]
 
@@ -93,57 +104,42 @@ def _check(passed: bool, detail: str) -> dict:
     return {"passed": bool(passed), "detail": clean_text(detail, 2000)}
 
 
-def _ball(threat: dict, eps) -> WassersteinBall:
-    """Build the entry's threat model at radius ``eps`` (a float or a ``[B]`` tensor)."""
-    tol = threat["tolerances"]
-    box = (0.0, 1.0) if threat["box"] is not None else None
-    return WassersteinBall(eps, threat["p"], threat["kernel_size"], box, tol["mass_rel"], tol["cost_rel"],
-                           tol["box_abs"])
-
-
 def _examples_check(data: dict, arrays: dict) -> dict:
-    """Exact check of every committed adversarial example against its claimed radius and cost."""
-    ex, th = data["examples"], data["threat"]
+    """Check every committed adversarial example exactly (``.committed``): box, radius, cost, claims."""
+    ex = data["examples"]
     m = len(ex["index"])
     if m == 0:
         return _check(True, "no broken examples to check")
-    x = torch.from_numpy(arrays["sample_clean"]).to(torch.float64)
-    y = torch.from_numpy(arrays["sample_adversarial"]).to(torch.float64)
-    clean_ok = bool(torch.isfinite(x).all()) and x.numel() > 0 and 0 <= x.min() and x.max() <= 1
-    if x.shape != y.shape or x.shape[0] != m or not clean_ok:
-        return _check(False, "committed images malformed: sample_clean / sample_adversarial must be "
-                             f"[{m}, C, H, W] with clean images in [0, 1]")
-    radius = torch.tensor([float(r) for r in ex["radius"]], dtype=torch.float64)
-    cost = torch.tensor(ex["cost"], dtype=torch.float64)
-    # Negative or non-finite pixels are not images (and not masses): outside without an LP.
-    sane = (torch.isfinite(y) & (y >= 0)).flatten(1).all(1)
-    inside = torch.zeros(m, dtype=torch.bool)
-    dist = torch.full((m,), math.inf, dtype=torch.float64)
-    if sane.any():
-        ball = _ball(th, radius[sane])
-        inside[sane] = ball.contains(x[sane], y[sane])
-        dist[sane] = ball.distance(x[sane], y[sane])
-    tol = th["tolerances"]["cost_rel"]
-    cost_ok = dist <= cost * (1 + tol)
-    bad = [ex["index"][i] for i in range(m) if not (inside[i] and cost_ok[i])]
-    ratio = (dist / radius).max().item()
-    detail = (f"{m - len(bad)}/{m} committed adversarial examples inside the ball at their radius and within "
-              f"their claimed cost (exact LP, cost_rel {tol}); max exact distance / radius = {ratio:.6g}")
+    dist, in_box = exact_distances(data, arrays)
+    radius = np.asarray([float(r) for r in ex["radius"]])
+    tol = CANONICAL_TOLERANCES["cost_rel"]
+    ok = in_box & (dist <= radius * (1 + tol)) & (dist <= np.asarray(ex["cost"]) * (1 + tol))
+    bad = [ex["index"][i] for i in range(m) if not ok[i]]
+    problems = example_problems(data, dist, in_box) + claims_problems(data, dist)
+    detail = (f"{m - len(bad)}/{m} committed adversarial examples in the box, inside the ball at their "
+              f"counted radius and within their certified cost (exact LP, cost_rel {tol:g}); max exact "
+              f"distance / radius = {float(np.max(dist / radius)):.6g}")
     if bad:
         detail += f"; failing dataset indices: {bad[:20]}{' ...' if len(bad) > 20 else ''}"
-    return _check(not bad, detail)
+    if problems and not bad:
+        detail += "; " + "; ".join(problems)
+    return _check(not problems, detail)
 
 
 def _static_checks(path: Path, data: dict) -> tuple[dict | None, dict[str, dict]]:
     """Run the checks without a model: the npz, the claims against it, the committed examples exactly."""
     checks: dict[str, dict] = {}
-    arrays, problems = load_arrays(path, data)
+    arrays, problems = read_entry_npz(path, data)
     if arrays is None:
         checks["npz"] = _check(False, "; ".join(problems))
+        return None, checks
+    checks["npz"] = _check(True, f"{data['examples']['file']} matches examples.sha256")
+    problems = array_problems(data, arrays)
+    checks["consistency"] = _check(not problems, "; ".join(problems) or
+                                   "claimed numbers agree with the per-example arrays")
+    if problems:  # malformed arrays: the exact check would read garbage
+        checks["examples_in_ball"] = _check(False, "not checked: the per-example arrays are inconsistent")
     else:
-        checks["npz"] = _check(True, f"{data['examples']['file']} matches examples.sha256")
-        checks["consistency"] = _check(not problems, "; ".join(problems) or
-                                       "claimed numbers agree with the per-example arrays")
         checks["examples_in_ball"] = _examples_check(data, arrays)
     return arrays, checks
 
@@ -157,7 +153,6 @@ def verify_entry(
     z: float = 3.0,
     slack: float = 0.01,
     clean_slack: float = 0.005,
-    flip_slack: float = 0.05,
     by: str | None = None,
     device: str | torch.device = "cpu",
     model_loader: Callable[[str, Path], torch.nn.Module] = load_model,
@@ -170,12 +165,14 @@ def verify_entry(
     """Re-check an entry and write its verification block (claimed numbers are never touched).
 
     Without a checkpoint (status ``examples-verified`` or ``failed``): the npz's sha256, the claimed
-    numbers against the per-example arrays, and every committed adversarial example exactly
-    (``WassersteinBall.contains`` and ``distance`` at its claimed radius and cost, box included).
+    numbers against the per-example arrays, and every committed adversarial example exactly, as
+    ``validate`` does (``.committed``: box, exact LP distance inside the ball at its counted radius and
+    within its certified cost, claims no higher than the examples allow).
 
     With ``checkpoint`` (status ``verified`` or ``failed``), also: its sha256 against the entry; the
-    model (``model_loader(architecture, checkpoint)``) misclassifies the committed adversarial
-    examples (at most ``flip_slack`` of them may flip back on other hardware); the committed clean
+    model (``model_loader(architecture, checkpoint)``) gives finite logits (``attacks.base.predict``)
+    and misclassifies EVERY committed adversarial example (no slack: a verified example that the model
+    gets right is not adversarial); the committed clean
     images and the labels equal the dataset's (``data_loader(name, split)``); clean accuracy on the
     entry's examples within ``clean_slack`` of the claim; and the suite (``suite_loader(name, version)``,
     same version) re-run on a seeded random subset of ``n`` of the entry's examples: at every radius,
@@ -193,8 +190,7 @@ def verify_entry(
     reproduction = None
     if checkpoint is not None:
         loaders = {"model": model_loader, "data": data_loader, "suite": suite_loader}
-        stats = {"n": n, "seed": seed, "z": z, "slack": slack, "clean_slack": clean_slack,
-                 "flip_slack": flip_slack}
+        stats = {"n": n, "seed": seed, "z": z, "slack": slack, "clean_slack": clean_slack}
         reproduction = _reproduce(data, arrays, Path(checkpoint), checks, stats, loaders, device, progress)
     passed = all(c["passed"] for c in checks.values())
     status = "failed" if not passed else "verified" if checkpoint is not None else "examples-verified"
@@ -205,6 +201,10 @@ def verify_entry(
         "tool": f"{TOOL} verify (wasserstein_attacks {__version__})",
         "package_version": __version__,
         "git_commit": git_commit(),
+        # What this record speaks for: it counts only while these match the entry (schema.binding_problems).
+        "binding": {"entry_sha256": entry_sha256(data), "npz_sha256": data["examples"]["sha256"],
+                    "checkpoint_sha256": sha256_file(checkpoint) if checkpoint is not None else None,
+                    "suite": {"name": data["suite"]["name"], "version": data["suite"]["version"]}},
         "checks": checks,
         "reproduction": reproduction,
     }
@@ -253,16 +253,33 @@ def _dataset_check(arrays: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
 
 
 def _predictions(model, x: torch.Tensor, adv: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted classes of the clean images ``x`` (in chunks of 1000) and of the committed ``adv``."""
-    with torch.no_grad():
-        pred = torch.cat([model(x[i:i + 1000].to(device)).argmax(1).cpu() for i in range(0, len(x), 1000)])
-        adv = torch.from_numpy(adv).to(device=device, dtype=x.dtype)
-        adv_pred = model(adv).argmax(1).cpu() if len(adv) else torch.zeros(0, dtype=torch.long)
+    """Predicted classes of the clean images ``x`` and of the committed ``adv``; ``ValueError`` on NaN/inf."""
+    pred = predict(model, x.to(device)).cpu()
+    adv = torch.from_numpy(adv).to(device=device, dtype=x.dtype)
+    adv_pred = predict(model, adv).cpu() if len(adv) else torch.zeros(0, dtype=torch.long)
     return pred, adv_pred
 
 
-def _reproduce(data, arrays, checkpoint, checks, stats, loaders, device, progress) -> dict | None:
-    """Run the checks that need the model (see ``verify_entry``): fill ``checks``, return the block."""
+def _model_checks(data, arrays, model, x, y, checks, stats, device) -> list[dict] | None:
+    """Check the model's outputs on the committed examples and clean accuracy; ``None`` if not finite."""
+    try:
+        pred, adv_pred = _predictions(model, x, arrays["sample_adversarial"], device)
+    except ValueError as e:  # NaN/inf logits: argmax would "misclassify" anything
+        checks["model_outputs"] = _check(False, f"model outputs: {e}")
+        return None
+    checks["model_outputs"] = _check(True, "finite logits on the entry's clean and committed examples")
+    fooled = int((adv_pred != torch.tensor(data["examples"]["label"], dtype=torch.long)).sum())
+    m = len(adv_pred)
+    checks["examples_misclassified"] = _check(
+        fooled == m, f"the model misclassifies {fooled}/{m} committed adversarial examples (all needed)")
+    clean = float((pred == y).double().mean())
+    claimed_clean = data["claimed"]["clean_accuracy"]
+    return [{"radius": "clean", "claimed": claimed_clean, "reproduced": clean, "claimed_on_subset": None,
+             "tolerance": stats["clean_slack"], "passed": abs(clean - claimed_clean) <= stats["clean_slack"]}]
+
+
+def _load_for_reproduction(data, arrays, checkpoint, checks, loaders, device):
+    """Load the model (hash-checked first) and the entry's examples: ``(model, x, y, idx)`` or ``None``."""
     if not _checkpoint_matches(data, checkpoint, checks) or arrays is None:
         return None
     model = loaders["model"](data["architecture"], checkpoint)
@@ -277,27 +294,31 @@ def _reproduce(data, arrays, checkpoint, checks, stats, loaders, device, progres
     idx = torch.from_numpy(index)
     x, y = images[idx].float(), labels[idx].long()
     checks["dataset"] = _dataset_check(arrays, x, y)
-    pred, adv_pred = _predictions(model, x, arrays["sample_adversarial"], device)
-    fooled = int((adv_pred != torch.tensor(data["examples"]["label"], dtype=torch.long)).sum())
-    m, flip_slack = len(adv_pred), stats["flip_slack"]
-    checks["examples_misclassified"] = _check(
-        m == 0 or fooled >= m * (1 - flip_slack),
-        f"the model misclassifies {fooled}/{m} committed adversarial examples "
-        f"(at least {1 - flip_slack:.0%} needed)")
-    clean = float((pred == y).double().mean())
-    claimed_clean = data["claimed"]["clean_accuracy"]
-    comparisons = [{"radius": "clean", "claimed": claimed_clean, "reproduced": clean,
-                    "claimed_on_subset": None, "tolerance": stats["clean_slack"],
-                    "passed": abs(clean - claimed_clean) <= stats["clean_slack"]}]
+    return model, x, y, idx
+
+
+def _reproduce(data, arrays, checkpoint, checks, stats, loaders, device, progress) -> dict | None:
+    """Run the checks that need the model (see ``verify_entry``): fill ``checks``, return the block."""
+    loaded = _load_for_reproduction(data, arrays, checkpoint, checks, loaders, device)
+    if loaded is None:
+        return None
+    model, x, y, idx = loaded
+    comparisons = _model_checks(data, arrays, model, x, y, checks, stats, device)
+    if comparisons is None:
+        return None
     suite = loaders["suite"](data["suite"]["name"], data["suite"]["version"])
     version_ok = getattr(suite, "version", None) == data["suite"]["version"]
     checks["suite"] = _check(version_ok, f"suite {data['suite']['name']!r} version "
                              f"{getattr(suite, 'version', None)} (entry: version {data['suite']['version']})")
-    k = min(int(stats["n"]), len(index))
+    k = min(int(stats["n"]), len(idx))
     block = {"n": k, "seed": int(stats["seed"]), "z": float(stats["z"]), "slack": float(stats["slack"]),
              "clean_slack": float(stats["clean_slack"]), "comparisons": comparisons}
     if version_ok:
-        comparisons += _rerun(data, arrays, suite, model, x, y, idx, k, stats, device, progress)
+        try:
+            comparisons += _rerun(data, arrays, suite, model, x, y, idx, k, stats, device, progress)
+        except ValueError as e:  # the attacks refuse NaN/inf logits met on the way
+            checks["model_outputs"] = _check(False, f"model outputs during the re-run: {e}")
+            return None
     failed = [c["radius"] for c in comparisons if not c["passed"]]
     checks["reproduction"] = _check(
         version_ok and not failed,
@@ -315,11 +336,11 @@ def _rerun(data, arrays, suite, model, x, y, idx, k, stats, device, progress) ->
     radii = sorted(float(r) for r in robust)
     tsub = torch.from_numpy(sub)
     result = suite.run(model, x[tsub].to(device), y[tsub].to(device), radii,
-                       threat=_ball(data["threat"], max(radii)), seed=data["provenance"]["seed"],
+                       threat=canonical_ball(data["threat"], max(radii)), seed=data["provenance"]["seed"],
                        indices=idx[tsub], progress=progress)
     fpc = (total - k) / (total - 1) if total > 1 else 0.0  # finite-population correction
     sub_arrays = {name: arrays[name][sub] for name in ("clean_correct", "broken_cost")}
-    cost_tol = data["threat"]["tolerances"]["cost_rel"]
+    cost_tol = CANONICAL_TOLERANCES["cost_rel"]
     out = []
     for key in sorted(robust, key=float):
         a = robust[key]
