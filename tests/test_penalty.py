@@ -86,7 +86,10 @@ def test_info_reports_divergence_and_costs_per_example():
     assert bool(refined[res.success].all())  # every success was re-solved exactly
     torch.testing.assert_close(res.cost[refined], exact[refined], rtol=1e-4, atol=1e-6)
     exact_now = res.threat.distance(x, res.adversarial)
-    torch.testing.assert_close(res.cost[refined], exact_now[refined], rtol=1e-4, atol=1e-6)
+    # The certificate bounds the referee's distance; they differ by at most the unmatched mass it may
+    # leave (mass_tol * N) moved at the window's dearest move (2 sqrt 2 pixels for k = 5).
+    gap = res.cost[refined] - exact_now[refined]
+    assert bool((gap >= -1e-9).all()) and bool((gap <= threat.mass_tol * 2 * math.sqrt(2) + 1e-6).all())
     assert bool(torch.isfinite(tensor("const")[res.success]).all())
     div = tensor("sinkhorn_divergence")
     assert bool((div >= -1e-5).all()) and bool((div[res.success] > 0).all())

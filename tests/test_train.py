@@ -149,18 +149,22 @@ def test_natural_report_shift_is_exactly_one(p):
     json.dumps(report, allow_nan=False)  # JSON-ready
     assert report["n"] == 4 and report["threat"]["p"] == p
     sh = report["transformations"]["shift"]
-    # A one-pixel shift costs exactly 1 for p = 1 (Kantorovich potential f(h, w) = w) and for p = 2.
+    # A one-pixel shift costs exactly 1 for p = 1 (Kantorovich potential f(h, w) = w) and for p = 2 with
+    # dense plans. The windowed referee may leave up to mass_tol * N unmatched at the window's dearest move
+    # (the threat model's mass tolerance): that can only lower it, by at most mass_tol * (28 - c_max).
+    for stat in ("min", "max"):
+        assert math.isclose(sh["distance_dense"][stat], 1.0, rel_tol=1e-6), (stat, sh["distance_dense"])
+        assert 1.0 - threat.mass_tol * 28 <= sh["distance"][stat] <= 1.0 + 1e-6, (stat, sh["distance"])
     for key in ("distance", "distance_dense"):
-        for stat in ("min", "max"):
-            assert math.isclose(sh[key][stat], 1.0, rel_tol=1e-6), (key, stat, sh[key])
         assert sh[key]["fraction_infinite"] == 0.0
     assert sh["distance"]["fraction_inside_ball"] == 1.0
     rot = report["transformations"]["rotation"]
     assert "mass rescaled per channel" in rot["description"]
-    # Dense plans can only be cheaper than windowed ones; a small rotation is a finite, positive move.
+    # Dense plans can only be cheaper than windowed ones, up to what the windowed referee's unmatched mass
+    # saves (mass_tol * N moved at most across the 28-pixel image); a small rotation is a finite, positive move.
     assert rot["distance_dense"]["max"] is not None and rot["distance_dense"]["min"] > 0
     if rot["distance"]["mean"] is not None:
-        assert rot["distance_dense"]["min"] <= rot["distance"]["min"] + 1e-9
+        assert rot["distance_dense"]["min"] <= rot["distance"]["min"] + threat.mass_tol * 28 * 2 ** (p / 2)
     for entry in (sh, rot):
         assert 0.0 <= entry["accuracy"] <= 1.0
     text = format_natural_report(report)

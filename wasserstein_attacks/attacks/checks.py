@@ -95,6 +95,109 @@ def _input_gradient(objective: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x) if grad is None else grad.detach()
 
 
+def _check_arguments(model, images, labels, max_examples, loss, tiny) -> list[str]:
+    """Validate the arguments of :func:`check_model`; return the losses to check as a list."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
+    check_images(images, "images")
+    check_labels(labels, images.shape[0], "labels")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be an int >= 1, got {max_examples!r}")
+    losses = [loss] if isinstance(loss, str) else list(loss)
+    if not losses or any(v not in LOSSES for v in losses):
+        raise ValueError(f"loss must be one of {LOSSES} or a non-empty list of them, got {loss!r}")
+    if not (isinstance(tiny, (int, float)) and math.isfinite(tiny) and tiny >= 0):
+        raise ValueError(f"tiny must be a finite float >= 0, got {tiny!r}")
+    return losses
+
+
+def _train_mode_message(model: torch.nn.Module) -> str:
+    """Return the warning for a model (or a submodule of it) found in train mode."""
+    where = "model" if model.training else "a submodule of the model"
+    return f"{where} was in train mode: checks ran in eval mode and the modes were restored"
+
+
+def _two_passes(model, x: torch.Tensor, y: torch.Tensor, losses: list[str], seed: int):
+    """Two eval-mode forward passes on ``x [B, C, H, W]`` and the input gradient of each loss.
+
+    The global RNG is seeded with ``seed`` inside a fork (the caller's state is untouched); the second
+    pass continues the first one's stream. Returns ``(out1 [B, K], out2 [B, K], grads)``, ``grads`` one
+    ``[B, C, H, W]`` tensor per loss. Raises ``ValueError`` on outputs that are not finite logits.
+    """
+    devices = [x.device] if x.device.type == "cuda" else []
+    with eval_mode(model), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        xg = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            out1 = model(xg)
+            if not isinstance(out1, torch.Tensor) or out1.dim() != 2 or out1.shape[0] != x.shape[0]:
+                shape = tuple(out1.shape) if isinstance(out1, torch.Tensor) else type(out1).__name__
+                raise ValueError(f"model must return logits [B, num_classes], B = {x.shape[0]}; got {shape}")
+            k = out1.shape[1]
+            if int(y.min()) < 0 or int(y.max()) >= k:
+                raise ValueError(f"labels must be class indices in [0, {k - 1}] for a model with {k} outputs")
+            check_logits(out1, "model outputs on clean images")
+            grads = [_input_gradient(loss_per_example(out1, y, v), xg) for v in losses]
+        with torch.no_grad():
+            out2 = model(x)
+    check_logits(out2, "model outputs on clean images")
+    return out1.detach(), out2, grads
+
+
+def _nonfinite_check(grads: list[torch.Tensor]) -> tuple[bool, list[str]]:
+    """Whether some input gradient is NaN or infinite, and the warnings (at most one)."""
+    nonfinite = not all(bool(torch.isfinite(g).all()) for g in grads)
+    return nonfinite, ["input gradients are NaN/inf on clean images"] if nonfinite else []
+
+
+def _stochastic_check(out1: torch.Tensor, out2: torch.Tensor) -> tuple[bool, float, list[str]]:
+    """Whether two passes' logits ``[B, K]`` differ, their largest difference (logit units), the warnings."""
+    # NaN in the same place in both passes is a broken model, not a random one; the tolerance keeps
+    # nondeterministic GPU kernels (last-bit differences) from passing for a randomised defense.
+    same = torch.isclose(out1, out2, rtol=1e-5, atol=1e-6, equal_nan=True)
+    both = torch.isfinite(out1) & torch.isfinite(out2)
+    diff = torch.where(both, out1 - out2, torch.zeros_like(out1)).abs()
+    max_diff = float(diff.max()) if diff.numel() else 0.0
+    stochastic = not bool(same.all())
+    if not stochastic:
+        return False, max_diff, []
+    return True, max_diff, [
+        f"forward pass is random (two passes on the same input differ by up to {max_diff:.3g}): "
+        "attack the expectation (EOT) or fix the randomness; single-sample results are not worst case"
+    ]
+
+
+def _probabilities_check(out: torch.Tensor) -> tuple[bool, list[str]]:
+    """Whether the finite rows of ``out [B, K]`` look like probabilities, and the warnings."""
+    fin = out[torch.isfinite(out).all(1)]
+    simplex = bool(fin.numel()) and bool((fin >= 0).all()) and bool(((fin.sum(1) - 1).abs() <= 1e-3).all())
+    unit = bool(fin.numel()) and bool(((fin >= 0) & (fin <= 1)).all())
+    if not (simplex or unit):
+        return False, []
+    what = "rows are non-negative and sum to 1" if simplex else "all outputs lie in [0, 1]"
+    return True, [
+        f"outputs look like probabilities, not logits ({what}): pass the model without its final "
+        "softmax/sigmoid, whose saturation hides the gradients"
+    ]
+
+
+def _vanishing_check(grads: list[torch.Tensor], losses: list[str], tiny: float):
+    """Per loss, the fraction of examples whose input gradient ``[B, C, H, W]`` is all ``<= tiny``.
+
+    Returns ``(fractions, warnings)``: one fraction per loss, one warning per loss with a fraction > 0.
+    """
+    largest = [g.flatten(1).abs().nan_to_num(nan=0.0).amax(1) for g in grads]  # per example
+    fractions = [float((m <= tiny).float().mean()) for m in largest]
+    found = [
+        f"input gradient of the {name} loss vanishes (all |grad| <= {tiny:g}) on {fraction:.0%} of "
+        "the examples: gradient masking (a thresholding input transform: use a straight-through "
+        "gradient model, StraightThrough, as gradient_model=) or saturation (use the margin loss)"
+        for name, fraction in zip(losses, fractions, strict=True)
+        if fraction > 0
+    ]
+    return fractions, found
+
+
 def check_model(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -134,91 +237,31 @@ def check_model(
         ValueError: bad arguments, or outputs that are not finite logits ``[B, num_classes]``.
 
     """
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
-    check_images(images, "images")
-    check_labels(labels, images.shape[0], "labels")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be an int >= 1, got {max_examples!r}")
-    losses = [loss] if isinstance(loss, str) else list(loss)
-    if not losses or any(v not in LOSSES for v in losses):
-        raise ValueError(f"loss must be one of {LOSSES} or a non-empty list of them, got {loss!r}")
-    if not (isinstance(tiny, (int, float)) and math.isfinite(tiny) and tiny >= 0):
-        raise ValueError(f"tiny must be a finite float >= 0, got {tiny!r}")
-
+    losses = _check_arguments(model, images, labels, max_examples, loss, tiny)
     x = images[:max_examples].detach().clone()
     y = labels[:max_examples].to(x.device)
     found: list[str] = []
 
-    def flag(msg: str, warn: bool = True) -> None:
-        found.append(msg)
-        if warn:
-            warnings.warn(msg, stacklevel=3)
+    def flag(msgs: list[str], warn: bool = True) -> None:
+        for msg in msgs:
+            found.append(msg)
+            if warn:
+                warnings.warn(msg, stacklevel=3)
 
     was_training = any(m.training for m in model.modules())
     if was_training:
-        # eval_mode (below) already warns about a top-level module in train mode; a submodule left in
-        # train mode is as bad and gets its own warning.
-        where = "model" if model.training else "a submodule of the model"
-        msg = f"{where} was in train mode: checks ran in eval mode and the modes were restored"
-        flag(msg, warn=not model.training)
-
-    devices = [x.device] if x.device.type == "cuda" else []
-    with eval_mode(model), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        xg = x.clone().requires_grad_(True)
-        with torch.enable_grad():
-            out1 = model(xg)
-            if not isinstance(out1, torch.Tensor) or out1.dim() != 2 or out1.shape[0] != x.shape[0]:
-                shape = tuple(out1.shape) if isinstance(out1, torch.Tensor) else type(out1).__name__
-                raise ValueError(f"model must return logits [B, num_classes], B = {x.shape[0]}; got {shape}")
-            k = out1.shape[1]
-            if int(y.min()) < 0 or int(y.max()) >= k:
-                raise ValueError(f"labels must be class indices in [0, {k - 1}] for a model with {k} outputs")
-            check_logits(out1, "model outputs on clean images")
-            grads = [_input_gradient(loss_per_example(out1, y, v), xg) for v in losses]
-        with torch.no_grad():
-            out2 = model(x)
-    out1 = out1.detach()
-    check_logits(out2, "model outputs on clean images")
-
-    nonfinite = not all(bool(torch.isfinite(g).all()) for g in grads)
-    if nonfinite:
-        flag("input gradients are NaN/inf on clean images")
-
-    # NaN in the same place in both passes is a broken model, not a random one; the tolerance keeps
-    # nondeterministic GPU kernels (last-bit differences) from passing for a randomised defense.
-    same = torch.isclose(out1, out2, rtol=1e-5, atol=1e-6, equal_nan=True)
-    both = torch.isfinite(out1) & torch.isfinite(out2)
-    diff = torch.where(both, out1 - out2, torch.zeros_like(out1)).abs()
-    max_diff = float(diff.max()) if diff.numel() else 0.0
-    stochastic = not bool(same.all())
-    if stochastic:
-        flag(
-            f"forward pass is random (two passes on the same input differ by up to {max_diff:.3g}): "
-            "attack the expectation (EOT) or fix the randomness; single-sample results are not worst case"
-        )
-
-    fin = out1[torch.isfinite(out1).all(1)]
-    simplex = bool(fin.numel()) and bool((fin >= 0).all()) and bool(((fin.sum(1) - 1).abs() <= 1e-3).all())
-    unit = bool(fin.numel()) and bool(((fin >= 0) & (fin <= 1)).all())
-    probabilities = simplex or unit
-    if probabilities:
-        what = "rows are non-negative and sum to 1" if simplex else "all outputs lie in [0, 1]"
-        flag(
-            f"outputs look like probabilities, not logits ({what}): pass the model without its final "
-            "softmax/sigmoid, whose saturation hides the gradients"
-        )
-
-    largest = [g.flatten(1).abs().nan_to_num(nan=0.0).amax(1) for g in grads]  # per example
-    fractions = [float((m <= tiny).float().mean()) for m in largest]
-    for name, fraction in zip(losses, fractions, strict=True):
-        if fraction > 0:
-            flag(
-                f"input gradient of the {name} loss vanishes (all |grad| <= {tiny:g}) on {fraction:.0%} of "
-                "the examples: gradient masking (a thresholding input transform: use a straight-through "
-                "gradient model, StraightThrough, as gradient_model=) or saturation (use the margin loss)"
-            )
+        # eval_mode (in _two_passes) already warns about a top-level module in train mode; a submodule
+        # left in train mode is as bad and gets its own warning.
+        flag([_train_mode_message(model)], warn=not model.training)
+    out1, out2, grads = _two_passes(model, x, y, losses, seed)
+    nonfinite, msgs = _nonfinite_check(grads)
+    flag(msgs)
+    stochastic, max_diff, msgs = _stochastic_check(out1, out2)
+    flag(msgs)
+    probabilities, msgs = _probabilities_check(out1)
+    flag(msgs)
+    fractions, msgs = _vanishing_check(grads, losses, tiny)
+    flag(msgs)
     return ModelChecks(
         n_examples=int(x.shape[0]),
         was_training=was_training,

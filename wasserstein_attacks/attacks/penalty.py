@@ -182,6 +182,148 @@ def _plan(z: torch.Tensor, xf: torch.Tensor, valid: torch.Tensor, box: tuple[int
     return plan * keep + back * F.one_hot(torch.tensor(stay, device=plan.device), k * k).to(plan.dtype)
 
 
+class _Best:
+    """The best iterates per example, by kind; scores are maximised.
+
+    ``"cand"``: fooling plans inside the ball (score ``-cost``); ``"att"``: non-fooling plans inside it
+    (score: the margin); ``"fool"``: fooling plans of any cost (score ``-cost``; tried exactly at the
+    end). Per kind: ``z [B, C, H*W, k*k]`` plan logits, ``score [B]`` (``-inf``: none yet) and
+    ``const [B]``, the ``c`` it was found at (NaN: none).
+    """
+
+    def __init__(self, x: torch.Tensor, kk: int) -> None:
+        b, c, h, w = x.shape
+        self.z, self.score, self.const = {}, {}, {}
+        for name in ("cand", "att", "fool"):
+            self.z[name] = x.new_zeros(b, c, h * w, kk)
+            self.score[name] = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
+            self.const[name] = torch.full((b,), math.nan, dtype=x.dtype, device=x.device)
+
+    def keep(self, name: str, where, pos, z, score, const) -> None:
+        """Store the sub-batch's iterates ``where [b]`` (``z``, ``score``, ``const``) at positions ``pos``."""
+        # Trackers live outside ``iterate``'s state (indexed by batch position) so that the loop does not
+        # copy these plan-sized tensors in and out at every step.
+        sel = pos[where]
+        self.z[name][sel] = z[where]
+        self.score[name][sel] = score[where]
+        self.const[name][sel] = const[where]
+
+    def update(self, pos, z, fooled, in_box, inside, margin, cost, const) -> None:
+        """Keep the step's plans that beat each kind's best; ``z [b, C, H*W, k*k]``, the others ``[b]``."""
+        self.keep("cand", fooled & inside & (-cost > self.score["cand"][pos]), pos, z, -cost, const)
+        self.keep("att", ~fooled & inside & (margin > self.score["att"][pos]), pos, z, margin, const)
+        self.keep("fool", fooled & in_box & (-cost > self.score["fool"][pos]), pos, z, -cost, const)
+
+
+def _adam(z, g, m, v, t: int, lr: float, beta1: float = 0.9, beta2: float = 0.999):
+    """Take one Adam step (Kingma & Ba 2015) on ``z`` along ``-g`` at 0-based step ``t``.
+
+    Returns ``(z, m, v)``, each of the shape of ``z``.
+    """
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    mhat = m / (1 - beta1 ** (t + 1))
+    vhat = v / (1 - beta2 ** (t + 1))
+    return z - lr * mhat / (vhat.sqrt() + 1e-8), m, v
+
+
+def _next_const(const, lo, hi, fooled):
+    """CW's update of ``c [b]`` after a round: x10 until bracketed, then geometric bisection.
+
+    ``lo``/``hi`` ``[b]``: the largest fooling / smallest non-fooling ``c`` so far (0 / inf: none).
+    Returns ``(const, lo, hi)``.
+    """
+    lo, hi = torch.where(fooled, const, lo), torch.where(fooled, hi, const)
+    up = torch.where(lo == 0, const / 10, (lo * hi).sqrt())
+    return torch.where(torch.isinf(hi), const * 10, up), lo, hi
+
+
+def _listed(t: torch.Tensor) -> list:
+    """Return a ``[B]`` tensor as a list of floats, ``None`` for NaN (JSON has no NaN)."""
+    return [None if math.isnan(v) else v for v in t.detach().cpu().tolist()]
+
+
+class _Search:
+    """What the Adam steps of one ``SinkhornPenalty`` call share: ``iterate``'s ``image`` and ``step``.
+
+    Holds the attack (hyperparameters), the recording model, labels / targets ``[B]``, the plan map's
+    mask and box, the divergence term of the batch and the best iterates (:class:`_Best`).
+    """
+
+    def __init__(self, attack, model, x, labels, targets, threat: WassersteinBall) -> None:
+        b, c, h, w = x.shape
+        k = threat.kernel_size
+        self.attack, self.threat, self.labels, self.targets = attack, threat, labels, targets
+        self.h, self.w = h, w
+        self.valid = T.valid_mask(h, w, k, device=x.device)
+        self.box = None if threat.box is None else (h, w, k)
+        self.term = _SinkhornTerm(x, k, threat.p, attack.blur, attack.scaling)
+        self.rec = _Recorder(model)
+        self.best = _Best(x, k * k)
+
+    def image(self, sub: dict) -> torch.Tensor:
+        """Return the images ``[b, C, H, W]`` of the sub-state's plan logits (differentiable)."""
+        return T.column_sums(_plan(sub["var"], sub["xf"], self.valid, self.box), self.h, self.w)
+
+    def _outcome(self, pos: torch.Tensor):
+        """Return the margin ``[b]`` and fooled ``[b]`` of the recorded logits of batch positions ``pos``."""
+        logits = self.rec.logits
+        if logits is None or logits.shape[0] != pos.shape[0]:
+            raise RuntimeError("iterate() must evaluate exactly the examples it steps")
+        tgt = None if self.targets is None else self.targets[pos]
+        margin = loss_per_example(logits, self.labels[pos], "margin", tgt)
+        pred = logits.argmax(1)
+        fooled = (pred == tgt) if tgt is not None else (pred != self.labels[pos])
+        return margin, fooled
+
+    def _penalty(self, sub: dict, t: int, new: dict):
+        """Gradient of ``c (divergence + cost_weight * cost)`` w.r.t. the plan logits at step ``t``.
+
+        Refreshes the divergence's gradient into ``new["gdiv"]`` every ``divergence_every`` steps.
+        Returns ``(z [b, C, H*W, k*k], y [b, C, H, W], cost [b], grad [b, C, H*W, k*k])``, detached.
+        """
+        a = self.attack
+        with torch.enable_grad():
+            z = sub["var"].detach().requires_grad_(True)
+            plan = _plan(z, sub["xf"], self.valid, self.box)
+            y = T.column_sums(plan, self.h, self.w)
+            if t % a.divergence_every == 0:
+                yd = y.detach().requires_grad_(True)
+                div = self.term(yd, sub["pos"])
+                (gdiv,) = torch.autograd.grad(div.sum(), yd)
+                new["gdiv"] = gdiv
+            else:
+                gdiv = sub["gdiv"]
+            # The divergence enters through its gradient at the last refresh (exact when refreshed
+            # every step): a linear model of it between refreshes.
+            lin = (gdiv * y).sum((1, 2, 3))
+            cost = T.plan_cost(plan, self.threat.p, mass=sub["n"])
+            pen = sub["const"] * (lin + a.cost_weight * cost)
+            (gpen,) = torch.autograd.grad(pen.sum(), z)
+        return z.detach(), y.detach(), cost.detach(), gpen
+
+    def step(self, sub: dict, grad: torch.Tensor, t: int, idx: torch.Tensor) -> dict:
+        """Record the best iterates, then take one Adam step on the plan logits (``iterate``'s step).
+
+        ``grad [b, C, H*W, k*k]`` is the attack loss's gradient; ``idx`` indexes the sub-batch handed to
+        ``iterate``, ``sub["pos"]`` the positions in the batch.
+        """
+        pos = sub["pos"]
+        margin, fooled = self._outcome(pos)
+        new = {}
+        z, y, cost, gpen = self._penalty(sub, t, new)
+        with torch.no_grad():
+            in_box = (y - 1).flatten(1).amax(1) <= _BOX_SLACK
+            inside = in_box & (cost <= sub["eps"])
+            self.best.update(pos, z, fooled, in_box, inside, margin, cost, sub["const"])
+            new["fooled_round"] = sub["fooled_round"] | fooled
+            # CW's max(-margin, -kappa): the attack term is flat once the margin exceeds kappa.
+            push = (margin < self.attack.kappa).to(grad.dtype)[:, None, None, None]
+            g = gpen - push * grad
+            new["var"], new["m"], new["v"] = _adam(z, g, sub["m"], sub["v"], t, self.attack.lr)
+        return new
+
+
 @register("sinkhorn_penalty")
 class SinkhornPenalty(Attack):
     """Minimal-distance attack: margin + c * (GeomLoss Sinkhorn divergence + plan cost), CW binary search.
@@ -297,141 +439,94 @@ class SinkhornPenalty(Attack):
         seeds: list[int],
     ) -> RunOutput:
         b, c, h, w = x.shape
-        k = threat.kernel_size
-        kk, stay, dev = k * k, T.stay_index(k), x.device
-        valid = T.valid_mask(h, w, k, device=dev)
-        box = None if threat.box is None else (h, w, k)
+        dev = x.device
         xf = x.reshape(b, c, h * w)
         n = x.sum((1, 2, 3))
         eps = threat.eps_for(b).to(dev, x.dtype)
-        term = _SinkhornTerm(x, k, threat.p, self.blur, self.scaling)
-        rec = _Recorder(model)
+        search = _Search(self, model, x, labels, targets, threat)
         gens = example_generators(seeds)
-        # Best iterates per example; scores are maximised: -cost for fooling plans inside the ball
-        # ("cand"), the margin for non-fooling ones inside it ("att"), -cost for fooling ones of any
-        # cost ("fool", tried exactly at the end).
-        track = {}
-        for name in ("cand", "att", "fool"):
-            track[name + "_z"] = x.new_zeros(b, c, h * w, kk)
-            track[name + "_score"] = torch.full((b,), -math.inf, dtype=x.dtype, device=dev)
-            track[name + "_const"] = torch.full((b,), math.nan, dtype=x.dtype, device=dev)
         iterations = torch.zeros(b, dtype=torch.long, device=dev)
-        beta1, beta2 = 0.9, 0.999
-
-        def image(sub):
-            return T.column_sums(_plan(sub["var"], sub["xf"], valid, box), h, w)
-
-        def keep(name: str, where, pos, z, score, const) -> None:
-            # Trackers live outside ``iterate``'s state (indexed by batch position) so that the loop
-            # does not copy these plan-sized tensors in and out at every step.
-            sel = pos[where]
-            track[name + "_z"][sel] = z[where]
-            track[name + "_score"][sel] = score[where]
-            track[name + "_const"][sel] = const[where]
-
-        def step(sub, grad, t, idx):
-            # ``idx`` indexes the sub-batch handed to ``iterate``; ``pos`` is the position in the batch.
-            logits, pos = rec.logits, sub["pos"]
-            if logits is None or logits.shape[0] != pos.shape[0]:
-                raise RuntimeError("iterate() must evaluate exactly the examples it steps")
-            tgt = None if targets is None else targets[pos]
-            margin = loss_per_example(logits, labels[pos], "margin", tgt)
-            pred = logits.argmax(1)
-            fooled = (pred == tgt) if tgt is not None else (pred != labels[pos])
-            new = {}
-            with torch.enable_grad():
-                z = sub["var"].detach().requires_grad_(True)
-                plan = _plan(z, sub["xf"], valid, box)
-                y = T.column_sums(plan, h, w)
-                if t % self.divergence_every == 0:
-                    yd = y.detach().requires_grad_(True)
-                    div = term(yd, pos)
-                    (gdiv,) = torch.autograd.grad(div.sum(), yd)
-                    new["gdiv"] = gdiv
-                else:
-                    gdiv = sub["gdiv"]
-                # The divergence enters through its gradient at the last refresh (exact when refreshed
-                # every step): a linear model of it between refreshes.
-                lin = (gdiv * y).sum((1, 2, 3))
-                cost = T.plan_cost(plan, threat.p, mass=sub["n"])
-                pen = sub["const"] * (lin + self.cost_weight * cost)
-                (gpen,) = torch.autograd.grad(pen.sum(), z)
-            with torch.no_grad():
-                z, cost = z.detach(), cost.detach()
-                in_box = (y.detach() - 1).flatten(1).amax(1) <= _BOX_SLACK
-                inside = in_box & (cost <= sub["eps"])
-                const = sub["const"]
-                keep("cand", fooled & inside & (-cost > track["cand_score"][pos]), pos, z, -cost, const)
-                keep("att", ~fooled & inside & (margin > track["att_score"][pos]), pos, z, margin, const)
-                keep("fool", fooled & in_box & (-cost > track["fool_score"][pos]), pos, z, -cost, const)
-                new["fooled_round"] = sub["fooled_round"] | fooled
-                # CW's max(-margin, -kappa): the attack term is flat once the margin exceeds kappa.
-                push = (margin < self.kappa).to(grad.dtype)[:, None, None, None]
-                g = gpen - push * grad
-                m = beta1 * sub["m"] + (1 - beta1) * g
-                v = beta2 * sub["v"] + (1 - beta2) * g * g
-                mhat = m / (1 - beta1 ** (t + 1))
-                vhat = v / (1 - beta2 ** (t + 1))
-                new["var"] = z - self.lr * mhat / (vhat.sqrt() + 1e-8)
-                new["m"], new["v"] = m, v
-            return new
-
         for r in range(self.restarts):
-            todo = torch.arange(b, device=dev) if r == 0 else torch.isinf(track["cand_score"]).nonzero()[:, 0]
+            no_cand = torch.isinf(search.best.score["cand"])
+            todo = torch.arange(b, device=dev) if r == 0 else no_cand.nonzero()[:, 0]
             if todo.numel() == 0:
                 break
-            z = x.new_zeros(todo.numel(), c, h * w, kk)
-            z[..., stay] = self.init_logit
-            if r > 0 and self.init_noise > 0:
-                draws = [torch.randn(c, h * w, kk, generator=gens[int(i)], dtype=x.dtype) for i in todo]
-                z = z + self.init_noise * torch.stack(draws).to(dev)
-            const = torch.full((todo.numel(),), self.initial_const, dtype=x.dtype, device=dev)
-            lo, hi = torch.zeros_like(const), torch.full_like(const, math.inf)
             state = dict(xf=xf[todo], n=n[todo], eps=eps[todo], pos=todo, gdiv=torch.zeros_like(x[todo]))
-            for _ in range(self.binary_search_steps):
-                # Every round restarts from the init (as CW): warm-starting would inherit logits that a
-                # large constant drove far negative, from which Adam needs many steps to climb back.
-                state.update(
-                    var=z.clone(), m=torch.zeros_like(z), v=torch.zeros_like(z), const=const,
-                    fooled_round=torch.zeros_like(const, dtype=torch.bool),
-                )
-                iterations[todo] += iterate(
-                    rec, x[todo], labels[todo], None if targets is None else targets[todo], steps=self.steps,
-                    loss=self.loss, state=state, image=image, step=step, stop_on_success=False,
-                )
-                f = state["fooled_round"]
-                lo, hi = torch.where(f, const, lo), torch.where(f, hi, const)
-                up = torch.where(lo == 0, const / 10, (lo * hi).sqrt())
-                const = torch.where(torch.isinf(hi), const * 10, up)
-
+            z = self._start(x, todo, r, gens, threat.kernel_size)
+            iterations[todo] += self._binary_search(search, x, labels, targets, todo, z, state)
+        plan, exact_cost, used = self._final_plan(search, x, threat, eps)
         with torch.no_grad():
-            have = torch.isfinite(track["cand_score"])
-            some = have | torch.isfinite(track["att_score"])
-            z = torch.where(have[:, None, None, None], track["cand_z"], track["att_z"])
-            plan = torch.where(some[:, None, None, None], _plan(z, xf, valid, box), T.identity_plan(x, k))
-            plan = plan.to(torch.float64)
-            exact_cost = torch.full((b,), math.nan, dtype=torch.float64)
-            used = torch.where(have, track["cand_const"], torch.nan)
-            if self.exact_refine:
-                plan, exact_cost, rescued = self._refine(x, plan, have, track, valid, threat, eps)
-                used = torch.where(rescued, track["fool_const"], used)
-            y = T.column_sums(plan.to(x.dtype), h, w)
-            div = term(y, torch.arange(b, device=dev))
-
-        def listed(t: torch.Tensor) -> list:
-            return [None if math.isnan(v) else v for v in t.detach().cpu().tolist()]  # JSON has no NaN
-
+            div = search.term(T.column_sums(plan.to(x.dtype), h, w), torch.arange(b, device=dev))
         info = {
-            "sinkhorn_divergence": listed(div),
-            "plan_cost": listed(T.plan_cost(plan, threat.p, mass=n.to(torch.float64))),
-            "exact_cost": listed(exact_cost),
-            "const": listed(used),
+            "sinkhorn_divergence": _listed(div),
+            "plan_cost": _listed(T.plan_cost(plan, threat.p, mass=n.to(torch.float64))),
+            "exact_cost": _listed(exact_cost),
+            "const": _listed(used),
             "blur": self.blur,
             "divergence_units": "eps (GeomLoss divergence per channel, weighted by the channel's mass)",
         }
         return RunOutput(plan=plan, adversarial=None, iterations=iterations, info=info)
 
-    def _refine(self, x, plan, have, track, valid, threat, eps):
+    def _start(self, x: torch.Tensor, todo: torch.Tensor, r: int, gens, k: int) -> torch.Tensor:
+        """Return the initial plan logits ``[n, C, H*W, k*k]`` of the examples ``todo [n]`` in restart ``r``.
+
+        "Stay" at ``init_logit``, the other offsets 0; restarts after the first add Gaussian noise of
+        standard deviation ``init_noise`` drawn from each example's generator in ``gens``.
+        """
+        b, c, h, w = x.shape
+        z = x.new_zeros(todo.numel(), c, h * w, k * k)
+        z[..., T.stay_index(k)] = self.init_logit
+        if r > 0 and self.init_noise > 0:
+            draws = [torch.randn(c, h * w, k * k, generator=gens[int(i)], dtype=x.dtype) for i in todo]
+            z = z + self.init_noise * torch.stack(draws).to(x.device)
+        return z
+
+    def _binary_search(self, search: _Search, x, labels, targets, todo, z, state: dict) -> torch.Tensor:
+        """Run CW's search on ``c`` for the examples ``todo [n]`` from the logits ``z``.
+
+        Returns the Adam steps run per example, long ``[n]``.
+        """
+        const = torch.full((todo.numel(),), self.initial_const, dtype=x.dtype, device=x.device)
+        lo, hi = torch.zeros_like(const), torch.full_like(const, math.inf)
+        steps = torch.zeros(todo.numel(), dtype=torch.long, device=x.device)
+        for _ in range(self.binary_search_steps):
+            # Every round restarts from the init (as CW): warm-starting would inherit logits that a
+            # large constant drove far negative, from which Adam needs many steps to climb back.
+            state.update(
+                var=z.clone(), m=torch.zeros_like(z), v=torch.zeros_like(z), const=const,
+                fooled_round=torch.zeros_like(const, dtype=torch.bool),
+            )
+            steps += iterate(
+                search.rec, x[todo], labels[todo], None if targets is None else targets[todo],
+                steps=self.steps, loss=self.loss, state=state, image=search.image, step=search.step,
+                stop_on_success=False,
+            )
+            const, lo, hi = _next_const(const, lo, hi, state["fooled_round"])
+        return steps
+
+    def _final_plan(self, search: _Search, x: torch.Tensor, threat: WassersteinBall, eps: torch.Tensor):
+        """Return the plan: the best candidate, else best attempt inside the ball, else the identity plan.
+
+        With ``exact_refine``, refined by :meth:`_refine`. Returns ``(plan [B, C, H*W, k*k] float64,
+        exact_cost [B] float64 (NaN where not re-solved), const [B] (NaN where none))``.
+        """
+        b, c, h, w = x.shape
+        best = search.best
+        with torch.no_grad():
+            have = torch.isfinite(best.score["cand"])
+            some = have | torch.isfinite(best.score["att"])
+            z = torch.where(have[:, None, None, None], best.z["cand"], best.z["att"])
+            found = _plan(z, x.reshape(b, c, h * w), search.valid, search.box)
+            plan = torch.where(some[:, None, None, None], found, T.identity_plan(x, threat.kernel_size))
+            plan = plan.to(torch.float64)
+            exact_cost = torch.full((b,), math.nan, dtype=torch.float64)
+            used = torch.where(have, best.const["cand"], torch.nan)
+            if self.exact_refine:
+                plan, exact_cost, rescued = self._refine(x, plan, have, best, search.valid, threat, eps)
+                used = torch.where(rescued, best.const["fool"], used)
+        return plan, exact_cost, used
+
+    def _refine(self, x, plan, have, best: _Best, valid, threat, eps):
         """Swap in exact optimal plans (POT) to the chosen images; try the fooling iterates exactly.
 
         Returns ``(plan, exact_cost [B], rescued [B])``: ``rescued`` marks examples whose only fooling
@@ -442,11 +537,11 @@ class SinkhornPenalty(Attack):
         n = x.sum((1, 2, 3)).to(torch.float64)
         exact_cost = torch.full((b,), math.nan, dtype=torch.float64)
         rescued = torch.zeros_like(have)
-        fool_only = ~have & torch.isfinite(track["fool_score"])
+        fool_only = ~have & torch.isfinite(best.score["fool"])
         if bool(fool_only.any()):
             # An example with no plan inside the ball may still have a fooling image inside it.
             box = None if threat.box is None else (h, w, k)
-            alt = _plan(track["fool_z"][fool_only], x.reshape(b, c, h * w)[fool_only], valid, box)
+            alt = _plan(best.z["fool"][fool_only], x.reshape(b, c, h * w)[fool_only], valid, box)
             alt = alt.to(torch.float64)
             alt_plan, ok = exact_plan(x[fool_only], T.column_sums(alt, h, w), kernel_size=k, p=threat.p)
             alt_plan = alt_plan.to(plan.device)

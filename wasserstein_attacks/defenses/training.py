@@ -80,6 +80,59 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _check_train_args(epochs, batch_size, lr, optimizer, schedule, dataset, num_threads) -> None:
+    """Raise ``ValueError`` on a bad argument of :func:`train_model`."""
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "epochs" else 1):
+            raise ValueError(
+                f"{name} must be a {'non-negative' if name == 'epochs' else 'positive'} int, got {v!r}"
+            )
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive float, got {lr!r}")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+
+
+def _make_optimizer(model: nn.Module, optimizer: str, lr: float, momentum: float, weight_decay: float):
+    """Adam, or SGD with Nesterov momentum (plain SGD at ``momentum = 0``), on the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+
+
+def _train_epoch(model, dataset, opt, sched, *, batch_size: int, seed: int, device, bar, step: int):
+    """One shuffled pass (shuffle seed ``seed``) of cross-entropy steps over ``dataset``.
+
+    ``step`` counts optimizer steps over the whole run (the progress bar shows the loss every 20).
+    Returns ``(mean training loss over the pass's examples, step after the pass)``.
+    """
+    loss_sum, count = 0.0, 0
+    for batch in dataset.batches(batch_size, shuffle=True, seed=seed):
+        x, y = batch.images.to(device), batch.labels.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        loss_sum += loss.item() * y.shape[0]
+        count += y.shape[0]
+        step += 1
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return loss_sum / count, step
+
+
 def train_model(
     model: nn.Module,
     dataset: ImageDataset,
@@ -118,31 +171,9 @@ def train_model(
         ``{"epoch_loss": [mean training loss per epoch], "seconds": wall time, "steps": optimizer steps}``.
 
     """
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "epochs" else 1):
-            raise ValueError(
-                f"{name} must be a {'non-negative' if name == 'epochs' else 'positive'} int, got {v!r}"
-            )
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive float, got {lr!r}")
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    if len(dataset) == 0:
-        raise ValueError("dataset is empty")
-    if num_threads is not None and (
-        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
-    ):
-        raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+    _check_train_args(epochs, batch_size, lr, optimizer, schedule, dataset, num_threads)
     device = _model_device(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(
-            params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay
-        )
+    opt = _make_optimizer(model, optimizer, lr, momentum, weight_decay)
     steps_per_epoch = math.ceil(len(dataset) / batch_size)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1)) if schedule == "cosine" else None
@@ -159,22 +190,11 @@ def train_model(
         torch.manual_seed(int(seed))
         for _ in range(epochs):
             epoch_seed = int(torch.randint(2**62, (1,), generator=shuffle_rng))
-            loss_sum, count = 0.0, 0
-            for batch in dataset.batches(batch_size, shuffle=True, seed=epoch_seed):
-                x, y = batch.images.to(device), batch.labels.to(device)
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                loss_sum += loss.item() * y.shape[0]
-                count += y.shape[0]
-                step += 1
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
-            history.append(loss_sum / count)
+            mean_loss, step = _train_epoch(
+                model, dataset, opt, sched, batch_size=batch_size, seed=epoch_seed, device=device, bar=bar,
+                step=step,
+            )
+            history.append(mean_loss)
     model.eval()
     return {"epoch_loss": history, "seconds": time.perf_counter() - start, "steps": step, "threads": threads}
 
@@ -329,6 +349,37 @@ def _summary(d: torch.Tensor, threat: WassersteinBall, y: torch.Tensor) -> dict:
     return out
 
 
+def _first_shiftable(dataset: ImageDataset, n: int, dy: int, dx: int) -> torch.Tensor:
+    """Return the indices (long ``[<= n]``) of the first ``n`` images with mass whose shift keeps it."""
+    # Scan in chunks (a training set need not be copied) for the first n images that have mass and
+    # whose shift keeps it: shifting back restores such an image exactly (nothing crossed the border).
+    found = []
+    for start in range(0, len(dataset), 1024):
+        chunk = dataset.images[start : start + 1024]
+        ok = (shift(shift(chunk, dy, dx), -dy, -dx) == chunk).flatten(1).all(1) & (
+            chunk.flatten(1).sum(1) > 0
+        )
+        found.append(torch.nonzero(ok).flatten() + start)
+        if sum(f.numel() for f in found) >= n:
+            break
+    return torch.cat(found)[:n]
+
+
+def _natural_transforms(x: torch.Tensor, dy: int, dx: int, degrees: float) -> dict:
+    """Return the transformed images ``[n, C, H, W]`` of ``x`` and their descriptions, by name."""
+    return {
+        "shift": (
+            shift(x, dy, dx),
+            f"shift by (dy, dx) = ({dy}, {dx}) pixels, zero fill, no mass lost at the border",
+        ),
+        "rotation": (
+            rotate(x, degrees),
+            f"rotation by {degrees:g} degrees counter-clockwise, bilinear, "
+            "mass rescaled per channel to the original (values saturating at 1)",
+        ),
+    }
+
+
 def natural_transformation_report(
     model: nn.Module,
     dataset: ImageDataset,
@@ -369,35 +420,14 @@ def natural_transformation_report(
             "threat must have a scalar eps for this report (it states the fraction inside the ball)"
         )
     dy, dx = shift_by
-    # Scan in chunks (a training set need not be copied) for the first n images that have mass and
-    # whose shift keeps it: shifting back restores such an image exactly (nothing crossed the border).
-    found = []
-    for start in range(0, len(dataset), 1024):
-        chunk = dataset.images[start : start + 1024]
-        ok = (shift(shift(chunk, dy, dx), -dy, -dx) == chunk).flatten(1).all(1) & (
-            chunk.flatten(1).sum(1) > 0
-        )
-        found.append(torch.nonzero(ok).flatten() + start)
-        if sum(f.numel() for f in found) >= n:
-            break
-    idx = torch.cat(found)[:n]
+    idx = _first_shiftable(dataset, n, dy, dx)
     if idx.numel() == 0:
         raise ValueError("no image of dataset survives the shift without losing mass")
     skipped = int(idx[-1]) + 1 - idx.numel()
     x, labels = dataset.images[idx], dataset.labels[idx]
     dense = dataclasses.replace(threat, kernel_size=None) if threat.kernel_size is not None else None
     window = f"{threat.kernel_size}x{threat.kernel_size} window" if threat.kernel_size else "dense plans"
-    transforms = {
-        "shift": (
-            shift(x, dy, dx),
-            f"shift by (dy, dx) = ({dy}, {dx}) pixels, zero fill, no mass lost at the border",
-        ),
-        "rotation": (
-            rotate(x, degrees),
-            f"rotation by {degrees:g} degrees counter-clockwise, bilinear, "
-            "mass rescaled per channel to the original (values saturating at 1)",
-        ),
-    }
+    transforms = _natural_transforms(x, dy, dx, degrees)
     pred_clean = _predict_eval(model, x)
     report = {
         "threat": threat.describe(),

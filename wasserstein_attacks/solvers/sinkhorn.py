@@ -386,6 +386,113 @@ def dual_objective(
     return obj
 
 
+def _check_projection_args(stopping: str, lam: float, maxiters: int, tol: float) -> None:
+    """Raise ``ValueError`` on a bad scalar argument of :func:`sinkhorn_projection`."""
+    if stopping not in ("authors", "dual"):
+        raise ValueError(f"stopping must be 'authors' or 'dual', got {stopping!r}")
+    if not (isinstance(lam, (int, float)) and lam > 0 and math.isfinite(lam)):
+        raise ValueError(f"lam must be a positive float, got {lam!r}")
+    if isinstance(maxiters, bool) or not isinstance(maxiters, int) or maxiters < 0:
+        raise ValueError(f"maxiters must be an int >= 0, got {maxiters!r}")
+    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a non-negative float, got {tol!r}")
+
+
+def _column_update(lam: float, w: torch.Tensor, lu: torch.Tensor, cap: torch.Tensor | None):
+    """Wong et al.'s beta update (Lambert W) and, with a cap ``[b]``, Hu et al.'s switch to ``z = cap``.
+
+    ``w``: point to project, ``lu = log(K^T e^f)`` at the current ``psi`` (``[b, C, H, W]``). Returns
+    ``(g, z, phi)``, each ``[b, C, H, W]``: log column scaling, projected point, cap multiplier.
+    """
+    wl = _lambertw_exp(math.log(lam) + lam * w + lu)
+    g1, z1 = lam * w - wl, wl / lam  # Wong et al.'s beta update; z1 = w + beta/lam
+    if cap is None:
+        return g1, z1, torch.zeros_like(w)
+    ca = cap[:, None, None, None]
+    beta0 = lu - torch.log(ca)  # makes the column sum equal the cap
+    phi = lam * (w - ca) + beta0
+    free = phi < 0
+    return torch.where(free, g1, -beta0), torch.where(free, z1, ca.expand_as(w)), phi.clamp_min(0)
+
+
+def _psi_step(win: _Window, f: torch.Tensor, g: torch.Tensor, psi: torch.Tensor, eps: torch.Tensor):
+    """Damped Newton step on ``psi [b]`` with the plan ``(f, g, psi)`` (``f, g``: ``[b, C, H, W]``).
+
+    ``g'(psi) = <P, C> - eps``, ``g''(psi) = -<P, C^2>``; the step is halved (at most 7 times) while it
+    would make ``psi`` negative (the authors' rule). Returns ``(psi_new [b], log(K e^g) at psi_new
+    [b, C, H, W], mass [b], cost [b])``, the last two those of the plan at ``psi_new``.
+    """
+    gg = _Gathered(win, g)
+    totals = gg.log_pair_totals(f)
+    moments = _pair_moments(totals, win, psi, (1, 2))
+    dpsi, ddpsi = moments[:, 0] - eps, -moments[:, 1]
+    curved = ddpsi < 0
+    delta = torch.where(curved, dpsi / torch.where(curved, ddpsi, -1.0), torch.zeros_like(dpsi))
+    t = torch.ones_like(psi)
+    for _ in range(7):  # the authors halve t while psi - t delta < 0 and t > 1e-2
+        t = torch.where(psi - t * delta < 0, t / 2, t)
+    psin = torch.where(curved, (psi - t * delta).clamp_min(0), torch.where(dpsi < 0, 0.0, psi))
+    lgn = gg.log_window(psin)  # the plan at the new psi: its row sums, mass and cost
+    del gg
+    mass, cost = _pair_moments(totals, win, psin, (0, 1)).unbind(1)
+    return psin, lgn, mass, cost
+
+
+def _sinkhorn_step(win: _Window, lam: float, w, logx, lg, psi, eps, cap) -> dict[str, torch.Tensor]:
+    """One projected Sinkhorn iteration (module docstring) on a sub-batch, float64.
+
+    ``w, logx`` (point to project, ``log x``), ``lg = log(K e^g)`` of the previous duals: ``[b, C, H, W]``;
+    previous ``psi``, ``eps`` and ``cap`` (or ``None``): ``[b]``. Returns ``f, g, lg, z, phi, lu``
+    (``[b, C, H, W]``; ``lg`` at the new duals, ``lu = log(K^T e^f)`` at the previous ``psi``) and
+    ``psi, mass, cost`` (``[b]``; mass and cost of the new plan) by name.
+    """
+    f = logx - lg  # alpha update: exact row sums x
+    lu = _Gathered(win, f).log_window(psi)  # log u = log(K^T e^f)
+    g, z, phi = _column_update(lam, w, lu, cap)
+    psin, lgn, mass, cost = _psi_step(win, f, g, psi, eps)
+    return dict(f=f, g=g, psi=psin, lg=lgn, z=z, phi=phi, lu=lu, mass=mass, cost=cost)
+
+
+def _watched_objective(stopping: str, lam: float, x, w, eps, cap, it: dict) -> torch.Tensor:
+    """Return the objective ``[b]`` the stopping rule watches at the iterate ``it`` (:func:`_sinkhorn_step`).
+
+    ``"dual"``: :func:`dual_objective`; ``"authors"``: the expression the released code evaluates
+    (see :func:`sinkhorn_projection`). ``x, w``: ``[b, C, H, W]``; ``eps``, ``cap`` (or ``None``): ``[b]``.
+    """
+    f, g, phi, psi = it["f"], it["g"], it["phi"], it["psi"]
+    fx = _sum(torch.where(x > 0, f * x, torch.zeros_like(x)))
+    if stopping == "dual":
+        bp = -g - phi
+        obj = -_sum(bp**2) / (2 * lam) - psi * eps + fx - _sum(bp * w) - it["mass"]
+        if cap is not None:
+            obj = obj - cap * _sum(phi)
+        return obj
+    if cap is None:
+        ef = torch.exp(f)
+        return (-_sum(ef**2) / (2 * lam) - psi * eps + fx - _sum(ef.clamp(max=1e10) * w)
+                + _sum(g * torch.exp(it["lg"])))
+    bpp = -g + phi
+    return (-_sum(bpp**2) / (2 * lam) - psi * eps + fx - _sum(bpp * w)
+            - _sum(torch.exp(g + it["lu"])) - _sum(phi))
+
+
+def _start_state(win: _Window, w: torch.Tensor, duals: SinkhornDuals) -> dict[str, torch.Tensor]:
+    """Return the loop state of :func:`sinkhorn_projection` before its first iteration, float64 copies.
+
+    ``f, g, lg = log(K e^g), z, phi``: ``[B, C, H, W]`` (``z = phi = 0``); ``psi, cost = 0, old = -inf``:
+    ``[B]``; ``iters = 0`` (long) and ``converged = False`` (bool): ``[B]``.
+    """
+    b, dev = w.shape[0], w.device
+    st = dict(f=duals.f.to(_F64).clone(), g=duals.g.to(_F64).clone(), psi=duals.psi.to(_F64).clone())
+    st["z"], st["phi"] = torch.zeros_like(w), torch.zeros_like(w)
+    st["cost"] = torch.zeros(b, dtype=_F64, device=dev)
+    st["old"] = torch.full((b,), -math.inf, dtype=_F64, device=dev)
+    st["iters"] = torch.zeros(b, dtype=torch.long, device=dev)
+    st["converged"] = torch.zeros(b, dtype=torch.bool, device=dev)
+    st["lg"] = _Gathered(win, st["g"]).log_window(st["psi"])  # log(K e^g), reused by each f update
+    return st
+
+
 def sinkhorn_projection(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -438,16 +545,8 @@ def sinkhorn_projection(
 
     """
     _check_pair(x, w)
-    if stopping not in ("authors", "dual"):
-        raise ValueError(f"stopping must be 'authors' or 'dual', got {stopping!r}")
-    if not (isinstance(lam, (int, float)) and lam > 0 and math.isfinite(lam)):
-        raise ValueError(f"lam must be a positive float, got {lam!r}")
-    if isinstance(maxiters, bool) or not isinstance(maxiters, int) or maxiters < 0:
-        raise ValueError(f"maxiters must be an int >= 0, got {maxiters!r}")
-    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a non-negative float, got {tol!r}")
-    b, c, h, wd = x.shape
-    dev = x.device
+    _check_projection_args(stopping, lam, maxiters, tol)
+    (b, _, h, wd), dev = x.shape, x.device
     X, Y = x.to(_F64), w.to(_F64)
     eps = _per_example(eps, b, "eps", dev)
     capv = None if cap is None else _per_example(cap, b, "cap", dev)
@@ -456,85 +555,38 @@ def sinkhorn_projection(
     win = _Window(h, wd, kernel_size, T.check_p(p), dev)
     logx = torch.log(X)
     duals = SinkhornDuals.initial(x.shape, dev) if init is None else init
-    f, g, psi = duals.f.to(_F64).clone(), duals.g.to(_F64).clone(), duals.psi.to(_F64).clone()
-    z = torch.zeros_like(Y)
-    phi = torch.zeros_like(Y)
-    cost = torch.zeros(b, dtype=_F64, device=dev)
-    old = torch.full((b,), -math.inf, dtype=_F64, device=dev)
-    iters = torch.zeros(b, dtype=torch.long, device=dev)
-    converged = torch.zeros(b, dtype=torch.bool, device=dev)
-    lg = _Gathered(win, g).log_window(psi)  # log(K e^g), reused by each f update
+    st = _start_state(win, Y, duals)
     active = torch.arange(b, device=dev)
-    log_lam = math.log(lam)
     full = True  # while every example is active, work on the tensors themselves (no gather / scatter)
     while active.numel() > 0:
         A = active
         sel = (lambda t: t) if full else (lambda t, a=A: t[a])  # noqa: E731
-        Xa, Ya, lxa, psia, epsa = sel(X), sel(Y), sel(logx), sel(psi), sel(eps)
-        fa = lxa - sel(lg)  # alpha update: exact row sums x
-        lu = _Gathered(win, fa).log_window(psia)  # log u = log(K^T e^f)
-        wl = _lambertw_exp(log_lam + lam * Ya + lu)
-        g1, z1 = lam * Ya - wl, wl / lam  # Wong et al.'s beta update; z1 = w + beta/lam
-        if capv is None:
-            gn, za, phia = g1, z1, torch.zeros_like(Ya)
-        else:
-            ca = sel(capv)[:, None, None, None]
-            beta0 = lu - torch.log(ca)  # makes the column sum equal the cap
-            phia = lam * (Ya - ca) + beta0
-            free = phia < 0
-            gn = torch.where(free, g1, -beta0)
-            za = torch.where(free, z1, ca.expand_as(Ya))
-            phia = phia.clamp_min(0)
-        # Damped Newton step on psi with the plan (f, g_new, psi_old): sum of P C and P C^2.
-        gg = _Gathered(win, gn)
-        totals = gg.log_pair_totals(fa)
-        moments = _pair_moments(totals, win, psia, (1, 2))
-        dpsi, ddpsi = moments[:, 0] - epsa, -moments[:, 1]
-        curved = ddpsi < 0
-        delta = torch.where(curved, dpsi / torch.where(curved, ddpsi, -1.0), torch.zeros_like(dpsi))
-        t = torch.ones_like(psia)
-        for _ in range(7):  # the authors halve t while psi - t delta < 0 and t > 1e-2
-            t = torch.where(psia - t * delta < 0, t / 2, t)
-        psin = torch.where(curved, (psia - t * delta).clamp_min(0), torch.where(dpsi < 0, 0.0, psia))
-        lgn = gg.log_window(psin)  # the plan at the new psi: its row sums, mass and cost
-        del gg
-        mass_n, cost_a = _pair_moments(totals, win, psin, (0, 1)).unbind(1)
-        # Objective watched by the stopping rule.
-        fx = _sum(torch.where(Xa > 0, fa * Xa, torch.zeros_like(Xa)))
-        if stopping == "dual":
-            bp = -gn - phia
-            obj = -_sum(bp**2) / (2 * lam) - psin * epsa + fx - _sum(bp * Ya) - mass_n
-            if capv is not None:
-                obj = obj - sel(capv) * _sum(phia)
-        elif capv is None:
-            ef = torch.exp(fa)
-            obj = (-_sum(ef**2) / (2 * lam) - psin * epsa + fx - _sum(ef.clamp(max=1e10) * Ya)
-                   + _sum(gn * torch.exp(lgn)))
-        else:
-            bpp = -gn + phia
-            obj = (-_sum(bpp**2) / (2 * lam) - psin * epsa + fx - _sum(bpp * Ya)
-                   - _sum(torch.exp(gn + lu)) - _sum(phia))
-        ia = sel(iters) + 1
-        close = (sel(old) - obj).abs() <= tol + tol * obj.abs()
+        Xa, Ya, epsa = sel(X), sel(Y), sel(eps)
+        capa = None if capv is None else sel(capv)
+        it = _sinkhorn_step(win, lam, Ya, sel(logx), sel(st["lg"]), sel(st["psi"]), epsa, capa)
+        obj = _watched_objective(stopping, lam, Xa, Ya, epsa, capa, it)
+        ia = sel(st["iters"]) + 1
+        close = (sel(st["old"]) - obj).abs() <= tol + tol * obj.abs()
         stop = close | (ia > maxiters)
         if feasibility is not None:
-            feasible = (cost_a - epsa <= feasibility[0]) & ((_sum(za) - 1).abs() <= feasibility[1])
+            feasible = (it["cost"] - epsa <= feasibility[0]) & ((_sum(it["z"]) - 1).abs() <= feasibility[1])
             stop &= feasible
             close &= feasible
         stop |= ia >= hard_maxiters
+        new = {k: it[k] for k in ("f", "g", "psi", "lg", "z", "phi", "cost")}
+        new.update(old=obj, iters=ia, converged=close)
         if full:
-            f, g, psi, lg, z, phi = fa, gn, psin, lgn, za, phia
-            old, iters, cost, converged = obj, ia, cost_a, close
+            st.update(new)
         else:
-            f[A], g[A], psi[A], lg[A], z[A], phi[A] = fa, gn, psin, lgn, za, phia
-            old[A], iters[A], cost[A], converged[A] = obj, ia, cost_a, close
+            for key, v in new.items():
+                st[key][A] = v
         if bool(stop.any()):
             active = A[~stop]
             if full:  # from now on the loop scatters into its own copies
-                f, g, psi, lg, z, phi = f.clone(), g.clone(), psi.clone(), lg.clone(), z.clone(), phi.clone()
-                old, iters, cost, converged = old.clone(), iters.clone(), cost.clone(), converged.clone()
+                st = {key: v.clone() for key, v in st.items()}
             full = False
-    return Projection(z, SinkhornDuals(f, g, psi), phi, cost, iters, converged)
+    return Projection(st["z"], SinkhornDuals(st["f"], st["g"], st["psi"]), st["phi"], st["cost"], st["iters"],
+                      st["converged"])
 
 
 def sinkhorn_plan(duals: SinkhornDuals, *, p: int = 1, kernel_size: int = 5) -> torch.Tensor:
