@@ -3,7 +3,8 @@
 ``wattack-bench [overrides]`` evaluates a model (see :mod:`wasserstein_attacks.bench`); ``--help`` lists
 the config groups. Your own config files (an ``experiment/``, ``model/`` or any group) are found with
 ``hydra.searchpath=[file:///path/to/your/conf]``.
-``wattack-train [overrides]`` trains the project's standard MNIST model.
+``wattack-train [overrides]`` trains the project's standard MNIST model, or adversarially with
+``defense=adversarial`` (any attack or suite inside; resumable; ``torchrun`` for data parallelism).
 ``wattack-merge FOLDER... [-o OUT]`` combines the shard folders of one run.
 A bad config stops with a one-line message naming the field (exit status 2) before any work.
 """
@@ -77,6 +78,9 @@ def _train_app(cfg: DictConfig) -> None:
     from .defenses import training as train
 
     out = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.defense.kind == "adversarial":
+        _adversarial_train(cfg, out, HydraConfig.get().runtime.choices.get("attack"))
+        return
     try:
         kwargs = OmegaConf.to_container(cfg.train, resolve=True)
         threat = bench.build_threat(cfg, eps=cfg.report.eps)
@@ -94,8 +98,41 @@ def _train_app(cfg: DictConfig) -> None:
     print(f"report written to {out / 'natural_transformations.json'}", flush=True)
 
 
+def _adversarial_train(cfg: DictConfig, out: Path, attack_label: str | None) -> None:
+    """``defense=adversarial``: build the inner attack (or suite) and the ball, then train (conf/defense)."""
+    from hydra.utils import instantiate
+
+    from .bench.spec import build_suite
+    from .defenses.from_config import run_adversarial_training
+
+    if cfg.get("attack") is not None and cfg.get("suite") is not None:
+        _fail("wattack-train", ConfigError("give attack=<name> or suite=<name> (with ~attack), not both"))
+    steps = cfg.defense.get("attack_steps")
+    try:
+        if steps is not None:  # attack steps per batch, for the attack or every attack of the suite
+            for node in [cfg.attack] if cfg.get("attack") is not None else cfg.suite.attacks.values():
+                node.steps = steps
+        threat = bench.build_threat(cfg)  # its radius is unused: the trainer's ramp sets it per step
+        suite, _ = build_suite(cfg, attack_label)
+        try:
+            dataset = instantiate(cfg.dataset, _convert_="all")
+        except Exception as exc:  # noqa: BLE001 - Hydra wraps the loader's ValueError
+            raise ConfigError(f"dataset: {str(exc.__cause__ or exc).splitlines()[0]}") from exc
+        run_adversarial_training(
+            OmegaConf.to_container(cfg.defense, resolve=True),
+            dataset=dataset,
+            inner=suite.attacks[0] if cfg.get("attack") is not None else suite,
+            threat=threat,
+            out_dir=out,
+            logger=OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None,
+            standard=OmegaConf.to_container(cfg.train, resolve=True),
+        )
+    except (ValueError, TypeError, FileNotFoundError) as exc:  # ConfigError is a ValueError
+        _fail("wattack-train", exc)
+
+
 def train_main() -> None:
-    """``wattack-train``: train (or load from cache) the project's standard MNIST model and report on it."""
+    """``wattack-train``: train the standard MNIST model, or adversarially (``defense=adversarial``)."""
     _train_app()
 
 
@@ -114,3 +151,87 @@ def merge_main(argv: list[str] | None = None) -> None:
         bench.merge(args.folders, out)
     except ValueError as exc:
         _fail("wattack-merge", exc)
+
+
+# --------------------------------------------------------------------------- wattack-certify (issue 12)
+
+
+def _certify_device(value):
+    """``auto`` (cuda if available), ``cpu``, ``cuda`` or ``cuda:<i>`` as a ``torch.device``."""
+    import torch
+
+    dev = str(value)
+    if dev == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(dev)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:<i>, got {dev!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device is {dev!r} but CUDA is not available (use device=auto or cpu)")
+    return device
+
+
+def _certify_train(cfg: DictConfig, model, noise, out: Path) -> dict | None:
+    """Noise-augment the base model on the dataset's train split when ``train.epochs > 0``; else ``None``."""
+    from hydra.utils import instantiate
+
+    from .defenses.smoothing import train_under_noise
+    from .models import save_checkpoint
+
+    t = cfg.train
+    if int(t.epochs) == 0:
+        return None
+    train_set = instantiate(cfg.dataset, split="train", n=int(t.n))
+    hist = train_under_noise(
+        model, train_set, noise, epochs=int(t.epochs), lr=float(t.lr), batch_size=int(t.batch_size),
+        seed=int(t.seed), progress=False,
+    )
+    settings = OmegaConf.to_container(t, resolve=True)
+    save_checkpoint(model, out / "base_model.pt", meta={"noise": noise.describe(), "train": settings})
+    return {**settings, "n": len(train_set), "epoch_loss": hist["epoch_loss"]}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="certify")
+def _certify_app(cfg: DictConfig) -> None:
+    import torch
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from ._util import first_line
+    from .bench.spec import build_model, load_data
+    from .defenses import smoothing as sm
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        noise = instantiate(cfg.smoothing)
+        if not isinstance(noise, sm.FlowNoise):
+            raise ValueError(f"smoothing must build a FlowNoise, got {type(noise).__name__}")
+        images, labels, data_info = load_data(cfg)
+        model, model_info = build_model(cfg)
+        device = _certify_device(cfg.device)
+        model = model.to(device).eval()
+        trained = _certify_train(cfg, model, noise, out)
+        with torch.no_grad():
+            num_classes = int(model(images[:1].to(device)).shape[1])
+        smoothed = sm.SmoothedClassifier(model, noise, num_classes=num_classes, batch_size=cfg.batch_size)
+        indices = torch.arange(images.shape[0])
+        result = smoothed.certify(images, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, seed=cfg.seed, indices=indices)
+        results = sm.certification_results(
+            result, labels, radii=list(cfg.radii), noise=noise, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha,
+            seed=cfg.seed, indices=indices,
+            extra={"dataset": data_info, "model": model_info, "base_training": trained,
+                   "device": str(device)},
+        )
+    except (ValueError, TypeError, InstantiationException) as exc:
+        _fail("wattack-certify", first_line(exc.__cause__ or exc))
+    paths = sm.write_certification(results, out)
+    acc = ", ".join(f"{k}: {v:.3f}" for k, v in results["certified_accuracy"].items())
+    n_ex, n_abs = len(labels), results["abstentions"]
+    print(f"certified accuracy ({n_ex} examples, {n_abs} abstentions): {acc}", flush=True)
+    print(f"results written to {paths['results']} and {paths['plot']}", flush=True)
+
+
+def certify_main() -> None:
+    """``wattack-certify``: certified W1 accuracy of a flow-smoothed classifier (Hydra overrides)."""
+    _certify_app()

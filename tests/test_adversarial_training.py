@@ -1,0 +1,272 @@
+"""Adversarial training: schedules, losses, resume after kill -9, data parallelism, config and CLI.
+
+Tiny sizes throughout (synthetic 8x8 images, the ``tiny`` model, two attack steps), one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from wasserstein_attacks.attacks import get, load_suite
+from wasserstein_attacks.cli import CONF_DIR
+from wasserstein_attacks.data import load_dataset
+from wasserstein_attacks.defenses import AdversarialTraining, RadiusRamp
+from wasserstein_attacks.defenses.distributed import shard_bounds
+from wasserstein_attacks.defenses.from_config import initial_model
+from wasserstein_attacks.models import build_model, load_checkpoint, save_checkpoint
+from wasserstein_attacks.threat import WassersteinBall
+
+REPO = Path(__file__).resolve().parent.parent
+THREAT = WassersteinBall(eps=0.1, p=1, kernel_size=3)
+TINY = dict(
+    epochs=2, batch_size=16, lr=0.05, eps=0.1, eps_start=0.02, ramp_epochs=1.0, num_threads=1, progress=False
+)
+
+
+def data(n: int = 40):
+    return load_dataset("synthetic", "train", n=n, height=8, width=8)
+
+
+def model():
+    return build_model("tiny", num_classes=4, seed=0)
+
+
+def trainer(**kw) -> AdversarialTraining:
+    return AdversarialTraining(attack=get("pgd_box", steps=2), threat=THREAT, **{**TINY, **kw})
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------- units
+
+
+def test_radius_ramp_grows_to_the_target_then_stays():
+    geo = RadiusRamp(0.1, 0.01, 2.0, "geometric")
+    assert geo(0) == pytest.approx(0.01) and geo(1) == pytest.approx(0.01 * 10**0.5) and geo(2) == 0.1
+    assert geo(7.5) == 0.1
+    lin = RadiusRamp(0.1, 0.02, 1.0, "linear")
+    assert lin(0.5) == pytest.approx(0.06)
+    assert RadiusRamp(0.1, 0.1, 0.0, "none")(0) == 0.1
+
+
+def test_shards_cover_the_batch_once():
+    for b in (1, 7, 16):
+        parts = [shard_bounds(b, r, 3) for r in range(3)]
+        assert parts[0][0] == 0 and parts[-1][1] == b
+        assert all(parts[i][1] == parts[i + 1][0] for i in range(2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"eps": -0.1}, "eps"),
+        ({"eps_start": 0.5}, "eps_start"),
+        ({"ramp": "cubic"}, "ramp"),
+        ({"loss": "kl"}, "loss"),
+        ({"clean_fraction": 1.5}, "clean_fraction"),
+        ({"epochs": 1.5}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"checkpoint_every": -1}, "checkpoint_every"),
+        ({"beta": float("nan")}, "beta"),
+    ],
+)
+def test_bad_values_give_one_line_errors(kwargs, named):
+    with pytest.raises(ValueError, match=named) as e:
+        trainer(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_attack_and_threat():
+    with pytest.raises(ValueError, match="attack"):
+        AdversarialTraining(attack="pgd_box", threat=THREAT, eps=0.1)
+    with pytest.raises(ValueError, match="threat"):
+        AdversarialTraining(attack=get("pgd_box"), threat=None, eps=0.1)
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+def test_trades_with_clean_mixing_writes_every_output(tmp_path):
+    log = trainer(loss="trades", beta=2.0, clean_fraction=0.25)(model(), data(), tmp_path, meta={"m": "tiny"})
+    rows = log["epochs"]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["eps"] == pytest.approx(0.1)
+    assert rows[0]["eps"] < rows[1]["eps"]  # the ramp
+    # 40 examples in batches 16, 16, 8: the first 4, 4 and 2 positions stay clean.
+    assert all(r["attacked"] == 30 for r in rows)
+    for r in rows:
+        assert 0 <= r["clean_accuracy"] <= 1 and 0 <= r["adversarial_accuracy"] <= 1 and r["loss"] > 0
+    saved = json.loads((tmp_path / "train_log.json").read_text())
+    assert saved["epochs"] == json.loads(json.dumps(rows)) and saved["config"]["loss"] == "trades"
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    plain, net = weights(tmp_path / "model_state_dict.pt"), model()
+    net.load_state_dict(plain)
+    assert load_checkpoint(model(), tmp_path / "checkpoint.pt")["epoch"] == 2
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, plain[k], rtol=0, atol=0)
+
+
+def test_a_suite_as_inner_maximisation(tmp_path):
+    suite = load_suite("debug-v1")
+    suite.attacks[0].steps = 2
+    t = AdversarialTraining(attack=suite, threat=THREAT, **{**TINY, "epochs": 1})
+    rows = t(model(), data(24), tmp_path)["epochs"]
+    assert rows[0]["attacked"] == 24 and t.describe()["inner"]["suite"] == "debug"
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    trainer(epochs=1)(model(), data(16), tmp_path)
+    with pytest.raises(ValueError, match="another config"):
+        trainer(epochs=1, lr=0.01)(model(), data(16), tmp_path)
+
+
+_KILLED_RUN = """
+import sys, time, torch
+sys.path.insert(0, {tests!r})
+import test_adversarial_training as t
+net = t.model()
+net.register_forward_pre_hook(lambda m, i: time.sleep(0.05))  # slow enough to be killed mid-run
+t.trainer(epochs=3, checkpoint_every=1)(net, t.data(), {out!r})
+"""
+
+
+def test_kill_9_then_rerun_gives_the_same_weights(tmp_path):
+    ref = trainer(epochs=3, checkpoint_every=1)
+    ref(model(), data(), tmp_path / "ref")
+    out = tmp_path / "killed"
+    code = _KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out))
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (out / "train_state.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) < (3, 0) and not (out / "model_state_dict.pt").exists()
+    trainer(epochs=3, checkpoint_every=1)(model(), data(), out)
+    a, b = weights(tmp_path / "ref" / "model_state_dict.pt"), weights(out / "model_state_dict.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log_a = json.loads((tmp_path / "ref" / "train_log.json").read_text())["epochs"]
+    log_b = json.loads((out / "train_log.json").read_text())["epochs"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(log_a) == strip(log_b)
+
+
+def _ddp_worker(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        net = model()
+        trainer(epochs=2)(net, data(), out, device="cpu")
+        torch.save(net.state_dict(), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
+    trainer(epochs=2)(model(), data(), tmp_path / "one", device="cpu")
+    (tmp_path / "two").mkdir()
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "store"), str(tmp_path / "two")), nprocs=2, join=True)
+    one = weights(tmp_path / "one" / "model_state_dict.pt")
+    two, other = weights(tmp_path / "two" / "model_state_dict.pt"), weights(tmp_path / "two" / "rank1.pt")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
+        assert torch.equal(two[k], other[k]), k  # the ranks agree exactly
+    rows = [json.loads((tmp_path / d / "train_log.json").read_text())["epochs"] for d in ("one", "two")]
+    assert [r["attacked"] for r in rows[0]] == [r["attacked"] for r in rows[1]]
+    assert [r["adversarial_accuracy"] for r in rows[0]] == [r["adversarial_accuracy"] for r in rows[1]]
+
+
+def test_fine_tuning_starts_from_a_checkpoint(tmp_path):
+    src = model()
+    with torch.no_grad():
+        src[0].weight.fill_(0.25)
+    save_checkpoint(src, tmp_path / "start.pt")
+    net = initial_model({"name": "tiny", "num_classes": 4, "seed": 1}, str(tmp_path / "start.pt"))
+    assert torch.equal(net[0].weight, src[0].weight)
+    with pytest.raises(FileNotFoundError, match="defense.init"):
+        initial_model({"name": "tiny"}, str(tmp_path / "absent.pt"))
+
+
+# ---------------------------------------------------------------------------------------- config, CLI
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_config_composes_and_binds():
+    import inspect
+
+    cfg = compose_train("defense=adversarial")
+    assert cfg.defense.kind == "adversarial" and cfg.dataset.split == "train" and cfg.dataset.n is None
+    assert cfg.attack._target_.endswith("FrankWolfeBox") and cfg.logger.kind == "wandb"
+    assert cfg.defense.model.name == "mnist_convnet"
+    kwargs = OmegaConf.to_container(cfg.defense.training)
+    inspect.signature(AdversarialTraining).bind(attack=None, threat=None, **kwargs)
+    AdversarialTraining(attack=get("pgd_box"), threat=THREAT, **kwargs)
+    suite = compose_train("defense=adversarial", "~attack", "suite=debug-v1")
+    assert suite.get("attack") is None and suite.suite.name == "debug"
+    standard = compose_train()
+    assert standard.defense.kind == "standard" and standard.get("attack") is None
+    assert standard.get("dataset") is None and standard.get("logger") is None
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    code = "import sys; sys.argv[0] = 'wattack-train'; import wasserstein_attacks.cli as c; c.train_main()"
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+
+
+def test_cli_smoke_run_and_bad_value(tmp_path):
+    tiny = [
+        "defense=adversarial",
+        "attack=pgd_box",
+        "threat.kernel_size=3",
+        "dataset=synthetic",
+        "dataset.n=24",
+        "dataset.height=8",
+        "dataset.width=8",
+        "defense.model.name=tiny",
+        "defense.model.num_classes=4",
+        "defense.attack_steps=2",
+        "defense.training.epochs=1",
+        "defense.training.batch_size=12",
+        "defense.training.progress=false",
+    ]
+    p = _cli(tmp_path, *tiny, f"hydra.run.dir={tmp_path / 'run'}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "adversarial training done" in p.stdout
+    run = tmp_path / "run"
+    assert {"checkpoint.pt", "model_state_dict.pt", "train_log.json", "curves.png"} <= set(os.listdir(run))
+    cfg = json.loads((run / "train_log.json").read_text())["config"]
+    assert cfg["inner"]["attack"] == "pgd_box" and cfg["inner"]["steps"] == 2
+    bad = _cli(tmp_path, *tiny, "defense.training.ramp=cubic", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert bad.stderr.startswith("wattack-train: error: ramp must be one of")

@@ -1,0 +1,390 @@
+"""Adversarial training under the Wasserstein threat model: one loop, any attack or suite inside it.
+
+Outer minimisation (Madry et al. 2018) by SGD/Adam; inner maximisation by any registered attack
+(``attacks.get(name)``: the box-aware ``frank_wolfe_box``/``pgd_box`` or the faithful ports of Wong,
+Hu and Wu) or a ``Suite`` run at the current radius. Every adversarial example is certified inside the
+ball by the attack's common ending, so the model is trained on members of the threat model only.
+
+Per global batch of ``batch_size`` examples (positions ``0..b-1`` after the epoch's shuffle):
+
+1. the first ``round(clean_fraction * b)`` positions stay clean, the others are attacked at the radius
+   ``eps_t`` of the ramp (``RadiusRamp``) with the model in eval mode;
+2. loss ``"ce"``: cross-entropy at the training input (adversarial or clean) of each example;
+   loss ``"trades"`` (Zhang et al. 2019): cross-entropy at the clean image plus ``beta`` times
+   ``KL(p(x) || p(x_adv))`` for the attacked examples. The inner attack keeps maximising its own
+   loss (``ce``, ``margin`` or ``dlr`` of the true label) rather than the KL: the attacks' contract
+   (per-example stopping at the first certified misclassification) is defined by a label, and
+   Wong et al. trained with the attack unchanged too. This is the documented choice, not TRADES' exact
+   inner problem;
+3. the summed loss divided by ``b`` is minimised (so a data-parallel run, each rank holding a slice,
+   gives the one-process gradient).
+
+Resumable: ``train_state.pt`` (model, optimiser, scheduler, RNG state, epoch and step, the log so far)
+is written atomically every ``checkpoint_every`` steps and after every epoch; data order and attack
+randomness derive from the seed, the epoch and the dataset index, so a run killed and started again ends
+with the same weights, bit for bit on CPU, as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import __version__
+from .._util import atomic_write, check_bool, check_choice, check_float, check_int
+from ..attacks import Attack, Suite
+from ..data import ImageDataset
+from ..models import save_checkpoint
+from ..threat import WassersteinBall
+from .distributed import all_sum, dist_info, shard_bounds
+from .runlog import TrainingLog
+from .schedules import RadiusRamp
+from .train_state import N_STATS, Position, TrainRun
+from .training import deterministic
+
+__all__ = ["AdversarialTraining", "LOSSES", "STATE_FILE", "CHECKPOINT_FILE", "EXPORT_FILE"]
+
+#: Outer losses: ``ce`` (Madry et al.) and ``trades`` (Zhang et al. 2019).
+LOSSES = ("ce", "trades")
+STATE_FILE = "train_state.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+EXPORT_FILE = "model_state_dict.pt"
+
+
+@contextlib.contextmanager
+def _num_threads(n: int):
+    # A fixed thread count keeps CPU results bitwise reproducible; the caller's setting comes back after.
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _derive_seed(*parts) -> int:
+    """Return a 62-bit seed from the parts (stable across processes, unlike ``hash``)."""
+    h = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 2
+
+
+class AdversarialTraining:
+    """Adversarial training with a Wasserstein attack (or suite) as the inner maximisation.
+
+    Construct with the hyperparameters, then call on a model and a training set:
+    ``AdversarialTraining(attack=get("frank_wolfe_box", steps=10), threat=ball, eps=0.1)(model, data, out)``.
+    Defaults follow Wong et al.'s MNIST recipe where they give one (SGD, lr 0.1, momentum 0.9,
+    weight decay 5e-4, batch 128, a growing radius).
+
+    Args:
+        attack: an ``Attack`` (its own ``steps``/``loss``/stopping apply: attack steps per batch) or a
+            ``Suite`` (run at the single radius ``eps_t``; examples it does not break stay clean).
+        threat: the ball's convention (``p``, window, box, tolerances); its ``eps`` is ignored.
+        eps: target radius, units of eps (fraction of the image's mass x pixel distance^p), > 0.
+        eps_start: radius at the first step, in ``(0, eps]``.
+        ramp: ``"geometric"``, ``"linear"`` or ``"none"`` (see ``RadiusRamp``).
+        ramp_epochs: epochs over which the radius grows to ``eps`` (fractional allowed; per step).
+        loss: ``"ce"`` or ``"trades"`` (see the module docstring).
+        beta: TRADES weight of the KL term (Zhang et al.'s default 6), used with ``loss="trades"``.
+        clean_fraction: share of each batch trained on clean images, in ``[0, 1]``.
+        epochs: passes over the training set (each shuffled from ``seed`` and the epoch).
+        batch_size: global batch (all ranks together).
+        lr, optimizer, momentum, weight_decay: ``"sgd"`` (Nesterov when momentum > 0) or ``"adam"``.
+        schedule: ``"cosine"`` (per step, to 0 at the end) or ``"constant"``.
+        seed: seeds the shuffles, the attacks (per example and epoch) and the global RNG of the run.
+        checkpoint_every: also save the resumable state every this many steps (0: after epochs only).
+        num_threads: CPU threads (restored afterwards); ``None`` keeps the setting. Bitwise
+            reproducibility needs the same count.
+        progress: tqdm bar on the main rank.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        attack: Attack | Suite,
+        threat: WassersteinBall,
+        eps: float,
+        eps_start: float = 0.01,
+        ramp: str = "geometric",
+        ramp_epochs: float = 1.0,
+        loss: str = "ce",
+        beta: float = 6.0,
+        clean_fraction: float = 0.0,
+        epochs: int = 10,
+        batch_size: int = 128,
+        lr: float = 0.1,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        schedule: str = "cosine",
+        seed: int = 0,
+        checkpoint_every: int = 0,
+        num_threads: int | None = 1,
+        progress: bool = True,
+    ):
+        if not isinstance(attack, (Attack, Suite)):
+            raise ValueError(f"attack must be an Attack or a Suite, got {type(attack).__name__}")
+        if not isinstance(threat, WassersteinBall) or threat.kernel_size is None:
+            raise ValueError("threat must be a WassersteinBall with a local window (kernel_size not None)")
+        self.attack, self.threat = attack, threat
+        self.ramp = RadiusRamp(eps, eps_start if ramp != "none" else eps, ramp_epochs, ramp)
+        self.loss = check_choice(loss, "loss", LOSSES)
+        self.beta = check_float(beta, "beta", allow_zero=True)
+        self.clean_fraction = check_float(clean_fraction, "clean_fraction", allow_zero=True)
+        if self.clean_fraction > 1:
+            raise ValueError(f"clean_fraction must be in [0, 1], got {clean_fraction!r}")
+        self.epochs = check_int(epochs, "epochs", low=0)
+        self.batch_size = check_int(batch_size, "batch_size")
+        self.lr = check_float(lr, "lr")
+        self.optimizer = check_choice(optimizer, "optimizer", ("sgd", "adam"))
+        self.momentum = check_float(momentum, "momentum", allow_zero=True)
+        self.weight_decay = check_float(weight_decay, "weight_decay", allow_zero=True)
+        self.schedule = check_choice(schedule, "schedule", ("cosine", "constant"))
+        self.seed = check_int(seed, "seed", low=0)
+        self.checkpoint_every = check_int(checkpoint_every, "checkpoint_every", low=0)
+        self.num_threads = None if num_threads is None else check_int(num_threads, "num_threads")
+        self.progress = check_bool(progress, "progress")
+
+    # ------------------------------------------------------------------------------ description
+
+    def describe(self) -> dict:
+        """JSON-ready hyperparameters (recorded in the log and the checkpoint; they key a resume)."""
+        inner = self.attack
+        if isinstance(inner, Suite):
+            attack = {"suite": inner.name, "version": inner.version, "attacks": list(inner.labels)}
+        else:
+            attack = {
+                "attack": inner.name,
+                **{
+                    k: v
+                    for k, v in sorted(vars(inner).items())
+                    if isinstance(v, (int, float, str, bool, type(None)))
+                },
+            }
+        names = (
+            "loss",
+            "beta",
+            "clean_fraction",
+            "epochs",
+            "batch_size",
+            "lr",
+            "optimizer",
+            "momentum",
+            "weight_decay",
+            "schedule",
+            "seed",
+        )
+        return {
+            "inner": attack,
+            "threat": {k: v for k, v in self.threat.describe().items() if k != "eps"},
+            "eps": self.ramp.eps,
+            "eps_start": self.ramp.start,
+            "ramp": self.ramp.kind,
+            "ramp_epochs": self.ramp.epochs,
+            **{n: getattr(self, n) for n in names},
+        }
+
+    # ------------------------------------------------------------------------------ one step
+
+    def _adversarial(self, net: nn.Module, x, y, idx, eps: float, seed: int) -> torch.Tensor:
+        """Return certified adversarial images ``[n, C, H, W]`` of ``x`` at radius ``eps`` (eval mode)."""
+        ball = self.threat.with_eps(eps)
+        was = net.training
+        net.eval()
+        try:
+            if isinstance(self.attack, Suite):
+                res = self.attack.run(net, x, y, [eps], threat=ball, seed=seed, indices=idx, progress=False)
+                return res.adversarial.to(x.device, x.dtype)
+            return self.attack(net, x, y, threat=ball, seed=seed, indices=idx).adversarial.detach()
+        finally:
+            net.train(was)
+
+    def _objective(self, model: nn.Module, x, x_adv, y, adv) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the summed local loss and the adversarial logits ``[n_adv, classes]`` (for accuracy).
+
+        One forward pass per step (clean and adversarial images concatenated for TRADES), as DDP wants.
+        """
+        if self.loss == "ce":
+            logits = model(torch.where(adv[:, None, None, None], x_adv, x))
+            return F.cross_entropy(logits, y, reduction="sum"), logits[adv].detach()
+        n = x.shape[0]
+        logits = model(torch.cat([x, x_adv[adv]]))
+        clean, adv_logits = logits[:n], logits[n:]
+        kl = F.kl_div(
+            F.log_softmax(adv_logits, 1), F.log_softmax(clean[adv], 1), reduction="sum", log_target=True
+        )
+        return F.cross_entropy(clean, y, reduction="sum") + self.beta * kl, adv_logits.detach()
+
+    def _step(self, run: TrainRun, images, labels, indices, eps: float, attack_seed: int) -> torch.Tensor:
+        """One optimiser step on this rank's slice of a global batch; returns the step's summed stats."""
+        b = labels.shape[0]
+        lo, hi = shard_bounds(b, run.info.rank, run.info.world)
+        dev = run.info.device
+        x, y, idx = images[lo:hi].to(dev), labels[lo:hi].to(dev), indices[lo:hi]
+        adv = torch.arange(lo, hi, device=dev) >= round(self.clean_fraction * b)
+        net = run.net
+        net.eval()
+        with torch.no_grad():
+            clean_ok = (net(x).argmax(1) == y).sum() if x.shape[0] else torch.zeros((), device=dev)
+        x_adv = x.clone()
+        if bool(adv.any()):
+            x_adv[adv] = self._adversarial(net, x[adv], y[adv], idx[adv.cpu()], eps, attack_seed)
+        net.train()
+        total, adv_logits = self._objective(run.model, x, x_adv, y, adv)
+        run.opt.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks: scaling by world / b makes the result sum(loss) / b overall.
+        (total * (run.info.world / b)).backward()
+        run.opt.step()
+        if run.sched is not None:
+            run.sched.step()
+        adv_ok = (adv_logits.argmax(1) == y[adv]).sum()
+        stats = torch.stack(
+            [
+                total.detach(),
+                torch.tensor(float(hi - lo), device=dev),
+                clean_ok.to(total.dtype),
+                adv.sum().to(total.dtype),
+                adv_ok.to(total.dtype),
+            ]
+        ).double()
+        return all_sum(stats).cpu()
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def __call__(
+        self,
+        model: nn.Module,
+        dataset: ImageDataset,
+        out_dir: str | Path,
+        *,
+        resume: bool = True,
+        logger: dict | None = None,
+        device: str | torch.device | None = "auto",
+        meta: dict | None = None,
+    ) -> dict:
+        """Train ``model`` in place on ``dataset``; files go to ``out_dir``; returns the log.
+
+        Args:
+            model: maps ``[B, C, H, W]`` in [0, 1] to logits ``[B, classes]``; left in eval mode on its
+                device. In a data-parallel run (an initialised ``torch.distributed`` group, e.g. under
+                ``torchrun``) every rank passes the same model and data; rank 0 writes the files.
+            dataset: training images float32 ``[N, C, H, W]`` and labels.
+            out_dir: run folder: ``train_state.pt`` (resume), ``checkpoint.pt`` (``save_checkpoint``
+                format, after each epoch), ``model_state_dict.pt`` (final plain state dict),
+                ``train_log.json``, ``curves.png``.
+            resume: continue from ``out_dir/train_state.pt`` when present (it must come from the same
+                hyperparameters and data); False starts over.
+            logger: ``None`` or the wandb logger config (``TrainingLog``).
+            device: ``"auto"`` (``cuda:$LOCAL_RANK`` if available), ``"cpu"``, ``"cuda:1"``...
+            meta: extra JSON-ready values recorded in the log and the checkpoint (e.g. the model's name).
+
+        Returns:
+            ``{"config": ..., "epochs": [per-epoch rows: epoch, eps, loss, clean_accuracy,
+            adversarial_accuracy, lr, seconds, steps]}``.
+
+        """
+        if not isinstance(dataset, ImageDataset) or len(dataset) == 0:
+            raise ValueError("dataset must be a non-empty ImageDataset")
+        out = Path(out_dir)
+        info = dist_info(device)
+        config = {
+            **self.describe(),
+            "dataset": dataset.name,
+            "n_train": len(dataset),
+            "image_shape": list(dataset.shape),
+            **(meta or {}),
+        }
+        run = TrainRun.start(self, model, info, self.epochs * math.ceil(len(dataset) / self.batch_size))
+        log = TrainingLog(
+            out,
+            {**config, "world_size": info.world, "package_version": __version__},
+            logger,
+            enabled=info.main,
+        )
+        threads = self.num_threads or torch.get_num_threads()
+        with (
+            torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []),
+            deterministic(),
+            _num_threads(threads),
+        ):
+            torch.manual_seed(self.seed)
+            pos = Position()
+            if resume and (out / STATE_FILE).is_file():
+                pos = run.load(out / STATE_FILE, config)
+            rows = self._loop(run, dataset, out, config, pos, log)
+        if info.main:
+            self._export(run, out, config, rows)
+        log.close({"final": rows[-1]} if rows else None)
+        model.eval()
+        return {"config": config, "epochs": rows}
+
+    def _loop(
+        self, run: TrainRun, dataset: ImageDataset, out: Path, config: dict, pos: Position, log: TrainingLog
+    ) -> list[dict]:
+        steps = math.ceil(len(dataset) / self.batch_size)
+        bar = tqdm(
+            total=self.epochs * steps,
+            initial=pos.epoch * steps + pos.step,
+            unit="step",
+            desc=f"adv-train {dataset.name}",
+            disable=not (self.progress and run.info.main),
+        )
+        logged = len(pos.rows)
+        with bar:
+            for epoch in range(pos.epoch, self.epochs):
+                order = _derive_seed(self.seed, "shuffle", epoch)
+                attack_seed = _derive_seed(self.seed, "attack", epoch)
+                started = time.perf_counter() - pos.seconds
+                batches = dataset.batches(self.batch_size, shuffle=True, seed=order)
+                for k, batch in enumerate(itertools.islice(batches, pos.step, None), start=pos.step):
+                    eps = self.ramp((epoch * steps + k) / steps)
+                    pos.stats += self._step(run, batch.images, batch.labels, batch.indices, eps, attack_seed)
+                    bar.update(1)
+                    bar.set_postfix(eps=f"{eps:.3g}", loss=f"{pos.stats[0] / pos.stats[1]:.3f}")
+                    if self.checkpoint_every and (k + 1) % self.checkpoint_every == 0 and k + 1 < steps:
+                        pos.epoch, pos.step, pos.seconds = epoch, k + 1, time.perf_counter() - started
+                        run.save(out / STATE_FILE, config, pos)
+                pos.rows.append(_row(epoch, eps, pos.stats, run, time.perf_counter() - started, steps))
+                pos = Position(epoch + 1, 0, 0.0, torch.zeros(N_STATS, dtype=torch.float64), pos.rows)
+                run.save(out / STATE_FILE, config, pos)
+                if run.info.main:
+                    save_checkpoint(
+                        run.net,
+                        out / CHECKPOINT_FILE,
+                        {"config": config, "epoch": epoch + 1, "log": pos.rows},
+                    )
+                log.write(pos.rows, logged)
+                logged = len(pos.rows)
+        return pos.rows
+
+    def _export(self, run: TrainRun, out: Path, config: dict, rows: list[dict]) -> None:
+        """Write the final model: ``checkpoint.pt`` (``save_checkpoint``) and a plain state dict."""
+        state = {k: v.detach().cpu().clone() for k, v in run.net.state_dict().items()}
+        save_checkpoint(run.net, out / CHECKPOINT_FILE, {"config": config, "epoch": len(rows), "log": rows})
+        atomic_write(out / EXPORT_FILE, lambda f: torch.save(state, f))
+
+
+def _row(epoch: int, eps: float, stats: torch.Tensor, run: TrainRun, seconds: float, steps: int) -> dict:
+    """Return the log entry of one epoch (accuracies are fractions of the epoch's training examples)."""
+    loss_sum, n, clean_ok, n_adv, adv_ok = stats.tolist()
+    return {
+        "epoch": epoch + 1,
+        "eps": eps,
+        "loss": loss_sum / max(n, 1),
+        "clean_accuracy": clean_ok / max(n, 1),
+        "adversarial_accuracy": adv_ok / n_adv if n_adv else None,
+        "attacked": int(n_adv),
+        "lr": run.opt.param_groups[0]["lr"],
+        "seconds": seconds,
+        "steps": steps,
+    }
