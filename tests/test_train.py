@@ -161,7 +161,7 @@ def test_natural_report_shift_is_exactly_one(p):
     rot = report["transformations"]["rotation"]
     assert "mass rescaled per channel" in rot["description"]
     # Dense plans can only be cheaper than windowed ones, up to what the windowed referee's unmatched mass
-    # saves (mass_tol * N moved at most across the 28-pixel image); a small rotation is a finite, positive move.
+    # saves (mass_tol * N moved at most across the 28-pixel image). A small rotation is a positive move.
     assert rot["distance_dense"]["max"] is not None and rot["distance_dense"]["min"] > 0
     if rot["distance"]["mean"] is not None:
         assert rot["distance_dense"]["min"] <= rot["distance"]["min"] + threat.mass_tol * 28 * 2 ** (p / 2)
