@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Re-create the committed MNIST entries: evaluate each model with the standard suite, turn the run into an
-# entry, re-check a random subset with `verify`, render the pages. The reference checkpoints come from
-# ../shared/reference_models/ (not in this repository); the standard model is trained and cached on first
-# use. Usage (from the repository root, after `make install`):
+# entry, re-check a random subset with `verify`, render the pages. The reference checkpoints come from the
+# model zoo (downloaded once and cached, or read from $WATTACK_ZOO_DIR); the project's standard model is
+# trained and cached on first use, and its state dict is committed beside its entry so that anyone can
+# re-verify it. Usage (from the repository root, after `make install`):
 #
 #   bash leaderboard/make_entries.sh [N] [ENTRY ...]     # N test images (default 1000), all entries by default
 #   VERIFY_N=500 bash leaderboard/make_entries.sh        # verify re-attacks 500 random examples (default 100)
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/.."
 N=${1:-1000}
 shift || true
 BIN=.venv/bin
-SHARED=../shared/reference_models/mnist
+ENTRIES=leaderboard/entries/mnist/W1-k5-box01
+zoo() { "$BIN/python" -c "from wasserstein_attacks.models import model_path; print(model_path('$1'))"; }
 WONG_REPO=https://github.com/locuslab/projected_sinkhorn
 WONG_PAPER="Wasserstein Adversarial Examples via Projected Sinkhorn Iterations (ICML 2019)"
 WONG_AUTHORS="Eric Wong, Frank R. Schmidt, J. Zico Kolter"
@@ -27,7 +29,7 @@ evaluate() {  # id model-config verify-checkpoint add-arguments...
     progress=false hydra.run.dir="$dir" ${BENCH_ARGS:-}
   "$BIN/wattack-leaderboard" add "$dir/results.json" --id "$id" --force \
     --note "first $N MNIST test images$EXTRA_NOTE" "$@"
-  "$BIN/wattack-leaderboard" verify "leaderboard/entries/mnist/W1-k5-box01/$id.json" --checkpoint "$ckpt" \
+  "$BIN/wattack-leaderboard" verify "$ENTRIES/$id.json" --checkpoint "$ckpt" \
     --n "${VERIFY_N:-100}" --by "leaderboard/make_entries.sh (CPU)"
 }
 
@@ -36,20 +38,20 @@ ALL=("$@")
 
 ID=WongAdvTraining; EXTRA_NOTE=""
 if want "${ALL[@]}"; then
-  evaluate "$ID" mnist_adv_training "$SHARED/mnist_adv_training.pth" \
+  evaluate "$ID" mnist_adv_training "$(zoo mnist_adv_training)" \
     --name "Wasserstein adversarial training (Wong et al. 2019)" --authors "$WONG_AUTHORS" \
     --source "$WONG_REPO" --paper "$WONG_PAPER" --architecture mnist_convnet \
     --training "Wasserstein adversarial training with projected Sinkhorn PGD (p=2, k=7 in training)"
 fi
 ID=WongVanilla; EXTRA_NOTE=""
 if want "${ALL[@]}"; then
-  evaluate "$ID" mnist_vanilla "$SHARED/mnist_vanilla.pth" \
+  evaluate "$ID" mnist_vanilla "$(zoo mnist_vanilla)" \
     --name "Standard training (Wong et al. 2019 release)" --authors "$WONG_AUTHORS" \
     --source "$WONG_REPO" --paper "$WONG_PAPER" --architecture mnist_convnet --training "standard training"
 fi
 ID=WongKolterLinfRobust; EXTRA_NOTE="; checkpoint as released with Wong et al. (2019)"
 if want "${ALL[@]}"; then
-  evaluate "$ID" mnist_robust "$SHARED/mnist_robust.pth" \
+  evaluate "$ID" mnist_robust "$(zoo mnist_robust)" \
     --name "Provably l_inf-robust (Wong & Kolter 2018, eps 0.1)" --authors "Eric Wong, J. Zico Kolter" \
     --source "$WONG_REPO" --architecture mnist_convnet \
     --paper "Provable Defenses against Adversarial Examples via the Convex Outer Adversarial Polytope (ICML 2018)" \
@@ -58,7 +60,7 @@ fi
 ID=WongBinarizedInput
 EXTRA_NOTE="; gradients by straight-through (BPDA) estimate, forward pass is the binarized model"
 if want "${ALL[@]}"; then
-  evaluate "$ID" mnist_binarize "$SHARED/mnist_binarize.pth" \
+  evaluate "$ID" mnist_binarize "$(zoo mnist_binarize)" \
     --name "Binarized input, attacked with BPDA (Wong et al. 2019 baseline)" --authors "$WONG_AUTHORS" \
     --source "$WONG_REPO" --paper "$WONG_PAPER" --architecture mnist_convnet-binarize \
     --training "standard training on inputs thresholded at 0.5; threshold in the forward pass"
@@ -66,9 +68,10 @@ fi
 ID=WattackStandard
 EXTRA_NOTE="; architecture of Wong et al. (2019), trained by this project's wattack-train (3 epochs SGD, seed 0)"
 if want "${ALL[@]}"; then
-  CACHE=${WATTACK_CACHE:-$HOME/.cache/wasserstein_attacks}
-  "$BIN/python" -c "from wasserstein_attacks.defenses import standard_mnist_model; standard_mnist_model()"
-  CKPT=$(ls -t "$CACHE"/mnist_convnet-*.pt | head -n 1)
+  # The weights depend on the machine's float reductions: commit the ones that were evaluated.
+  CKPT=$ENTRIES/$ID.pt
+  "$BIN/python" -c "import torch; from wasserstein_attacks.defenses import standard_mnist_model; \
+torch.save(standard_mnist_model().state_dict(), '$CKPT')"
   evaluate "$ID" standard_mnist "$CKPT" \
     --name "Standard training (this project's standard MNIST model)" --authors "wasserstein_attacks" \
     --source "$WONG_REPO" --paper "$WONG_PAPER" --architecture mnist_convnet --training "standard training"

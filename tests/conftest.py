@@ -24,6 +24,11 @@ ZOO_COPY = REPO_ROOT.parent / "shared" / "reference_models" / "mnist"
 # Set at import, before any test runs, so subprocesses (the CLI tests) inherit it too.
 if ZOO_COPY.is_dir():
     os.environ.setdefault("WATTACK_ZOO_DIR", str(ZOO_COPY))
+# The Triton kernels are tested against their torch reference in every run: without a GPU only Triton's
+# interpreter can run them, and it must be switched on before triton is first imported. CPU tensors still
+# take the torch path everywhere else (the kernels are used for CPU tensors only under kernels("triton")).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def shared_path() -> Path | None:
