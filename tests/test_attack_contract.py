@@ -171,3 +171,17 @@ def test_train_mode_is_restored_with_a_warning(name):
 def test_the_contract_covers_the_project_attacks():
     # The plan attacks are registered by importing the package; others join as they land.
     assert {"pgd_wu", "frank_wolfe", "frank_wolfe_box", "pgd_box"} <= set(ATTACKS)
+
+
+def test_out_of_range_labels_and_huge_windows_are_one_line_errors():
+    from wasserstein_attacks.models import build_model
+
+    model = build_model("tiny", num_classes=4, seed=0).eval()
+    x = torch.rand(2, 1, 8, 8)
+    attack = get("pgd_box", steps=1)
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\], got 7"):
+        attack(model, x, torch.tensor([0, 7]), threat=WassersteinBall(eps=0.1))
+    with pytest.raises(ValueError, match=r"labels must be class indices in >= 0"):
+        attack(model, x, torch.tensor([0, -100]), threat=WassersteinBall(eps=0.1))
+    with pytest.raises(ValueError, match="kernel_size must be <="):
+        attack(model, x, torch.tensor([0, 1]), threat=WassersteinBall(eps=0.1, kernel_size=10001))

@@ -398,3 +398,23 @@ def test_describe_records_the_threat_model():
     assert dense["name"] == "W2, dense, box none" and dense["eps"] == pytest.approx([0.1, 0.2])
     assert ball.with_eps(0.3).describe()["eps"] == 0.3 and ball.with_eps(0.3).p == 1
     assert WassersteinBall.from_hu_units(78.4, 784).eps == pytest.approx(0.1)
+
+
+def test_labels_must_be_class_indices_of_the_model():
+    from wasserstein_attacks.threat import check_labels
+
+    # -100 (an "ignore" label) used to pass; out-of-range labels gave a raw IndexError deep in an attack.
+    with pytest.raises(ValueError, match=r"labels must be class indices in >= 0, got -100"):
+        check_labels(torch.tensor([0, -100]), 2)
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 9\], got 10"):
+        check_labels(torch.tensor([3, 10]), 2, num_classes=10)
+    check_labels(torch.tensor([0, 9]), 2, num_classes=10)
+
+
+def test_a_window_larger_than_the_image_is_refused_before_any_allocation():
+    # k = 10001 on 8x8 images used to try to allocate 51 GB for the plan.
+    ball = WassersteinBall(eps=0.1, kernel_size=10001)
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"kernel_size must be <= 2 \* max\(H, W\) - 1 = 15 for 8x8 images"):
+        ball.distance(x, x)
+    WassersteinBall(eps=0.1, kernel_size=15).check_window(8, 8)

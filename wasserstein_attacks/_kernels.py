@@ -1,12 +1,12 @@
 """Which implementation the hot plan operations run: fused Triton kernels or the torch reference.
 
 The torch code is the reference and the CPU path; the Triton kernels (beside their reference:
-:mod:`wasserstein_attacks.transport.triton_grid`, :mod:`wasserstein_attacks.solvers.triton_search`,
-:mod:`wasserstein_attacks.solvers.triton_capacity`) run only on CUDA tensors, and only when Triton
+``wasserstein_attacks.transport.triton_grid``, ``wasserstein_attacks.solvers.triton_search``,
+``wasserstein_attacks.solvers.triton_capacity``) run only on CUDA tensors, and only when Triton
 imports. Modes:
 
 - ``"auto"`` (default): kernels for CUDA tensors, torch otherwise;
-- ``"torch"``: always torch (``WATTACK_KERNELS=torch``, or :func:`kernels` as a context manager);
+- ``"torch"``: always torch (``WATTACK_KERNELS=torch``, or ``kernels`` as a context manager);
 - ``"triton"``: kernels for CUDA tensors, and for CPU tensors too when ``TRITON_INTERPRET=1`` (Triton's
   slow numpy interpreter: for tests and the benchmark's ``--smoke`` run only).
 
@@ -36,7 +36,7 @@ def _check(mode: str) -> str:
 
 
 def kernels_mode() -> str:
-    """Return the mode in force: the innermost :func:`kernels` / :func:`set_kernels`, else the env."""
+    """Return the mode in force: the innermost ``kernels`` / ``set_kernels``, else the env."""
     if _override:
         return _override[-1]
     return _check(os.environ.get("WATTACK_KERNELS", "auto").strip().lower() or "auto")

@@ -1,6 +1,6 @@
 """Console scripts: ``wattack-bench``, ``wattack-train`` (Hydra apps, packaged conf/), ``wattack-merge``.
 
-``wattack-bench [overrides]`` evaluates a model (see :mod:`wasserstein_attacks.bench`); ``--help`` lists
+``wattack-bench [overrides]`` evaluates a model (see ``wasserstein_attacks.bench``); ``--help`` lists
 the config groups. Your own config files (an ``experiment/``, ``model/`` or any group) are found with
 ``hydra.searchpath=[file:///path/to/your/conf]``.
 ``wattack-train [overrides]`` trains the project's standard MNIST model, or adversarially with
@@ -23,7 +23,7 @@ from . import bench
 from ._util import write_json
 from .bench import ConfigError
 
-__all__ = ["bench_main", "train_main", "merge_main", "CONF_DIR"]
+__all__ = ["bench_main", "train_main", "merge_main", "certify_main", "CONF_DIR"]
 
 #: The project's Hydra config root, shipped inside the package (a plain folder in site-packages too:
 #: Hydra gets it as an absolute path, which works from a checkout, an editable and a wheel install).
@@ -212,6 +212,11 @@ def _certify_app(cfg: DictConfig) -> None:
         device = _certify_device(cfg.device)
         model = model.to(device).eval()
         trained = _certify_train(cfg, model, noise, out)
+        if trained is not None:  # the certified model is the noise-trained one: record its weights
+            from ._util import weights_sha256
+
+            model_info = {**model_info, "weights_sha256": weights_sha256(model)}
+            model_info["checkpoint"] = "base_model.pt"
         with torch.no_grad():
             num_classes = int(model(images[:1].to(device)).shape[1])
         smoothed = sm.SmoothedClassifier(model, noise, num_classes=num_classes, batch_size=cfg.batch_size)

@@ -41,6 +41,7 @@ __all__ = [
     "LOSSES",
     "check_logits",
     "predict",
+    "clean_logits",
     "repair_plan",
     "iterate",
     "register",
@@ -123,6 +124,13 @@ def check_logits(logits, what: str = "model outputs") -> torch.Tensor:
         n = logits.shape[0]
         raise ValueError(f"{what} are NaN or infinite on {bad} of {n} examples: the model is broken")
     return logits
+
+
+def clean_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Logits ``[B, classes]`` (no grad), in chunks of ``batch_size``; ``ValueError`` if any is NaN/inf."""
+    with torch.no_grad():
+        chunks = range(0, images.shape[0], batch_size)
+        return check_logits(torch.cat([model(images[i : i + batch_size]) for i in chunks]))
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -432,6 +440,7 @@ class Attack:
         if threat.kernel_size is None:
             raise ValueError("attacks need local plans: threat.kernel_size must be an odd int, not None")
         threat.eps_for(b)
+        threat.check_window(images.shape[-2], images.shape[-1])
         if indices is None:
             indices = torch.arange(b)
         elif not isinstance(indices, torch.Tensor) or indices.shape != (b,):
@@ -441,7 +450,11 @@ class Attack:
         targets = targets.to(x.device) if targets is not None else None
         gm = model if gradient_model is None else gradient_model
         with eval_mode(model), eval_mode(gm):
-            clean_pred = predict(model, x)
+            logits = clean_logits(model, x)
+            check_labels(labels, b, "labels", num_classes=logits.shape[1])
+            if targets is not None:
+                check_labels(targets, b, "targets", num_classes=logits.shape[1])
+            clean_pred = logits.argmax(1)
             out = self._run(gm, x, labels, threat=threat, targets=targets, seeds=example_seeds(seed, indices))
             result = self._finish(model, x, labels, targets, clean_pred, threat, out)
         return AttackResult(**result, threat=threat, attack=self.name, seconds=time.perf_counter() - start)

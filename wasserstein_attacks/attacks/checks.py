@@ -96,7 +96,7 @@ def _input_gradient(objective: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_arguments(model, images, labels, max_examples, loss, tiny) -> list[str]:
-    """Validate the arguments of :func:`check_model`; return the losses to check as a list."""
+    """Validate the arguments of ``check_model``; return the losses to check as a list."""
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
     check_images(images, "images")

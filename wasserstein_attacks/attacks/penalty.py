@@ -247,7 +247,7 @@ class _Search:
     """What the Adam steps of one ``SinkhornPenalty`` call share: ``iterate``'s ``image`` and ``step``.
 
     Holds the attack (hyperparameters), the recording model, labels / targets ``[B]``, the plan map's
-    mask and box, the divergence term of the batch and the best iterates (:class:`_Best`).
+    mask and box, the divergence term of the batch and the best iterates (``_Best``).
     """
 
     def __init__(self, attack, model, x, labels, targets, threat: WassersteinBall) -> None:
@@ -507,7 +507,7 @@ class SinkhornPenalty(Attack):
     def _final_plan(self, search: _Search, x: torch.Tensor, threat: WassersteinBall, eps: torch.Tensor):
         """Return the plan: the best candidate, else best attempt inside the ball, else the identity plan.
 
-        With ``exact_refine``, refined by :meth:`_refine`. Returns ``(plan [B, C, H*W, k*k] float64,
+        With ``exact_refine``, refined by ``_refine``. Returns ``(plan [B, C, H*W, k*k] float64,
         exact_cost [B] float64 (NaN where not re-solved), const [B] (NaN where none))``.
         """
         b, c, h, w = x.shape

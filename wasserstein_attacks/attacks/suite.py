@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..threat import WassersteinBall, check_images, check_labels
-from .base import Attack, check_logits, eval_mode
+from .base import Attack, clean_logits, eval_mode
 
 __all__ = ["Suite", "SuiteResult", "load_suite", "suite_from_config", "check_radii", "in_exact_sample"]
 
@@ -339,7 +339,9 @@ class Suite:
         x = images.detach()
         labels = labels.to(x.device)
         with eval_mode(model):
-            logits = _clean_logits(model, x)
+            logits = clean_logits(model, x)
+        check_labels(labels, b, "labels", num_classes=logits.shape[1])
+        threat.check_window(x.shape[-2], x.shape[-1])
         walk = _Walk(x, (logits.argmax(1) == labels).cpu(), len(self.attacks), threat.cost_tol)
         timings = []
         extra = {} if gradient_model is None else {"gradient_model": gradient_model}
@@ -409,13 +411,6 @@ class Suite:
             timings=timings,
             attack_cost=walk.attack_cost,
         )
-
-
-def _clean_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits ``[B, classes]`` of the clean images (no grad); ``ValueError`` if any is NaN/inf."""
-    with torch.no_grad():
-        chunks = range(0, x.shape[0], batch_size)
-        return check_logits(torch.cat([model(x[i : i + batch_size]) for i in chunks]))
 
 
 def _conf_dir() -> Path:

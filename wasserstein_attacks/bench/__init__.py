@@ -1,9 +1,9 @@
 """The benchmark pipeline: how robust is a model under the Wasserstein threat model.
 
-One place for each thing: :mod:`.spec` parses the composed Hydra config once into a frozen
-:class:`RunSpec` (or a one-line :class:`ConfigError`); :mod:`.state` keeps the resumable per-batch
-state of a run folder; :mod:`.results` builds, validates and merges ``results.json``; :mod:`.report`
-draws the plots, prints the summary and logs to wandb; :mod:`.runner` runs the batches (:func:`run`).
+One place for each thing: ``spec`` parses the composed Hydra config once into a frozen
+``RunSpec`` (or a one-line ``ConfigError``); ``state`` keeps the resumable per-batch
+state of a run folder; ``results`` builds, validates and merges ``results.json``; ``report``
+draws the plots, prints the summary and logs to wandb; ``runner`` runs the batches (``run``).
 """
 
 from .._util import radius_key, write_json

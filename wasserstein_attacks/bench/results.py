@@ -167,7 +167,7 @@ def finish(run_dir: Path, header: dict, loaded: list, shard: dict | None, logger
 
     Args:
         run_dir: the run folder (outputs go beside its ``state/``).
-        header: the run's header (:func:`run_header`, as saved in ``state/header.json``).
+        header: the run's header (``run_header``, as saved in ``state/header.json``).
         loaded: ``(batch number, (result, clean images, timing))`` of every batch, in order.
         shard: the ``shard`` entry of results.json (``None`` for a whole run).
         logger: the logger config (``kind`` = ``"none"`` or ``"wandb"``).

@@ -1,4 +1,4 @@
-"""Running a benchmark: :func:`run` evaluates the batches of one config, sequentially or in worker processes.
+"""Running a benchmark: ``run`` evaluates the batches of one config, sequentially or in worker processes.
 
 A run folder holds::
 
@@ -12,7 +12,7 @@ A run folder holds::
 
 Determinism: per-example seeds come from the run seed and the dataset index, batches are fixed slices
 of the dataset, shards are runs of whole batches, and results are built from the saved batches only.
-So a run killed at any point and started again, or shards combined by :func:`~.results.merge`, give a
+So a run killed at any point and started again, or shards combined by ``merge``, give a
 ``results.json`` identical byte for byte to an uninterrupted run.
 """
 

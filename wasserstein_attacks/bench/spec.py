@@ -1,9 +1,9 @@
-"""One benchmark run's settings: the composed Hydra config parsed once into a frozen :class:`RunSpec`.
+"""One benchmark run's settings: the composed Hydra config parsed once into a frozen ``RunSpec``.
 
-:meth:`RunSpec.from_config` is the only place that reads the config. It checks the cheap fields first
+``RunSpec.from_config`` is the only place that reads the config. It checks the cheap fields first
 (radii, seed, batch size, shard, workers, device, logger), then builds the threat model, the attacks,
 the model (and loads its checkpoint) and the data; any bad field stops it with a one-line
-:class:`ConfigError` naming the field, before any attack runs. Everything after works on the spec.
+``ConfigError`` naming the field, before any attack runs. Everything after works on the spec.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _instantiate(node, field: str, **kwargs):
 
 
 def build_threat(cfg: DictConfig, eps: float = 0.0) -> WassersteinBall:
-    """Build the :class:`WassersteinBall` of ``cfg.threat`` with radius ``eps`` (or ``ConfigError``)."""
+    """Build the ``WassersteinBall`` of ``cfg.threat`` with radius ``eps`` (or ``ConfigError``)."""
     if "threat" not in cfg or not OmegaConf.is_dict(cfg.threat):
         raise ConfigError("threat is missing: choose one of conf/threat/*.yaml (e.g. threat=w1_local5)")
     node = OmegaConf.to_container(cfg.threat, resolve=True)

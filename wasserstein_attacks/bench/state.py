@@ -55,7 +55,7 @@ def load_batch(path: Path, header: dict) -> tuple[SuiteResult, torch.Tensor, dic
     """Read a saved batch: ``(result, clean images, timing)``.
 
     ``None`` if the file is missing or was written by another config (the batch is to be computed);
-    :class:`CorruptStateError` (one line) if it exists but cannot be read.
+    ``CorruptStateError`` (one line) if it exists but cannot be read.
     """
     if not path.is_file():
         return None
@@ -79,7 +79,7 @@ def load_batch(path: Path, header: dict) -> tuple[SuiteResult, torch.Tensor, dic
 
 
 def read_state_json(path: Path) -> dict:
-    """Read ``header.json`` or ``run.json``; :class:`CorruptStateError` (one line) unless a JSON object."""
+    """Read ``header.json`` or ``run.json``; ``CorruptStateError`` (one line) unless a JSON object."""
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)

@@ -98,7 +98,10 @@ class AdversarialTraining:
         clean_fraction: share of each batch trained on clean images, in ``[0, 1]``.
         epochs: passes over the training set (each shuffled from ``seed`` and the epoch).
         batch_size: global batch (all ranks together).
-        lr, optimizer, momentum, weight_decay: ``"sgd"`` (Nesterov when momentum > 0) or ``"adam"``.
+        lr: learning rate.
+        optimizer: ``"sgd"`` (Nesterov when momentum > 0) or ``"adam"``.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
         schedule: ``"cosine"`` (per step, to 0 at the end) or ``"constant"``.
         seed: seeds the shuffles, the attacks (per example and epoch) and the global RNG of the run.
         checkpoint_every: also save the resumable state every this many steps (0: after epochs only).

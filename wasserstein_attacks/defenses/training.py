@@ -81,7 +81,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _check_train_args(epochs, batch_size, lr, optimizer, schedule, dataset, num_threads) -> None:
-    """Raise ``ValueError`` on a bad argument of :func:`train_model`."""
+    """Raise ``ValueError`` on a bad argument of ``train_model``."""
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "epochs" else 1):
             raise ValueError(

@@ -1,10 +1,10 @@
 """Solvers on local transport plans: projections, oracles and repairs, one implementation each.
 
-Layered as geometry -> problem -> solver: :mod:`.rows` (the rows of a batch's plans that carry mass,
-and the per-example cost budget ``eps * N``), :mod:`.search` (the multiplier of the cost constraint),
-then the solvers built on them: :mod:`.simplex` (Euclidean projections, Wu et al.), :mod:`.lmo` (the
-entropic Frank-Wolfe oracle), :mod:`.capacity` (the pixel box: Wu et al.'s dual post-projection and
-the local box repair) and :mod:`.sinkhorn` (the entropic projection of Wong et al. and Hu et al.).
+Layered as geometry -> problem -> solver: ``rows`` (the rows of a batch's plans that carry mass,
+and the per-example cost budget ``eps * N``), ``search`` (the multiplier of the cost constraint),
+then the solvers built on them: ``simplex`` (Euclidean projections, Wu et al.), ``lmo`` (the
+entropic Frank-Wolfe oracle), ``capacity`` (the pixel box: Wu et al.'s dual post-projection and
+the local box repair) and ``sinkhorn`` (the entropic projection of Wong et al. and Hu et al.).
 """
 
 from .capacity import (

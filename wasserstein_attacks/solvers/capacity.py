@@ -1,8 +1,8 @@
 """Pixel capacity (the box ``[0, 1]``): Wu et al.'s dual post-projection and the local box repair.
 
-:func:`return_overflow` is the one box repair of the package: a pixel above 1 keeps the share of its
+``return_overflow`` is the one box repair of the package: a pixel above 1 keeps the share of its
 incoming moved mass that fits and the rest returns to the senders' "stay" entries; it works on the full
-plan layout and on compact rows (:func:`fit_box`).
+plan layout and on compact rows (``fit_box``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def return_overflow(
     the "stay" entry of the rows that sent it. Repeated, since a source that gets mass back can overflow
     in turn. Row sums are kept and the cost only decreases. The one box repair of the package, for any
     layout whose last dim is the ``k*k`` window ("stay" = ``k*k // 2``, landing on the row's own pixel):
-    the full layout ``[B, C, H*W, k*k]`` (:func:`grid_overflow`) or compact rows (:func:`fit_box`).
+    the full layout ``[B, C, H*W, k*k]`` (``grid_overflow``) or compact rows (``fit_box``).
 
     Args:
         plan: non-negative plan, last dim ``k*k``, rows summing to ``mass``.
@@ -88,7 +88,7 @@ def return_overflow(
 
 
 def grid_overflow(plan: torch.Tensor, height: int, width: int, *, max_rounds: int = 200) -> torch.Tensor:
-    """:func:`return_overflow` on the full layout: ``plan [B, C, H*W, k*k]`` -> repaired plan, same shape."""
+    """``return_overflow`` on the full layout: ``plan [B, C, H*W, k*k]`` -> repaired plan, same shape."""
     k = math.isqrt(plan.shape[-1])
     stay = plan.shape[-1] // 2
     shape = (*plan.shape[:2], height, width)
@@ -115,7 +115,7 @@ def capacity_rows(
     lr: tuple[float, float] = (0.1, 0.01),
     lr_switch: int = 1000,
 ) -> torch.Tensor:
-    """:func:`capacity_projection` on compact rows ``V [M, k*k]``; returns rows."""
+    """``capacity_projection`` on compact rows ``V [M, k*k]``; returns rows."""
     upper = V.new_full((rows.batch,), lam_upper)
 
     def family(mu):
@@ -150,7 +150,7 @@ def capacity_projection(
     exceed 1 slightly (the common ending repairs that); cost and rows hold exactly.
 
     Args:
-        values: ``[B, C, H*W, k*k]`` point to project (e.g. a plan from :class:`ExactProjectionPGD`).
+        values: ``[B, C, H*W, k*k]`` point to project (e.g. a plan from ``ExactProjectionPGD``).
         x: ``[B, C, H, W]`` source images.
         threat: the ball (``eps``, ``p``, ``kernel_size``).
         steps: dual-ascent iterations (authors: 5000).
@@ -164,7 +164,7 @@ def capacity_projection(
 
 
 def fit_box(rows: PlanRows, P: torch.Tensor, max_rounds: int = 100) -> torch.Tensor:
-    """:func:`return_overflow` on compact rows ``P [M, k*k]`` (see :class:`~.rows.PlanRows`)."""
+    """``return_overflow`` on compact rows ``P [M, k*k]`` (see ``PlanRows``)."""
     if use_triton(P):  # device rounds, one host check per few rounds; the code below is the reference
         from .triton_capacity import fit_box_triton
 

@@ -126,7 +126,7 @@ def lmo_rows(
     start: torch.Tensor | None = None,
     price: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """:func:`entropic_lmo` on compact rows ``G [M, k*k]``; returns ``(rows, lambda [B], evaluations)``."""
+    """``entropic_lmo`` on compact rows ``G [M, k*k]``; returns ``(rows, lambda [B], evaluations)``."""
     if use_triton(G):  # the fused kernel (one launch, no host sync); the code below is the reference
         from .triton_search import lmo_rows_triton
 
@@ -174,10 +174,10 @@ def entropic_lmo(
         x: ``[B, C, H, W]`` source images.
         threat: the ball (``eps``, ``p``, ``kernel_size``).
         gamma: entropic temperature (Wu et al.: 1e-3 for an l_inf-normalised ``G``).
-        solver: multiplier search, ``"bisection"`` (theirs) or ``"newton"`` (see :func:`project_plan`;
+        solver: multiplier search, ``"bisection"`` (theirs) or ``"newton"`` (see ``project_plan``;
             here it also stops once the bracket is narrower than ``gamma`` and mixes its ends).
         steps: maximum multiplier evaluations.
-        tol: stopping tolerance (as :func:`project_plan`).
+        tol: stopping tolerance (as ``project_plan``).
 
     Returns:
         ``[B, C, H*W, k*k]`` a plan in ``Pi(x, eps)``.

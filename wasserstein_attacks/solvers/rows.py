@@ -1,7 +1,7 @@
 """Compact plan rows: the rows of a batch's local plans that carry mass, and per-example budgets.
 
 Only rows with mass (``x_i > 0``; about a fifth of an MNIST image) can move anything, so every solver
-works on those rows alone, as an ``[M, k*k]`` tensor (:class:`PlanRows`). This is the geometry layer of
+works on those rows alone, as an ``[M, k*k]`` tensor (``PlanRows``). This is the geometry layer of
 the solvers: the problem (a budget ``eps * N`` per example) and the solvers build on it.
 """
 
@@ -171,7 +171,7 @@ def public_rows(values: torch.Tensor, x: torch.Tensor, threat: WassersteinBall, 
 
 
 def check_solver(solver: str) -> str:
-    """Return ``solver`` if it is a multiplier search of :func:`~.search.multiplier_search`."""
+    """Return ``solver`` if it is a multiplier search of ``multiplier_search``."""
     if solver not in ("bisection", "newton"):
         raise ValueError(f"solver must be 'bisection' (the authors') or 'newton' (ours), got {solver!r}")
     return solver

@@ -74,7 +74,7 @@ def multiplier_search(
 
     Returns:
         ``(S [M, k*k], lambda [B], evaluations)``; ``S``'s cost may exceed the budget by the tolerance
-        (:func:`shrink_to_budget` then makes it exact).
+        (``shrink_to_budget`` then makes it exact).
 
     """
     if solver == "bisection":
@@ -93,7 +93,7 @@ def _rows_on(rows: PlanRows, done: torch.Tensor) -> torch.Tensor | None:
 def _bisection(
     rows: PlanRows, family: Family, budget: torch.Tensor, upper: torch.Tensor, *, steps: int, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Wu et al.'s bisection on ``[0, upper]`` (``[B]`` each); see :func:`multiplier_search`.
+    """Wu et al.'s bisection on ``[0, upper]`` (``[B]`` each); see ``multiplier_search``.
 
     Returns ``(S [M, k*k], lambda [B], evaluations)``, ``lambda`` the bracket's feasible (upper) end.
     """
@@ -116,7 +116,7 @@ def _bisection(
 
 
 class _Bracket:
-    """The state of the safeguarded Newton / regula-falsi search, all ``[B]`` (see :func:`_newton`).
+    """The state of the safeguarded Newton / regula-falsi search, all ``[B]`` (see ``_newton``).
 
     ``lo``/``hi``: the bracket on ``lambda``; ``c_lo``: the cost at ``lo`` (NaN until evaluated);
     ``f_lo``/``f_hi``: the (Illinois-weighted) residuals at the ends; ``side``: +1 when ``lo`` moved
@@ -180,7 +180,7 @@ def _newton(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Our safeguarded search: Newton from ``start``, then Illinois regula falsi, bisection as fallback.
 
-    Arguments and result as in :func:`multiplier_search` (``budget``, ``upper``, ``start``: ``[B]``).
+    Arguments and result as in ``multiplier_search`` (``budget``, ``upper``, ``start``: ``[B]``).
     """
     floor = 1e-3 * budget
 

@@ -1,7 +1,7 @@
 """Euclidean projections: each row onto its simplex, and a plan onto ``Pi(x, eps)`` (Wu et al. 2020).
 
 ``Pi(x, eps) = {P >= 0 on the window, P 1 = x, <P, C> <= eps N}`` (Wu et al., eq. 6); its projection has
-rows ``Pi_simplex(V - lambda C)`` with ``lambda`` from :func:`~.search.multiplier_search`.
+rows ``Pi_simplex(V - lambda C)`` with ``lambda`` from ``multiplier_search``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def project_simplex(
     """Euclidean projection of each row onto ``{p >= 0, sum(p) = mass, p = 0 where not valid}``.
 
     The projection is ``max(v - tau, 0)`` with ``tau`` the threshold that makes the row sum to its mass
-    (Held, Wolfe, Crowder 1974); ``tau`` by Michelot's finite algorithm (:func:`_simplex_support`).
+    (Held, Wolfe, Crowder 1974); ``tau`` by Michelot's finite algorithm (``_simplex_support``).
 
     Args:
         values: ``[..., K]`` rows to project (finite).
@@ -113,7 +113,7 @@ def project_rows(
     price: torch.Tensor | None = None,
     upper: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """:func:`project_plan` on compact rows ``V [M, k*k]``; returns ``(rows, lambda [B], evaluations)``.
+    """``project_plan`` on compact rows ``V [M, k*k]``; returns ``(rows, lambda [B], evaluations)``.
 
     ``price [M, k*k]`` (optional) is subtracted from ``V`` (column-capacity multipliers at each target).
     """

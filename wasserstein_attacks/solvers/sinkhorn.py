@@ -1,12 +1,12 @@
 """Projection onto the Wasserstein ball by entropic regularisation (Wong et al. 2019; Hu et al. 2020).
 
-- :class:`ProjectedSinkhorn` ("sinkhorn_wong"): Wong, Schmidt, Kolter, "Wasserstein Adversarial
+- ``ProjectedSinkhorn`` ("sinkhorn_wong"): Wong, Schmidt, Kolter, "Wasserstein Adversarial
   Examples via Projected Sinkhorn Iterations", ICML 2019 (sign steps + entropic projection).
-- :class:`ConstrainedSinkhorn` ("sinkhorn_hu"): Hu, Swaminathan, Salman, Yang, "Improved Image
+- ``ConstrainedSinkhorn`` ("sinkhorn_hu"): Hu, Swaminathan, Salman, Yang, "Improved Image
   Wasserstein Attacks and Defenses", 2020 (box inside the projection, l_inf-normalised gradient steps
   scaled by the image mass, warm-started duals).
 
-Both share ONE projection kernel, :func:`sinkhorn_projection`, which approximately solves the entropic
+Both share ONE projection kernel, ``sinkhorn_projection``, which approximately solves the entropic
 projection problem of Wong et al. (their "projected Sinkhorn iteration"; with Hu et al.'s optional
 per-pixel cap ``z <= u``), for images normalised to unit mass::
 
@@ -27,9 +27,9 @@ The window operator ``v -> log sum_{j in window(i)} exp(v_j - psi C_ij - 1)`` (t
 ``K``, per channel) is evaluated in the log domain: ``exp(v - max v)`` is summed over each window by
 cost class (``C`` depends on ``(|dh|, |dw|)`` only, so ``(r+1)^2`` shifted sums serve every ``psi``),
 and an example whose values span more than float64 can hold falls back to an exact log-sum-exp over
-the plan layout (:func:`wasserstein_attacks.transport.gather_neighbours`). The Lambert W argument
+the plan layout (``wasserstein_attacks.transport.gather_neighbours``). The Lambert W argument
 ``lam e^{lam w} u``, which overflows float32 in the authors' code (hence Hu et al.'s cap
-``x/N <= 60/(H W n_ch)``, kept in the attack), is handled as ``W0(e^s)`` (:func:`lambertw_exp`). All
+``x/N <= 60/(H W n_ch)``, kept in the attack), is handled as ``W0(e^s)`` (``lambertw_exp``). All
 of it runs in float64.
 
 What the attacks return: the plan of the final duals, ``N exp(f_i + g_j - psi C_ij - 1)`` in the local
@@ -70,7 +70,7 @@ _F64 = torch.float64
 
 
 def _lambertw_exp(x: torch.Tensor) -> torch.Tensor:
-    """``W0(e^x)`` for a float64 tensor without NaN (the kernel of :func:`lambertw_exp`).
+    """``W0(e^x)`` for a float64 tensor without NaN (the kernel of ``lambertw_exp``).
 
     Start: Winitzki's approximation ``W(a) ~ L (1 - log(1+L)/(2+L))``, ``L = log(1+a)``, for
     ``a = e^x <= e^20``, and ``x - log x + log x / x`` above (relative error < 2 % everywhere). Then three
@@ -121,7 +121,7 @@ def lambertw_exp(s: torch.Tensor) -> torch.Tensor:
 def lambertw(z: torch.Tensor) -> torch.Tensor:
     """Principal branch ``W0(z)`` of the Lambert W function for real ``z >= -1/e``, vectorised.
 
-    ``W0(z)`` solves ``w e^w = z`` with ``w >= -1``. For ``z > 0`` it is :func:`lambertw_exp` of
+    ``W0(z)`` solves ``w e^w = z`` with ``w >= -1``. For ``z > 0`` it is ``lambertw_exp`` of
     ``log z`` (no overflow for any finite ``z``); for ``-1/e <= z <= 0``, Halley's iteration on
     ``w e^w - z`` from the branch-point series ``-1 + p - p^2/3 + 11 p^3/72``, ``p = sqrt(2 (e z + 1))``
     (near ``-1/e``) or the Taylor series ``z - z^2 + 3 z^3 / 2`` (near 0).
@@ -188,12 +188,12 @@ class SinkhornDuals:
 
 @dataclass(frozen=True)
 class Projection:
-    """Output of :func:`sinkhorn_projection` (all tensors ``[B, ...]``, float64).
+    """Output of ``sinkhorn_projection`` (all tensors ``[B, ...]``, float64).
 
     Attributes:
         z: ``[B, C, H, W]`` the projected point (unit-mass units, like the inputs): Wong et al.'s
             ``w + beta/lam`` (Hu et al.: ``w + (beta - phi)/lam``), as the authors return it.
-        duals: final :class:`SinkhornDuals` (warm start for the next call; :func:`sinkhorn_plan`).
+        duals: final ``SinkhornDuals`` (warm start for the next call; ``sinkhorn_plan``).
         phi: ``[B, C, H, W]`` multiplier of the cap (zeros without a cap).
         cost: ``[B]`` transport cost ``<P, C>`` of the plan of ``duals``.
         iterations: long ``[B]`` iterations run per example.
@@ -263,7 +263,7 @@ class _Gathered:
     """``exp(v)`` summed over every pixel's window, for any multiplier ``psi`` (the operator ``K e^v``).
 
     In the log domain with one shift per image: ``E = exp(v - s)``, ``s`` the image's largest finite
-    ``v``; the window sums of ``E`` are grouped by cost class (:meth:`_Window.pair_sums`), so that
+    ``v``; the window sums of ``E`` are grouped by cost class (``_Window.pair_sums``), so that
     ``log sum_j exp(v_j - psi C_ij - 1)`` for any ``psi`` is a ``(r+1)^2``-term weighted sum. When the
     spread of the finite ``v`` plus ``psi C_max`` exceeds 600 (a product could then underflow and a
     window lose a significant term), that example is computed instead by an exact per-window
@@ -324,7 +324,7 @@ class _Gathered:
 
 
 def _pair_moments(log_totals: torch.Tensor, win: _Window, psi: torch.Tensor, powers: tuple[int, ...]):
-    """``sum(P C^q)`` per example ``[b, len(powers)]`` from :meth:`_Gathered.log_pair_totals`."""
+    """``sum(P C^q)`` per example ``[b, len(powers)]`` from ``_Gathered.log_pair_totals``."""
     per = torch.exp(log_totals - psi[:, None] * win.pair_cost - 1)  # [b, pairs]
     return torch.stack([(per * win.pair_cost**q).sum(1) for q in powers], 1)
 
@@ -367,7 +367,7 @@ def dual_objective(
 
     With ``a = -f``, ``b = -g``: ``-||b - phi||^2 / (2 lam) - psi eps - a.x - (b - phi).w - sum P -
     u sum phi``, a lower bound on ``lam/2 ||w - z||^2 + sum P log P`` at every feasible ``(z, P)``
-    (weak duality), equal to the optimum at the solution. Inputs as in :func:`sinkhorn_projection`.
+    (weak duality), equal to the optimum at the solution. Inputs as in ``sinkhorn_projection``.
     """
     _check_pair(x, w)
     b = x.shape[0]
@@ -387,7 +387,7 @@ def dual_objective(
 
 
 def _check_projection_args(stopping: str, lam: float, maxiters: int, tol: float) -> None:
-    """Raise ``ValueError`` on a bad scalar argument of :func:`sinkhorn_projection`."""
+    """Raise ``ValueError`` on a bad scalar argument of ``sinkhorn_projection``."""
     if stopping not in ("authors", "dual"):
         raise ValueError(f"stopping must be 'authors' or 'dual', got {stopping!r}")
     if not (isinstance(lam, (int, float)) and lam > 0 and math.isfinite(lam)):
@@ -454,10 +454,10 @@ def _sinkhorn_step(win: _Window, lam: float, w, logx, lg, psi, eps, cap) -> dict
 
 
 def _watched_objective(stopping: str, lam: float, x, w, eps, cap, it: dict) -> torch.Tensor:
-    """Return the objective ``[b]`` the stopping rule watches at the iterate ``it`` (:func:`_sinkhorn_step`).
+    """Return the objective ``[b]`` the stopping rule watches at the iterate ``it`` (``_sinkhorn_step``).
 
-    ``"dual"``: :func:`dual_objective`; ``"authors"``: the expression the released code evaluates
-    (see :func:`sinkhorn_projection`). ``x, w``: ``[b, C, H, W]``; ``eps``, ``cap`` (or ``None``): ``[b]``.
+    ``"dual"``: ``dual_objective``; ``"authors"``: the expression the released code evaluates
+    (see ``sinkhorn_projection``). ``x, w``: ``[b, C, H, W]``; ``eps``, ``cap`` (or ``None``): ``[b]``.
     """
     f, g, phi, psi = it["f"], it["g"], it["phi"], it["psi"]
     fx = _sum(torch.where(x > 0, f * x, torch.zeros_like(x)))
@@ -477,7 +477,7 @@ def _watched_objective(stopping: str, lam: float, x, w, eps, cap, it: dict) -> t
 
 
 def _start_state(win: _Window, w: torch.Tensor, duals: SinkhornDuals) -> dict[str, torch.Tensor]:
-    """Return the loop state of :func:`sinkhorn_projection` before its first iteration, float64 copies.
+    """Return the loop state of ``sinkhorn_projection`` before its first iteration, float64 copies.
 
     ``f, g, lg = log(K e^g), z, phi``: ``[B, C, H, W]`` (``z = phi = 0``); ``psi, cost = 0, old = -inf``:
     ``[B]``; ``iters = 0`` (long) and ``converged = False`` (bool): ``[B]``.
@@ -530,7 +530,7 @@ def sinkhorn_projection(
         stopping: which objective that rule watches. ``"authors"``: the expression the released code
             evaluates (Wong et al.'s passes ``exp(-alpha)`` and ``beta`` in swapped argument positions;
             Hu et al.'s uses ``beta + phi`` and ``sum phi`` where the dual has ``beta - phi`` and
-            ``u sum phi``); ``"dual"``: the true dual objective (:func:`dual_objective`).
+            ``u sum phi``); ``"dual"``: the true dual objective (``dual_objective``).
         feasibility: ``(cost_tol, mass_tol)``: additionally require ``<P, C> - eps <= cost_tol`` and
             ``|sum z - 1| <= mass_tol`` before stopping (Hu et al.: ``(1e-3, 1e-2)``). Their loop has
             no bound when these never hold; here ``hard_maxiters`` bounds it.
@@ -540,7 +540,7 @@ def sinkhorn_projection(
         tol: tolerance of the stopping rule (see ``maxiters``).
 
     Returns:
-        :class:`Projection`. Every example runs and stops on its own (the authors stop the whole batch
+        ``Projection``. Every example runs and stops on its own (the authors stop the whole batch
         when all have converged, so a batch there is not the same as its examples one by one).
 
     """

@@ -1,6 +1,6 @@
-"""Triton kernels of the local box repair (:func:`~.capacity.fit_box`) on compact plan rows.
+"""Triton kernels of the local box repair (``fit_box``) on compact plan rows.
 
-One round of :func:`~.capacity.return_overflow` is two launches: a pixel pass (each pixel gathers the
+One round of ``return_overflow`` is two launches: a pixel pass (each pixel gathers the
 mass its window sends it, from the rows that carry mass, through a pixel -> row map: deterministic,
 no atomics) that writes each pixel's keep factor and raises the round's flag if any pixel overflows;
 then a row pass that applies the keep factors of the targets and returns the rest to "stay". Rounds
@@ -101,7 +101,7 @@ def _pixels(rows, P, rnd, keep, y, flags, slack, margin, repair):
 
 
 def columns_rows_triton(rows: PlanRows, P: torch.Tensor) -> torch.Tensor:
-    """:meth:`PlanRows.columns` by gathering (no atomics): flat ``[B*C*H*W]`` column sums of rows ``P``."""
+    """``PlanRows.columns`` by gathering (no atomics): flat ``[B*C*H*W]`` column sums of rows ``P``."""
     P = P.contiguous()
     y = torch.empty(rows.size, dtype=P.dtype, device=P.device)
     flags = torch.zeros(1, dtype=torch.int32, device=P.device)
@@ -110,7 +110,7 @@ def columns_rows_triton(rows: PlanRows, P: torch.Tensor) -> torch.Tensor:
 
 
 def fit_box_triton(rows: PlanRows, P: torch.Tensor, max_rounds: int = 100, check_every: int = 4):
-    """:func:`~.capacity.fit_box` on the device: ``P [M, k*k]`` -> repaired rows (new tensor).
+    """``fit_box`` on the device: ``P [M, k*k]`` -> repaired rows (new tensor).
 
     Same rounds as the reference; the host looks at the flags every ``check_every`` rounds only.
     """

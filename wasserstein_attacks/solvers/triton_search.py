@@ -1,18 +1,18 @@
 """Fused Triton kernel: a whole multiplier search of the plan solvers in one launch, no host round trip.
 
-The device counterpart of :func:`~.search.multiplier_search` with the families of :mod:`.lmo` (entropic
-oracle, ``MODE = 0``) and :mod:`.simplex` (Euclidean projection, ``MODE = 1``). One program per example
-walks that example's compact rows (rows are ordered by example, :class:`~.rows.PlanRows`) and runs, with
+The device counterpart of ``multiplier_search`` with the families of ``lmo`` (entropic
+oracle, ``MODE = 0``) and ``simplex`` (Euclidean projection, ``MODE = 1``). One program per example
+walks that example's compact rows (rows are ordered by example, ``PlanRows``) and runs, with
 every scalar in registers:
 
-1. the bracket: the upper end ``lambda`` of :func:`~.lmo.lmo_rows` / :func:`~.simplex.project_rows`;
+1. the bracket: the upper end ``lambda`` of ``lmo_rows`` / ``project_rows``;
 2. the search: Wu et al.'s bisection, or the safeguarded Newton / Illinois regula falsi steps, each
    evaluation a pass over the rows (``MODE 0``: row softmax of ``(G - price - lambda C) / gamma`` over
    the ``k x k`` window, its cost and ``d cost / d lambda``; ``MODE 1``: each row's simplex threshold,
    exactly, as the largest partial average ``(sum of the entries >= v_j - mass) / count``, which is the
    sort-based rule without a sort);
 3. the ending: the plan at the bracket's feasible end, the Newton mix of both ends, and
-   :func:`~.rows.shrink_to_budget`, written once.
+   ``shrink_to_budget``, written once.
 
 Every example stops on its own, as in the reference; the one host-side decision of the reference
 (stop the loop once every example is done) is gone: a finished program skips its row passes. The
@@ -132,7 +132,7 @@ def _residual(cost, budget, floor, LOG_SCALE: tl.constexpr):
 def _newton(MODE: tl.constexpr, G, PRICE, VALID, MASS, c, start, end, inv_gamma, budget, upper, lam,
             tol, width, steps, LOG_SCALE: tl.constexpr, HAS_PRICE: tl.constexpr, KK: tl.constexpr,
             KP: tl.constexpr, BR: tl.constexpr):
-    """Run the ``"newton"`` branch of :func:`~.search.multiplier_search`, step for step, for one example.
+    """Run the ``"newton"`` branch of ``multiplier_search``, step for step, for one example.
 
     Returns ``(lo, hi, c_lo, lam, exact, evaluations)``.
     """
@@ -189,7 +189,7 @@ def _newton(MODE: tl.constexpr, G, PRICE, VALID, MASS, c, start, end, inv_gamma,
 @triton.jit
 def _bisect(MODE: tl.constexpr, G, PRICE, VALID, MASS, c, start, end, inv_gamma, budget, upper, tol,
             steps, HAS_PRICE: tl.constexpr, KK: tl.constexpr, KP: tl.constexpr, BR: tl.constexpr):
-    """Run the ``"bisection"`` branch of :func:`~.search.multiplier_search` (Wu et al.).
+    """Run the ``"bisection"`` branch of ``multiplier_search`` (Wu et al.).
 
     Returns ``(hi, evaluations)``.
     """
@@ -313,7 +313,7 @@ def search_rows(rows: PlanRows, W: torch.Tensor, budget: torch.Tensor, extra: to
                 solver: str, steps: int, tol: float, width: float = 0.0, gamma: float = 1.0,
                 start: torch.Tensor | None = None, price: torch.Tensor | None = None,
                 upper_given: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch :func:`_search_kernel` on rows ``W [M, k*k]``; returns ``(S [M, k*k], lambda [B], evals)``.
+    """Launch ``_search_kernel`` on rows ``W [M, k*k]``; returns ``(S [M, k*k], lambda [B], evals)``.
 
     ``evals`` is a 0-dim int32 tensor on the device (the largest count of any example; no host sync).
     """
@@ -341,7 +341,7 @@ def search_rows(rows: PlanRows, W: torch.Tensor, budget: torch.Tensor, extra: to
 def lmo_rows_triton(rows: PlanRows, G: torch.Tensor, budget: torch.Tensor, *, gamma: float, solver: str,
                     steps: int, tol: float, start: torch.Tensor | None = None,
                     price: torch.Tensor | None = None):
-    """:func:`~.lmo.lmo_rows` in one launch (same arguments and returns; evaluations as a device scalar)."""
+    """``lmo_rows`` in one launch (same arguments and returns; evaluations as a device scalar)."""
     margin = (gamma * torch.log(rows.spread.clamp_min(1e-30) / budget.clamp_min(1e-30))).clamp_min(0)
     width = gamma if solver == "newton" else 0.0
     return search_rows(rows, G, budget, margin, mode=0, solver=solver, steps=steps, tol=tol, width=width,
@@ -351,7 +351,7 @@ def lmo_rows_triton(rows: PlanRows, G: torch.Tensor, budget: torch.Tensor, *, ga
 def project_rows_triton(rows: PlanRows, V: torch.Tensor, budget: torch.Tensor, *, solver: str, steps: int,
                         tol: float, start: torch.Tensor | None = None, price: torch.Tensor | None = None,
                         upper: torch.Tensor | None = None):
-    """:func:`~.simplex.project_rows` in one launch (same arguments and returns)."""
+    """``project_rows`` in one launch (same arguments and returns)."""
     extra = budget if upper is None else upper
     return search_rows(rows, V, budget, extra, mode=1, solver=solver, steps=steps, tol=tol,
                        start=start if solver == "newton" else None, price=price,

@@ -8,9 +8,9 @@ short, for images ``x, x'`` of shape ``[C, H, W]`` with values in ``[0, 1]``::
 over non-negative plans supported on ``k x k`` windows, one block per channel, with row sums ``x``
 and column sums ``x'`` (up to the mass tolerance below); ``c = ||d||_2 ** p`` in pixels.
 ``eps = 0.1`` is moving 10 % of the mass by one pixel (Hu et al. report ``eps * C*H*W``: convert
-with :meth:`WassersteinBall.from_hu_units`).
+with ``WassersteinBall.from_hu_units``).
 
-The plan certificate (:meth:`WassersteinBall.certify`) is sound for any plan, not only the
+The plan certificate (``WassersteinBall.certify``) is sound for any plan, not only the
 project's own. It evaluates the clamped plan ``Q = max(P, 0)`` (entries below ``-eps_dtype``, the
 plan dtype's machine epsilon, are refused outright; below that is float rounding) and measures the
 TOTAL L1 mismatches, summed over every pixel and channel: ``R = |rows(Q) - x|_1`` (every entry),
@@ -26,7 +26,7 @@ rows are at most ``x`` and columns at most the rescaled ``x_adv``. It leaves
 of the rows (columns), ``x_adv`` scaled up gives ``u_c <= R^- + O + S^+``; scaled down, the column
 excess grows by ``mass_c(x_adv) - mass_c(x) = S^- - S^+ - O + R^+ - R^-`` and
 ``u_c <= R^+ + S^-``. Summed over the channels, ``u <= R + O + S <= mass_tol * N``. The exact
-referee (:mod:`.exact`) lets up to ``mass_tol * N`` in total over the channels stay unmatched at
+referee (``exact``) lets up to ``mass_tol * N`` in total over the channels stay unmatched at
 ``c_max`` per unit, whether or not an exact plan exists; so the exact distance is at most
 ``(sum(F * c) + c_max * u) / N <= (sum(Q * c) + c_max * (R + O + S)) / N``, the certified cost.
 The float64 sums add only rounding (relative ~1e-15).
@@ -71,13 +71,26 @@ def check_images(
             )
 
 
-def check_labels(labels: torch.Tensor, batch: int, name: str = "labels") -> None:
-    """Raise ``ValueError`` unless ``labels`` is an integer ``[B]`` tensor."""
+def check_labels(
+    labels: torch.Tensor, batch: int, name: str = "labels", num_classes: int | None = None
+) -> None:
+    """Raise ``ValueError`` unless ``labels`` is an integer ``[B]`` tensor of class indices.
+
+    Indices must be ``>= 0`` (an "ignore" label such as -100 is not a class), and ``< num_classes`` when
+    the number of classes (the model's logits) is known.
+    """
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != batch:
         shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"{name} must be an integer tensor of shape [{batch}], got {shape}")
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        bound = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} must be class indices in {bound}, got {bad}")
 
 
 # Plan entries per chunk in certify (8 MiB of float64): no plan-sized buffer is ever allocated (page
@@ -126,7 +139,7 @@ def _plan_statistics(
 
 @dataclass(frozen=True)
 class Certificate:
-    """Per-example outcome of :meth:`WassersteinBall.certify` (all tensors ``[B]``, on CPU).
+    """Per-example outcome of ``WassersteinBall.certify`` (all tensors ``[B]``, on CPU).
 
     Attributes:
         feasible: the plan proves ``W(x, x_adv) <= eps * (1 + cost_tol)`` (see the module docstring)
@@ -255,6 +268,20 @@ class WassersteinBall:
         if (x_adv < 0).any():
             raise ValueError("x_adv must be non-negative (it is a mass distribution)")
         self.eps_for(x.shape[0])
+        self.check_window(x.shape[-2], x.shape[-1])
+
+    def check_window(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` if the window is larger than images of ``height x width`` pixels can use.
+
+        A window wider than ``2 max(H, W) - 1`` only adds entries outside the image, while plans grow with
+        ``k**2``; ``kernel_size=None`` (dense plans) is the unrestricted ball.
+        """
+        limit = 2 * max(height, width) - 1
+        if self.kernel_size is not None and self.kernel_size > limit:
+            raise ValueError(
+                f"kernel_size must be <= 2 * max(H, W) - 1 = {limit} for {height}x{width} images, got "
+                f"{self.kernel_size} (a larger window adds only entries outside the image; None = dense)"
+            )
 
     # ------------------------------------------------------------------ checks
     def certify(self, x: torch.Tensor, x_adv: torch.Tensor, plan: torch.Tensor) -> Certificate:
@@ -271,10 +298,10 @@ class WassersteinBall:
         Args:
             x: ``[B, C, H, W]`` clean images in ``[0, 1]``.
             x_adv: ``[B, C, H, W]`` the claimed image (non-negative; the box is checked, not assumed).
-            plan: ``[B, C, H*W, k*k]`` local plan (layout in :mod:`wasserstein_attacks.transport`).
+            plan: ``[B, C, H*W, k*k]`` local plan (layout in ``wasserstein_attacks.transport``).
 
         Returns:
-            A :class:`Certificate`; cost O(B*C*H*W*k*k).
+            A ``Certificate``; cost O(B*C*H*W*k*k).
 
         """
         self._check_pair(x, x_adv)
@@ -325,8 +352,8 @@ class WassersteinBall:
     def distance(self, x: torch.Tensor, x_adv: torch.Tensor, *, workers: int | None = None) -> torch.Tensor:
         """Exact ``W(x, x_adv)`` per example, float64 ``[B]`` on CPU (``+inf`` if infeasible).
 
-        Solves the transport LP exactly (see :mod:`wasserstein_attacks.exact`). The box is not part
-        of the distance: :meth:`contains` checks it.
+        Solves the transport LP exactly (see ``wasserstein_attacks.exact``). The box is not part
+        of the distance: ``contains`` checks it.
 
         Properties: symmetric for equal masses; the triangle inequality holds only for ``p = 1`` with
         dense plans (``kernel_size=None``): with windows a long move can be two legal short ones, and

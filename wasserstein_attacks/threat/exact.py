@@ -12,7 +12,7 @@ total over the channels, may stay unmatched, each unit charged the window's dear
 ``c_max = (sqrt(2) * (k // 2)) ** p``: a dummy source and a dummy target, joined to every pixel by
 arcs priced ``c_max / 2``, absorb it. This is exactly the mismatch the plan certificate accepts and
 the price it charges, so a certified cost is never below the referee's distance (the soundness
-argument is in :mod:`.ball`). No single move of the window costs more than ``c_max``, so the slack
+argument is in ``ball``). No single move of the window costs more than ``c_max``, so the slack
 pays only where an exact plan would carry the mismatch along a chain of moves, or where no exact
 plan exists (a float32 image rounded from a plan's column sums can miss one by a sliver). Dense plans
 need no slack: every pair is an arc, and moving a unit straight from excess to deficit is never
@@ -20,7 +20,7 @@ dearer than leaving it unmatched at the image's dearest move. More than the tole
 window that makes the move impossible, leaves the graph without a feasible flow; that is detected
 from the returned plan (its marginals do not match), never from a cost value.
 
-:func:`exact_plan` answers another question, the one the attacks ask: the cheapest plan that meets
+``exact_plan`` answers another question, the one the attacks ask: the cheapest plan that meets
 both marginals exactly (row sums ``x``), which costs at least the referee's distance.
 
 Speed: with ``k = 5`` the graph has about 25 arcs per source pixel instead of one per (source,
@@ -234,7 +234,7 @@ def _distance_example(
 
     With a window, up to ``mass_tol * N(x)`` of mass in total over the channels may stay unmatched,
     each unit charged the window's dearest move ``c_max``: exactly the mismatch the certificate allows
-    and the price it charges (:meth:`WassersteinBall.certify` and ``threat_model.md``).
+    and the price it charges (``WassersteinBall.certify`` and ``threat_model.md``).
     """
     n_ch, height, width = x.shape
     total = x.sum()
@@ -267,7 +267,7 @@ def _plan_channel(
     This is the plan the attacks build on (its row sums are the source image), not the referee's
     optimum: it never leaves mass unmatched to save cost. ``slack`` (mass, >= 0): when no plan meets
     both marginals exactly, a plan that leaves at most this much mass unmatched is accepted (see
-    :func:`_solve_with_slack`); 0 demands exact marginals.
+    ``_solve_with_slack``); 0 demands exact marginals.
     """
     found = None if g.isolated else _network_simplex(g.aa, g.bb, g.ri, g.ci, g.arc_cost)
     unmatched = 0.0
@@ -415,7 +415,7 @@ def exact_plan_channel(
 ) -> tuple[float, np.ndarray | None, np.ndarray, np.ndarray]:
     """Cheapest exact plan of one channel between two equal-mass images, as a support x support matrix.
 
-    No mass may stay unmatched (``mass_tol = 0`` in the terms of :func:`exact_plan`).
+    No mass may stay unmatched (``mass_tol = 0`` in the terms of ``exact_plan``).
 
     Args:
         a: float64 ``[H*W]`` non-negative source masses (row-major pixels).
@@ -468,13 +468,13 @@ def exact_plan(
         kernel_size: odd window size (local layout ``[B, C, H*W, k*k]``).
         p: 1 or 2.
         mass_tol: per-channel mass difference allowed, relative to ``N(x)``.
-        workers: threads for the per-example solves (as in :func:`exact_distance`).
+        workers: threads for the per-example solves (as in ``exact_distance``).
 
     Returns:
         ``(plan, feasible)``: float64 plan ``[B, C, H*W, k*k]`` on CPU whose row sums are ``x`` (the
         identity plan for infeasible examples) and bool ``[B]`` (False where masses differ by more
         than ``mass_tol`` or the window makes the move impossible). Its cost is at least
-        :func:`exact_distance`, and equal to it unless the referee's tolerance saves a chain of moves.
+        ``exact_distance``, and equal to it unless the referee's tolerance saves a chain of moves.
 
     """
     _check_args(x, x_adv, T.check_kernel_size(kernel_size), p, mass_tol)

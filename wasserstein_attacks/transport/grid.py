@@ -144,7 +144,7 @@ def column_sums(plan: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Mass each pixel receives: ``[B,C,H*W,k*k]`` -> produced image ``[B,C,H,W]``.
 
     Mass on out-of-image entries is dropped (such entries must be zero in a valid plan).
-    Differentiable; its adjoint is :func:`gather_neighbours`.
+    Differentiable; its adjoint is ``gather_neighbours``.
     """
     b, c, hw, kk = plan.shape
     k = math.isqrt(kk)
@@ -175,7 +175,7 @@ def _column_sums_fold(plan: torch.Tensor, height: int, width: int) -> torch.Tens
 def gather_neighbours(image: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Value of ``image`` at each target: ``[B,C,H,W]`` -> ``[B,C,H*W,k*k]`` (zero outside the image).
 
-    This is the adjoint of :func:`column_sums`: the gradient of a loss of the produced image with
+    This is the adjoint of ``column_sums``: the gradient of a loss of the produced image with
     respect to the plan is ``gather_neighbours(grad_image)``.
     """
     b, c, h, w = image.shape

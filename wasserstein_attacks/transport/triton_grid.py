@@ -1,9 +1,9 @@
-"""Triton kernels of the full plan layout: column sums and the window gather (see :mod:`.grid`).
+"""Triton kernels of the full plan layout: column sums and the window gather (see ``grid``).
 
 Both are gathers, one program per block of pixels and one lane per window offset: the column sum of
 pixel ``j`` reads ``plan[j - d_o, o]`` for every offset ``d_o`` (no atomics, so the summation order is
 fixed, unlike a scatter-add), and the gather reads ``image[i + d_o]``. Not differentiable: the
-dispatch in :mod:`.grid` sends tensors that require a gradient to the torch reference.
+dispatch in ``grid`` sends tensors that require a gradient to the torch reference.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ _BP = 64
 
 
 def column_sums_triton(plan: torch.Tensor, height: int, width: int, kernel_size: int) -> torch.Tensor:
-    """:func:`~.grid.column_sums`: ``[B, C, H*W, k*k]`` -> ``[B, C, H, W]`` (one launch)."""
+    """``column_sums``: ``[B, C, H*W, k*k]`` -> ``[B, C, H, W]`` (one launch)."""
     b, c = plan.shape[:2]
     out = torch.empty(b, c, height, width, dtype=plan.dtype, device=plan.device)
     n = out.numel()
@@ -69,7 +69,7 @@ def column_sums_triton(plan: torch.Tensor, height: int, width: int, kernel_size:
 
 
 def gather_neighbours_triton(image: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """:func:`~.grid.gather_neighbours`: ``[B, C, H, W]`` -> ``[B, C, H*W, k*k]`` (one launch)."""
+    """``gather_neighbours``: ``[B, C, H, W]`` -> ``[B, C, H*W, k*k]`` (one launch)."""
     b, c, h, w = image.shape
     out = torch.empty(b, c, h * w, kernel_size**2, dtype=image.dtype, device=image.device)
     n = image.numel()

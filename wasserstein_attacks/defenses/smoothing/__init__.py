@@ -2,10 +2,10 @@
 
 The smoothed classifier sees ``x + div(delta)``, ``delta`` random flows on the pixel grid's edges, so every
 channel keeps its mass; an l1 certificate on the flow becomes a certified W1 radius (``p = 1``) in the
-threat model's units of eps. Modules: :mod:`.flows` (grid flows, exact min-flow LP), :mod:`.noise`
-(Laplace, uniform cube, their radii), :mod:`.certify` (PREDICT, CERTIFY, unit conversion), :mod:`.train`
-(noise augmentation, SmoothAdv, the soft smoothed classifier), :mod:`.attack` (empirical attack),
-:mod:`.report` (results.json and the plot).
+threat model's units of eps. Modules: ``flows`` (grid flows, exact min-flow LP), ``noise``
+(Laplace, uniform cube, their radii), ``certify`` (PREDICT, CERTIFY, unit conversion), ``train``
+(noise augmentation, SmoothAdv, the soft smoothed classifier), ``attack`` (empirical attack),
+``report`` (results.json and the plot).
 """
 
 from .attack import SmoothedAttackResult, attack_smoothed

@@ -2,7 +2,7 @@
 
 Salman et al. (NeurIPS 2019) attack a smoothed classifier by attacking its soft version
 ``log E[softmax f(x + noise)]`` estimated with ``m`` draws. Here any registered Wasserstein attack runs
-on :class:`~.train.SmoothedSoft` (its outputs are certified members of the ball), and success is then
+on ``SmoothedSoft`` (its outputs are certified members of the ball), and success is then
 judged on the smoothed classifier itself with Cohen et al.'s PREDICT on fresh draws: an example is
 broken when PREDICT returns another class or abstains (an abstention is not a correct answer).
 """
@@ -23,7 +23,7 @@ __all__ = ["SmoothedAttackResult", "attack_smoothed"]
 
 @dataclass(frozen=True)
 class SmoothedAttackResult:
-    """Outcome of :func:`attack_smoothed` (CPU tensors).
+    """Outcome of ``attack_smoothed`` (CPU tensors).
 
     Attributes:
         adversarial: ``[B, C, H, W]`` images certified inside the ball by the attack's plan.

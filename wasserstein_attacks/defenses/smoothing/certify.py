@@ -1,9 +1,9 @@
 """The smoothed classifier in flow space: Cohen et al.'s PREDICT and CERTIFY, radii in units of eps.
 
 Smoothed classifier (Levine & Feizi, AISTATS 2020): ``g(x) = argmax_c P[f(x + div(s * delta)) = c]`` with
-``delta`` i.i.d. flow noise (:mod:`.noise`) and ``s = N(x)`` for relative noise, ``1`` otherwise.
+``delta`` i.i.d. flow noise (``noise``) and ``s = N(x)`` for relative noise, ``1`` otherwise.
 If ``x'`` holds the same mass per channel as ``x`` there is a flow ``f*`` with ``x' = x + div(f*)`` and
-``||f*||_1`` equal to the Manhattan W1 (:mod:`.flows`), so ``g(x')`` is the l1-smoothed prediction of the
+``||f*||_1`` equal to the Manhattan W1 (``flows``), so ``g(x')`` is the l1-smoothed prediction of the
 flow ``f* / s`` and the noise's l1 certificate applies to it.
 
 Radius in the threat model's units (``p = 1`` only). The threat cost is Euclidean with windows and
@@ -77,7 +77,7 @@ def flow_radius_to_eps(radius_flow, mass, *, relative: bool, p: int = 1) -> np.n
     """Certified flow radius (noise units) -> certified ``eps`` (float64, same shape).
 
     Args:
-        radius_flow: l1 flow radii from :meth:`FlowNoise.radius`.
+        radius_flow: l1 flow radii from ``FlowNoise.radius``.
         mass: the images' total mass ``N(x)`` (used for pixel-unit noise only).
         relative: the noise's ``relative`` flag.
         p: the threat model's exponent; anything but 1 is refused.
@@ -134,7 +134,7 @@ class SmoothedClassifier:
     Args:
         model: base classifier, ``[B, C, H, W]`` (pixel space, noised images may leave ``[0, 1]``) ->
             logits ``[B, num_classes]``; used in eval mode without gradients.
-        noise: the flow noise (:class:`LaplaceNoise` or :class:`UniformNoise`).
+        noise: the flow noise (``LaplaceNoise`` or ``UniformNoise``).
         num_classes: number of classes.
         batch_size: noise draws per forward pass; the draws themselves do not depend on it.
 

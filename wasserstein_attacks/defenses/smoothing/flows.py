@@ -14,7 +14,7 @@ the classical min-cost-flow form of W1 on a graph): for images of equal per-chan
 
 in units of mass times pixels. The package's cost is Euclidean, ``||d||_2 >= ||d||_1 / sqrt(2)``, and a
 window only removes plans, so ``W_threat(x, x') * N(x) >= min ||f||_1 / sqrt(2)`` (``p = 1``).
-:func:`min_flow_l1` computes the left-hand side exactly (a small LP) for tests and checks.
+``min_flow_l1`` computes the left-hand side exactly (a small LP) for tests and checks.
 """
 
 from __future__ import annotations

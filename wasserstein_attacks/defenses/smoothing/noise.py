@@ -5,7 +5,7 @@ deviation of one coordinate (Levine & Feizi's parameter), so that the two compar
 ``relative=True`` (default, as Levine & Feizi's code, which normalises the image by its mass first)
 measures flows in fractions of the image's mass ``N(x)``: the flow applied in pixel units is
 ``N(x) * delta``. Radii returned by ``radius`` are l1 norms of flows in the noise's units (fraction of
-mass x pixels when relative, mass x pixels otherwise); :mod:`.certify` converts them to ``eps``.
+mass x pixels when relative, mass x pixels otherwise); ``certify`` converts them to ``eps``.
 
 Certificates (``pA``: a lower bound on the probability of the top class, the runner-up bounded by
 ``1 - pA`` as in Cohen et al. 2019; both are sound for the top class staying on top):

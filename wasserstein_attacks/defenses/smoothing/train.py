@@ -1,12 +1,12 @@
 """Training the base classifier for flow-space smoothing: noise augmentation and SmoothAdv.
 
-- :func:`train_under_noise`: Cohen et al.'s recipe (train on noised inputs, "Gaussian augmentation"),
+- ``train_under_noise``: Cohen et al.'s recipe (train on noised inputs, "Gaussian augmentation"),
   here with the flow noise of the smoothed classifier; the loop is ``defenses.training.train_model``
-  with the model wrapped in :class:`NoisyInput`.
-- :class:`SmoothedSoft`: the soft smoothed classifier ``log E_delta[softmax f(x + div(s delta))]``,
+  with the model wrapped in ``NoisyInput``.
+- ``SmoothedSoft``: the soft smoothed classifier ``log E_delta[softmax f(x + div(s delta))]``,
   estimated with ``m`` fixed draws shared by all examples (so a batch gives the per-example result); it
   is an ``nn.Module`` the package's attacks can attack directly ("attack through the expectation").
-- :func:`smoothadv_train`: SmoothAdv (Salman et al., NeurIPS 2019): per batch, attack ``SmoothedSoft``
+- ``smoothadv_train``: SmoothAdv (Salman et al., NeurIPS 2019): per batch, attack ``SmoothedSoft``
   inside the Wasserstein ball (any registered attack; its outputs are certified members of the ball),
   then minimise the base classifier's cross-entropy averaged over the ``m`` noised copies of the
   adversarial images.
@@ -112,7 +112,7 @@ class SmoothedSoft(nn.Module):
 def train_under_noise(model: nn.Module, dataset: ImageDataset, noise: FlowNoise, **train_kwargs) -> dict:
     """Train ``model`` in place on flow-noised inputs (Cohen et al. 2019's augmentation, flow noise).
 
-    ``train_kwargs`` go to :func:`defenses.training.train_model` (epochs, lr, batch_size, seed, ...);
+    ``train_kwargs`` go to ``defenses.training.train_model`` (epochs, lr, batch_size, seed, ...);
     returns its history.
     """
     if not isinstance(noise, FlowNoise):
@@ -167,7 +167,7 @@ def smoothadv_train(
             opt.step()
             model.eval()
             tot, hits, count, step = (
-                tot + float(loss) * len(y),
+                tot + float(loss.detach()) * len(y),
                 hits + int(res.success.sum()),
                 count + len(y),
                 step + 1,
