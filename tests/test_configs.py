@@ -24,6 +24,8 @@ REPO = TESTS.parent
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(TESTS))
 
+from conftest import zoo_available  # noqa: E402
+
 from wasserstein_attacks import WassersteinBall, bench  # noqa: E402
 from wasserstein_attacks.attacks.base import Attack  # noqa: E402
 from wasserstein_attacks.attacks.suite import Suite, load_suite, suite_from_config  # noqa: E402
@@ -89,6 +91,9 @@ def test_model_configs(name):
         )
     if name == "standard_mnist":
         pytest.skip("instantiating trains the standard model: covered by the slow preset test")
+    zoo_name = cfg.model.build.get("name") if "load_model" in cfg.model.build._target_ else None
+    if zoo_name is not None and not zoo_available(zoo_name):
+        pytest.skip(f"zoo model {zoo_name} has no local copy (set $WATTACK_ZOO_DIR; tests never download)")
     model, info = spec.build_model(cfg)
     assert isinstance(model, torch.nn.Module) and info["name"] == cfg.model.name
     if cfg.model.checkpoint is not None:
