@@ -73,7 +73,9 @@ def check_threat_p(p) -> None:
         raise ValueError(f"p must be 1: flow-space smoothing certifies W1 balls only, got p={p!r}")
 
 
-def flow_radius_to_eps(radius_flow, mass, *, relative: bool, p: int = 1) -> np.ndarray:
+def flow_radius_to_eps(
+    radius_flow: np.ndarray | float, mass: np.ndarray | float, *, relative: bool, p: int = 1
+) -> np.ndarray:
     """Certified flow radius (noise units) -> certified ``eps`` (float64, same shape).
 
     Args:
