@@ -2,7 +2,7 @@
 
 Carlini-Wagner / Lagrangian style (Carlini & Wagner, "Towards Evaluating the Robustness of Neural
 Networks", S&P 2017, Eq. 6 with the constant moved onto the distance), over transport plans in the
-local layout of ``../shared/THREAT_MODEL.md``:
+local layout of the threat model (``threat/threat_model.md``):
 
     minimise over Z   max(-margin(Y), -kappa) + c * (S_blur(x, Y) + cost_weight * <P, C> / N),
     P = R(x_i * softmax_o(Z_io)),  Y = column sums of P,

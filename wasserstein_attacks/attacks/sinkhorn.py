@@ -337,7 +337,7 @@ class ConstrainedSinkhorn(_SinkhornPGD):
     0.01, +0.01 every iteration, 200 iterations, lam 1000; CIFAR-10: 0.001, +0.001, 400, lam 3000),
     capped at the threat's ``eps``; ``result.info["radius"]`` is each example's radius at its last
     projection (what their released radii files record). Their ``epsilon`` is in the units of
-    ``../shared/THREAT_MODEL.md`` (plan on ``x / N``, cost in pixels): their paper's table columns are
+    the threat model (plan on ``x / N``, cost in pixels): their paper's table columns are
     that value times ``n_pixel = C H W``.
 
     Differences from the released code, forced by the project's contract: per-example stopping (theirs:

@@ -83,7 +83,7 @@ def _wong(
     return ZooEntry(name, "mnist_convnet", file, sha256, _WONG_REPO + file, paper, description, binarize)
 
 
-# Hashes from the developers' verified copies (../shared/reference_models/README.md).
+# Hashes of the files as released by the authors (checked on the developers' offline copies).
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in (

@@ -39,7 +39,7 @@ overshoots). ``result.info`` records how far the raw outputs were from the ball 
 the plan, mass change of the authors' clamp) and the radius each example was claimed at.
 
 Units: the projection works on images divided by the clean image's mass ``N`` (total over channels),
-so its ``eps`` is exactly the threat model's ``eps`` (``../shared/THREAT_MODEL.md``): both authors'
+so its ``eps`` is exactly the threat model's ``eps`` (``threat/threat_model.md``): both authors'
 codes normalise the same way and use the cost ``||d||_2 ** p`` in pixels.
 """
 
@@ -512,7 +512,7 @@ def sinkhorn_projection(
     """Project ``w`` entropically onto the local Wasserstein ball around ``x``.
 
     Wong et al. 2019's projected Sinkhorn iteration; with ``cap``, Hu et al. 2020's constrained version
-    (equations as in ``../shared/ALGORITHMS.md`` sections 1-2 and the authors' code). See the module
+    (equations as in the papers of Wong et al. 2019 and Hu et al. 2020, and the authors' code). See the module
     docstring for the updates.
 
     Args:

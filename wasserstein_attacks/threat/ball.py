@@ -352,7 +352,7 @@ class WassersteinBall:
     def distance(self, x: torch.Tensor, x_adv: torch.Tensor, *, workers: int | None = None) -> torch.Tensor:
         """Exact ``W(x, x_adv)`` per example, float64 ``[B]`` on CPU (``+inf`` if infeasible).
 
-        Solves the transport LP exactly (see ``wasserstein_attacks.exact``). The box is not part
+        Solves the transport LP exactly (see ``wasserstein_attacks.threat.exact``). The box is not part
         of the distance: ``contains`` checks it.
 
         Properties: symmetric for equal masses; the triangle inequality holds only for ``p = 1`` with

@@ -1,6 +1,6 @@
 """The local transport-plan layout and its kernels (the hot operations every attack uses).
 
-A local plan for a batch is a tensor ``[B, C, H*W, k*k]`` (``../shared/THREAT_MODEL.md``):
+A local plan for a batch is a tensor ``[B, C, H*W, k*k]`` (``threat/threat_model.md``):
 entry ``[b, c, i, o]`` is the mass that pixel ``i = h*W + w`` of channel ``c`` sends to pixel
 ``(h + dh, w + dw)``, where the offsets ``(dh, dw)`` run row-major over ``[-r, r] x [-r, r]``
 (``o = (dh + r) * k + (dw + r)``, ``r = k // 2``; the centre ``o = k*k // 2`` is "stay").
