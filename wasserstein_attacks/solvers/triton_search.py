@@ -222,6 +222,10 @@ def _search_kernel(G, PRICE, VALID, MASS, COST, STARTS, BUDGET, EXTRA, START_LAM
     ``EXTRA [B]``: the margin ``gamma log(spread / budget)`` (``MODE 0``) or the upper end of the
     bracket (``MODE 1`` with ``UPPER_GIVEN``). Writes ``OUT [M, KK]`` rows of the example, ``LAM_OUT [B]``,
     and the largest evaluation count into ``NEVAL [1]``.
+
+    Longer than the project's usual functions on purpose: it is one fused launch, and its stages share
+    per-example scalars held in registers (splitting it would mean more @triton.jit helpers passing a
+    dozen values each, which reads worse than the stages in order).
     """
     e = tl.program_id(0)
     start = tl.load(STARTS + e)
