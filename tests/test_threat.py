@@ -415,6 +415,7 @@ def test_a_window_larger_than_the_image_is_refused_before_any_allocation():
     # k = 10001 on 8x8 images used to try to allocate 51 GB for the plan.
     ball = WassersteinBall(eps=0.1, kernel_size=10001)
     x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"kernel_size must be <= 2 \* max\(H, W\) - 1 = 15 for 8x8 images"):
+    with pytest.raises(ValueError, match=r"kernel_size must be <= 2 \* max\(H, W\) \+ 5 = 21 for 8x8 images"):
         ball.distance(x, x)
-    WassersteinBall(eps=0.1, kernel_size=15).check_window(8, 8)
+    WassersteinBall(eps=0.1, kernel_size=21).check_window(8, 8)
+    WassersteinBall(eps=0.1, kernel_size=5).check_window(1, 1)  # the usual windows on tiny images
