@@ -85,6 +85,10 @@ def test_model_configs(name):
     cfg = compose_cfg(f"model={name}")
     assert set(cfg.model) == {"name", "build", "checkpoint"}
     bind(cfg.model.build)
+    if OmegaConf.is_missing(cfg.model, "checkpoint"):  # the user names the weights (model=mnist_convnet)
+        with pytest.raises(spec.ConfigError, match="model.checkpoint"):
+            spec.build_model(cfg)
+        return
     if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():
         pytest.skip(
             f"checkpoint {cfg.model.checkpoint} absent (reference models live in ../shared for developers)"

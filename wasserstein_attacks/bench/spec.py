@@ -225,6 +225,8 @@ def build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
             "model must have `name`, `build` (a _target_ returning an nn.Module) and `checkpoint`"
         )
     name = str(node.get("name") or "model")
+    if OmegaConf.is_missing(node, "checkpoint"):  # .get() would read ??? as None: a random model
+        raise ConfigError(f"model.checkpoint is required for model {name!r}: add model.checkpoint=<file>")
     ckpt = node.get("checkpoint")
     ckpt_path = Path(str(ckpt)).expanduser() if ckpt else None
     if ckpt_path is not None and not ckpt_path.is_file():
