@@ -58,9 +58,12 @@ def _model(name: str) -> torch.nn.Module:
     return load_model(name, **kwargs)
 
 
+SUITES = ("standard-v2", "standard-v3")
+
+
 def _suite(label: str) -> Suite:
-    if label == "standard-v2":
-        return load_suite("standard-v2")
+    if label in SUITES:
+        return load_suite(label)
     name, kwargs, targets = CONFIGS[label]
     return Suite(label, 1, [get(name, **kwargs)], labels=[label], targets=[targets])
 
@@ -88,7 +91,7 @@ def measure(args) -> dict:
     for model_name in args.models:
         model = _model(model_name)
         runs = report["runs"].setdefault(model_name, {})
-        for label in ["standard-v2", *CONFIGS]:
+        for label in [*SUITES, *CONFIGS]:
             if label in runs:
                 continue
             runs[label] = _run(label, model, data.images, data.labels)
@@ -107,16 +110,16 @@ def _load() -> dict | None:
 
 def robust_of(runs: dict, members: list[str], r: float, tol: float) -> float:
     """Robust accuracy at ``r`` of a suite made of ``members``: the union of their per-example breaks."""
-    costs = [runs[m]["broken_cost"] for m in members]
+    costs = [[float(c) for c in runs[m]["broken_cost"]] for m in members]  # "inf" is stored as a string
     cheapest = [min(cs) for cs in zip(*costs, strict=True)]
     return sum(not c <= r * (1 + tol) for c in cheapest) / len(cheapest)
 
 
 def analyse(report: dict, candidate: list[str]) -> dict:
-    """Per model and radius: v2, the candidate, and the worst case over every configuration (points)."""
+    """Per model and radius: v2, v3 as run, the candidate, the worst case over everything (points)."""
     out = {}
     for model_name, runs in report["runs"].items():
-        configs = [c for c in CONFIGS if c in runs]
+        configs = [c for c in [*CONFIGS, *SUITES] if c in runs]
         tol = next(iter(runs.values()))["cost_tol"]
         if not all(c in runs for c in candidate):
             continue
@@ -125,10 +128,13 @@ def analyse(report: dict, candidate: list[str]) -> dict:
             rows[repr(r)] = {
                 "v2": 100 * runs["standard-v2"]["robust_accuracy"][repr(r)],
                 "candidate": 100 * robust_of(runs, candidate, r, tol),
-                "worst_case": 100 * robust_of(runs, configs + ["standard-v2"], r, tol),
+                "worst_case": 100 * robust_of(runs, configs, r, tol),
             }
+            if "standard-v3" in runs:
+                rows[repr(r)]["v3"] = 100 * runs["standard-v3"]["robust_accuracy"][repr(r)]
         time_candidate = sum(runs[c]["seconds"] for c in candidate)
         out[model_name] = {"radii": rows, "seconds_v2": runs["standard-v2"]["seconds"],
+                           "seconds_v3": runs.get("standard-v3", {}).get("seconds"),
                            "seconds_candidate_upper_bound": time_candidate, "configs_tried": configs}
     return out
 
@@ -139,7 +145,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--analyse", action="store_true", help="only print the tables from the JSON")
-    parser.add_argument("--candidate", nargs="+", default=["fwb-margin", "pgdb-margin"])
+    parser.add_argument("--candidate", nargs="+", help="configurations whose union is evaluated",
+                        default=["fwb-ce", "pgdb-margin", "pgdb-dlr", "fwb-margin-t3"])  # v3's members
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     globals()["OUT"] = args.out
@@ -151,7 +158,8 @@ def main() -> None:
         seconds = f"v2 {t['seconds_v2']:.0f} s, candidate <= {t['seconds_candidate_upper_bound']:.0f} s"
         print(f"\n{model_name}: {seconds}")
         for r, row in t["radii"].items():
-            print(f"  eps {r:>5}: v2 {row['v2']:5.1f}  candidate {row['candidate']:5.1f}  "
+            v3 = f"  v3 {row['v3']:5.1f}" if "v3" in row else ""
+            print(f"  eps {r:>5}: v2 {row['v2']:5.1f}{v3}  candidate {row['candidate']:5.1f}  "
                   f"worst case {row['worst_case']:5.1f}")
 
 

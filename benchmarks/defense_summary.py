@@ -1,0 +1,60 @@
+"""Summarise a trained defense: its training log and its verified robust accuracy, in one JSON.
+
+    python benchmarks/defense_summary.py --train runs/adv/<run> --eval runs/eval/<run> --out NAME
+
+Reads ``<train>/train_log.json`` (written by ``wattack-train defense=adversarial``) and
+``<eval>/results.json`` (``wattack-bench model=mnist_convnet model.checkpoint=<train>/model_state_dict.pt``)
+and writes ``benchmarks/results/defense-<NAME>.json`` with the machine, the commit, the training
+schedule and time, the sha256 of the weights, and clean and robust accuracy per radius.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
+
+from wasserstein_attacks._util import sha256_file  # noqa: E402
+
+
+def summary(train: Path, evaluation: Path) -> dict:
+    """The JSON-ready summary of one training run and its evaluation run."""
+    log = json.loads((train / "train_log.json").read_text())
+    results = json.loads((evaluation / "results.json").read_text())
+    epochs = log["epochs"]
+    return {
+        "training": {
+            "config": log["config"],
+            "epochs": epochs,
+            "seconds": sum(e["seconds"] for e in epochs),
+            "weights_sha256": sha256_file(train / "model_state_dict.pt"),
+        },
+        "evaluation": {
+            "suite": results["suite"],
+            "n_examples": results["n_examples"],
+            "clean_accuracy": results["clean_accuracy"],
+            "robust_accuracy": results["robust_accuracy"],
+            "exact_check": results["exact_check"],
+            "model_checks": results.get("model_checks"),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train", type=Path, required=True, help="the wattack-train run folder")
+    parser.add_argument("--eval", type=Path, required=True, help="the wattack-bench run folder")
+    parser.add_argument("--out", required=True, help="name of the defense (file defense-<NAME>.json)")
+    args = parser.parse_args()
+    report = {"machine": machine(), "provenance": provenance(), **summary(args.train, args.eval)}
+    path = RESULTS / f"defense-{args.out}.json"
+    write_json(path, report)
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
