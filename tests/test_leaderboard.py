@@ -740,3 +740,19 @@ def test_exact_check_counted_radius_and_legacy_fields(honest, fields):
     ec.update({f: count for f in fields})
     problems = lb.entry_problems(data, honest["entry"])
     assert (problems == []) == (len(fields) == 1), problems
+
+
+def test_a_committed_checkpoint_must_be_the_verified_one(tmp_path):
+    from wasserstein_attacks.leaderboard.io import checkpoint_problems
+
+    entry = tmp_path / "E.json"
+    data = {"model": {"checkpoint_sha256": None}, "verification": None}
+    assert checkpoint_problems(data, entry) == []  # nothing committed
+    (tmp_path / "E.pt").write_bytes(b"weights")
+    assert "needs model.checkpoint_sha256" in checkpoint_problems(data, entry)[0]
+    from wasserstein_attacks._util import sha256_bytes
+
+    data["model"]["checkpoint_sha256"] = sha256_bytes(b"weights")
+    assert checkpoint_problems(data, entry) == []
+    (tmp_path / "E.pt").write_bytes(b"other weights")
+    assert "is not the verified checkpoint" in checkpoint_problems(data, entry)[0]

@@ -242,6 +242,23 @@ def load_entry(path: Path) -> Entry:
     return Entry(path, data, arrays)
 
 
+def checkpoint_problems(data: dict, path: Path) -> list[str]:
+    """Why a checkpoint committed beside the entry (``<id>.pt``) is not the one it claims (empty: fine).
+
+    It must be the file the entry names (``model.checkpoint_sha256``) or, without one, the file its
+    verification ran; otherwise a reader re-verifying with it would check other weights.
+    """
+    pt = Path(path).with_suffix(".pt")
+    if not pt.is_file():
+        return []
+    record = data.get("verification") or {}
+    want = data["model"]["checkpoint_sha256"] or (record.get("binding") or {}).get("checkpoint_sha256")
+    if want is None:
+        return [f"{pt.name}: a committed checkpoint needs model.checkpoint_sha256 or a verification record"]
+    got = sha256_file(pt)
+    return [] if got == want else [f"{pt.name}: sha256 {got} is not the verified checkpoint's {want}"]
+
+
 def entry_paths(root: Path) -> list[Path]:
     """List the entry JSON files ``root/entries/<dataset>/<threat-id>/<id>.json``, sorted."""
     return sorted((Path(root) / "entries").glob("*/*/*.json"))
@@ -250,8 +267,9 @@ def entry_paths(root: Path) -> list[Path]:
 def validate_all(root: Path, *, binding: bool = True) -> dict[Path, list[str]]:
     """Validate every entry under ``root/entries``; returns ``{path: problems}`` for the invalid ones.
 
-    Also reports files that are not part of an entry (an npz without its JSON, files at other depths)
-    and, with ``binding``, verification records that do not bind to their entry (``render`` shows those
+    Also reports files that are not part of an entry (an npz without its JSON, files at other depths),
+    a committed checkpoint ``<id>.pt`` that is not the one the entry's verification ran, and, with
+    ``binding``, verification records that do not bind to their entry (``render`` shows those
     as not verified instead). An empty ``{}`` also for a ``root`` without entries: callers that need
     some check ``entry_paths``.
     """
@@ -266,7 +284,10 @@ def validate_all(root: Path, *, binding: bool = True) -> dict[Path, list[str]]:
             continue
         if binding and binding_problems(entry.data):
             bad[p] = binding_problems(entry.data)
-    known = set(paths) | {p.with_suffix(".npz") for p in paths}
+        if checkpoint_problems(entry.data, p):
+            bad.setdefault(p, []).extend(checkpoint_problems(entry.data, p))
+    # An entry may commit its weights beside it (<id>.pt), so that anyone can re-run verify.
+    known = set(paths) | {p.with_suffix(s) for p in paths for s in (".npz", ".pt")}
     entries = root / "entries"
     if entries.is_dir():
         for f in sorted(entries.rglob("*")):
