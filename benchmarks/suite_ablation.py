@@ -91,7 +91,7 @@ def measure(args) -> dict:
     for model_name in args.models:
         model = _model(model_name)
         runs = report["runs"].setdefault(model_name, {})
-        for label in [*SUITES, *CONFIGS]:
+        for label in args.configs or [*SUITES, *CONFIGS]:
             if label in runs:
                 continue
             runs[label] = _run(label, model, data.images, data.labels)
@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--analyse", action="store_true", help="only print the tables from the JSON")
+    parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS],
+                        help="run only these suites/configurations (default: all)")
     parser.add_argument("--candidate", nargs="+", help="configurations whose union is evaluated",
                         default=["fwb-ce", "pgdb-margin", "pgdb-dlr", "fwb-margin-t3"])  # v3's members
     parser.add_argument("--out", type=Path, default=OUT)
