@@ -139,6 +139,23 @@ def analyse(report: dict, candidate: list[str]) -> dict:
     return out
 
 
+def markdown(table: dict, n: int) -> str:
+    """README table: robust accuracy (%) of v2, v3 and the worst case over every configuration tried."""
+    radii = next(iter(table.values()))["radii"]
+    head = "| model | suite | " + " | ".join(radii) + " | seconds |"
+    lines = [head, "|" + "---|" * (len(radii) + 3)]
+    for model_name, t in table.items():
+        rows = [("standard-v2", "v2", t["seconds_v2"]), ("standard-v3", "v3", t["seconds_v3"]),
+                (f"worst case of {len(t['configs_tried'])} runs", "worst_case", None)]
+        for label, key, seconds in rows:
+            if key not in next(iter(t["radii"].values())):
+                continue
+            cells = " | ".join(f"{t['radii'][r][key]:.1f}" for r in radii)
+            time = "" if seconds is None else f"{seconds:.0f}"
+            lines.append(f"| {model_name} | {label} | {cells} | {time} |")
+    return "\n".join(lines) + f"\n\n(first {n} MNIST test images)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="first n MNIST test images")
@@ -150,12 +167,16 @@ def main() -> None:
     parser.add_argument("--candidate", nargs="+", help="configurations whose union is evaluated",
                         default=["fwb-ce", "pgdb-margin", "pgdb-dlr", "fwb-margin-t3"])  # v3's members
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--markdown", action="store_true", help="print the README table (with --analyse)")
     args = parser.parse_args()
     globals()["OUT"] = args.out
     report = _load() if args.analyse else measure(args)
     if report is None:
         raise SystemExit(f"{OUT} does not exist yet: run without --analyse first")
     table = analyse(report, args.candidate)
+    if args.markdown:
+        print(markdown(table, report["n"]))
+        return
     for model_name, t in table.items():
         seconds = f"v2 {t['seconds_v2']:.0f} s, candidate <= {t['seconds_candidate_upper_bound']:.0f} s"
         print(f"\n{model_name}: {seconds}")
