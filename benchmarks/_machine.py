@@ -51,7 +51,11 @@ def git_state() -> tuple[str | None, bool | None]:
     if os.environ.get("WATTACK_GIT_COMMIT"):
         return os.environ["WATTACK_GIT_COMMIT"], None
     status = _git("status", "--porcelain")
-    return _git("rev-parse", "HEAD"), None if status is None else bool(status)
+    if status is None:
+        return _git("rev-parse", "HEAD"), None
+    # New result files (this run's own output among them) do not make the code differ from the commit.
+    changed = [line for line in status.splitlines() if not line[3:].startswith("benchmarks/results/")]
+    return _git("rev-parse", "HEAD"), bool(changed)
 
 
 def _version(module: str) -> str | None:
