@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write",
     "write_json",
     "default_cache_dir",
+    "torch_threads",
     "sha256_bytes",
     "sha256_file",
     "weights_sha256",
@@ -158,6 +159,20 @@ def weights_sha256(model: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``torch.set_num_threads(n)``; the caller's setting comes back after.
+
+    A fixed thread count keeps CPU results bitwise reproducible (float reductions split by thread).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def default_cache_dir() -> Path:

@@ -27,7 +27,6 @@ with the same weights, bit for bit on CPU, as one that never stopped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import math
@@ -40,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .._util import atomic_write, check_bool, check_choice, check_float, check_int
+from .._util import atomic_write, check_bool, check_choice, check_float, check_int, torch_threads
 from ..attacks import Attack, Suite
 from ..data import ImageDataset
 from ..models import save_checkpoint
@@ -60,15 +59,6 @@ CHECKPOINT_FILE = "checkpoint.pt"
 EXPORT_FILE = "model_state_dict.pt"
 
 
-@contextlib.contextmanager
-def _num_threads(n: int):
-    # A fixed thread count keeps CPU results bitwise reproducible; the caller's setting comes back after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _derive_seed(*parts) -> int:
@@ -318,7 +308,7 @@ class AdversarialTraining:
         with (
             torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []),
             deterministic(),
-            _num_threads(threads),
+            torch_threads(threads),
         ):
             torch.manual_seed(self.seed)
             pos = Position()

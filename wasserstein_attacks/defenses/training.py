@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .._util import default_cache_dir
+from .._util import default_cache_dir, torch_threads
 from ..data import ImageDataset, load_dataset, rotate, shift
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..threat import WassersteinBall
@@ -65,14 +65,6 @@ def deterministic(enabled: bool = True):
         torch.use_deterministic_algorithms(before, warn_only=before_warn)
 
 
-@contextlib.contextmanager
-def _num_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -184,7 +176,7 @@ def train_model(
     with (
         torch.random.fork_rng(devices=[]),
         deterministic(),
-        _num_threads(threads),
+        torch_threads(threads),
         tqdm(total=total, disable=not progress, desc=f"train {dataset.name}", unit="step") as bar,
     ):
         torch.manual_seed(int(seed))
