@@ -271,4 +271,5 @@ def test_train_app_runs_at_tiny_size(tmp_path):
     report = json.loads((tmp_path / "run" / "natural_transformations.json").read_text())
     assert 0 <= report["clean_accuracy"] <= 1 and report["test_n"] == 200
     # With p = 1 a one-pixel shift that loses no mass is at distance exactly 1.
-    assert report["transformations"]["shift"]["distance"]["median"] == pytest.approx(1.0, rel=1e-6)
+    # 1 up to the referee's unmatched-mass allowance (mass_tol * N moved at most across the image).
+    assert report["transformations"]["shift"]["distance"]["median"] == pytest.approx(1.0, rel=3e-4)

@@ -247,10 +247,14 @@ def build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
         sha = sha256_file(ckpt_path)
         # Freshly built modules start in train mode; weights loaded for evaluation are meant for eval mode.
         model.eval()
+    # A model from the zoo carries the file it was loaded from: record it like a checkpoint. (The trainer's
+    # cached models carry a checkpoint_meta of their own, without a file hash: nothing to record.)
+    meta = getattr(model, "checkpoint_meta", None) if ckpt_path is None else None
+    meta = meta if isinstance(meta, dict) and "zoo" in meta else None
     info = {
         "name": name,
-        "checkpoint": ckpt_path.name if ckpt_path else None,
-        "checkpoint_sha256": sha,
+        "checkpoint": meta["file"] if meta else ckpt_path.name if ckpt_path else None,
+        "checkpoint_sha256": meta["sha256"] if meta else sha,
         "weights_sha256": weights_sha256(model),
     }
     return model, info
