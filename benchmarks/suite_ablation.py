@@ -84,6 +84,10 @@ def _run(label: str, model, images, labels) -> dict:
 def measure(args) -> dict:
     """Run every (model, configuration) not in the JSON yet; rewrite the JSON after each."""
     torch.set_num_threads(args.threads)
+    origin = provenance()
+    if origin["git_dirty"] is not False:
+        raise SystemExit("the checkout has uncommitted changes: commit first, so that every number in "
+                         "the JSON can be traced to the code that produced it")
     report = _load() or {"n": args.n, "radii": list(RADII), "runs": {}}
     if report["n"] != args.n:
         raise SystemExit(f"--n {args.n}: {OUT} holds n={report['n']}; move it away to start over")
@@ -94,7 +98,8 @@ def measure(args) -> dict:
         for label in args.configs or [*SUITES, *CONFIGS]:
             if label in runs:
                 continue
-            runs[label] = _run(label, model, data.images, data.labels)
+            # Each run names its commit: a resumed measurement may span several commits.
+            runs[label] = {**_run(label, model, data.images, data.labels), "git_commit": origin["git_commit"]}
             print(f"{model_name:20s} {label:16s} {runs[label]['seconds']:7.1f} s  "
                   + " ".join(f"{v:.3f}" for v in runs[label]["robust_accuracy"].values()), flush=True)
             report.update(machine=machine(), provenance=provenance())
