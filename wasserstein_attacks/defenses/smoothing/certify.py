@@ -109,6 +109,8 @@ class CertifyResult:
         radius: float64 ``[B]``: certified radius in units of eps (``W < radius`` is safe), 0 on abstention.
         counts: long ``[B, num_classes]``: class counts of the ``n`` estimation draws.
         seconds: wall time.
+        selected: long ``[B]``: the class the ``n0`` selection draws chose (kept on abstention too);
+            ``p_lower`` is the Clopper-Pearson bound of ``counts[i, selected[i]]`` out of ``n``.
 
     """
 
@@ -118,6 +120,11 @@ class CertifyResult:
     radius: torch.Tensor
     counts: torch.Tensor
     seconds: float
+    selected: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.selected is None:  # results built before the field existed: abstentions lose their class
+            object.__setattr__(self, "selected", self.prediction.clamp(min=0))
 
     @property
     def abstain(self) -> torch.Tensor:
@@ -226,6 +233,7 @@ class SmoothedClassifier:
                 # Selection and estimation use disjoint draws of the example's stream (Cohen et al.).
                 pred[i] = int(self._counts(images[i], n0, gen).argmax())
                 counts[i] = self._counts(images[i], n, gen)
+        selected = pred.clone()
         k = counts.gather(1, pred[:, None]).squeeze(1).numpy()
         p_lower = clopper_pearson_lower(k, n, alpha)
         r_flow = self.noise.radius(p_lower)
@@ -239,6 +247,7 @@ class SmoothedClassifier:
             radius=torch.from_numpy(np.where(p_lower > 0.5, r_eps, 0.0)),
             counts=counts,
             seconds=time.perf_counter() - start,
+            selected=selected,
         )
 
 
