@@ -355,3 +355,32 @@ def test_cli_smoke_run_and_a_bad_config(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "\n" not in err
     assert err.startswith("wattack-certify: error: sigma must be a finite float > 0")
+
+
+def test_cli_smoothadv_and_the_empirical_attack(tmp_path, monkeypatch, capsys):
+    from wasserstein_attacks.cli import certify_main
+
+    run = tmp_path / "run"
+    args = [
+        "dataset=synthetic", "model=tiny", "dataset.n=3", "n0=10", "n=50", "train.epochs=1", "train.n=16",
+        "train.method=smoothadv", "train.smoothadv.n=8", "train.smoothadv.steps=2", "train.smoothadv.m=2",
+        "train.smoothadv.batch_size=8", "empirical.n=2", "empirical.steps=2", "empirical.m=2",
+        "empirical.predict_n=30", "radii=[0.05,0.5]", f"hydra.run.dir={run}",
+    ]
+    monkeypatch.setattr(sys, "argv", ["wattack-certify", *args])
+    certify_main()
+    results = json.loads((run / "results.json").read_text())
+    hist = results["base_training"]["smoothadv_history"]
+    assert hist["steps"] == 1 and len(hist["attack_success"]) == 1
+    emp = results["empirical"]
+    assert emp["n_examples"] == 2 and list(emp["robust_accuracy"]) == ["0.05", "0.5"]
+    # The worst case over the grid: robustness cannot grow with the radius.
+    assert emp["robust_accuracy"]["0.5"] <= emp["robust_accuracy"]["0.05"] <= emp["clean_accuracy"]
+    assert "empirical robust accuracy (2 examples)" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["wattack-certify", *args[:-1], "train.method=adv",
+                                      f"hydra.run.dir={tmp_path / 'bad'}"])
+    with pytest.raises(SystemExit) as exc:
+        certify_main()
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "wattack-certify: error: train.method must be 'noise' or 'smoothadv', got 'adv'")

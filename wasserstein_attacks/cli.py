@@ -173,14 +173,19 @@ def _certify_device(value):
 
 
 def _certify_train(cfg: DictConfig, model, noise, out: Path) -> dict | None:
-    """Noise-augment the base model on the dataset's train split when ``train.epochs > 0``; else ``None``."""
+    """Train the base model when ``train.epochs > 0`` (noise augmentation, then SmoothAdv if asked)."""
     from hydra.utils import instantiate
 
-    from .defenses.smoothing import train_under_noise
+    from .defenses.smoothing import smoothadv_train, train_under_noise
     from .models import save_checkpoint
 
     t = cfg.train
+    method = str(t.get("method", "noise"))
+    if method not in ("noise", "smoothadv"):
+        raise ValueError(f"train.method must be 'noise' or 'smoothadv', got {method!r}")
     if int(t.epochs) == 0:
+        if method == "smoothadv":
+            raise ValueError("train.method=smoothadv needs train.epochs >= 1 (noise training comes first)")
         return None
     train_set = instantiate(cfg.dataset, split="train", n=int(t.n))
     hist = train_under_noise(
@@ -188,8 +193,45 @@ def _certify_train(cfg: DictConfig, model, noise, out: Path) -> dict | None:
         seed=int(t.seed), progress=False,
     )
     settings = OmegaConf.to_container(t, resolve=True)
+    record = {**settings, "n": len(train_set), "epoch_loss": hist["epoch_loss"], "seconds": hist["seconds"]}
+    if method == "smoothadv":
+        record["smoothadv_history"] = _smoothadv(cfg, model, noise, smoothadv_train)
+    else:
+        record.pop("smoothadv", None)  # settings of a step that did not run
     save_checkpoint(model, out / "base_model.pt", meta={"noise": noise.describe(), "train": settings})
-    return {**settings, "n": len(train_set), "epoch_loss": hist["epoch_loss"]}
+    return record
+
+
+def _smoothadv(cfg: DictConfig, model, noise, smoothadv_train) -> dict:
+    """Run SmoothAdv on the noise-trained ``model`` (``train.smoothadv``); returns its history."""
+    from hydra.utils import instantiate
+
+    from .attacks import get as get_attack
+
+    s = cfg.train.smoothadv
+    data = instantiate(cfg.dataset, split="train", n=int(s.n))
+    attack = get_attack(str(s.attack), steps=int(s.steps), loss=str(s.loss))
+    return smoothadv_train(
+        model, data, noise, attack=attack, eps=float(s.eps), kernel_size=int(s.kernel_size), m=int(s.m),
+        epochs=int(s.epochs), lr=float(s.lr), batch_size=int(s.batch_size), seed=int(cfg.train.seed),
+    )
+
+
+def _certify_empirical(cfg: DictConfig, smoothed, images, labels, indices) -> dict | None:
+    """``empirical.n > 0``: the attack through the expectation at every radius, judged by PREDICT."""
+    from .attacks import get as get_attack
+    from .defenses.smoothing import empirical_robustness
+
+    e = cfg.get("empirical")
+    if e is None or int(e.n) == 0:
+        return None
+    k = min(int(e.n), images.shape[0])
+    attack = get_attack(str(e.attack), steps=int(e.steps), loss=str(e.loss))
+    out = empirical_robustness(
+        smoothed, attack, images[:k], labels[:k], list(cfg.radii), kernel_size=int(e.kernel_size),
+        m=int(e.m), n=int(e.predict_n), alpha=float(e.predict_alpha), seed=int(cfg.seed), indices=indices[:k],
+    )
+    return {**out, "n_examples": k}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="certify")
@@ -222,11 +264,12 @@ def _certify_app(cfg: DictConfig) -> None:
         smoothed = sm.SmoothedClassifier(model, noise, num_classes=num_classes, batch_size=cfg.batch_size)
         indices = torch.arange(images.shape[0])
         result = smoothed.certify(images, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, seed=cfg.seed, indices=indices)
+        empirical = _certify_empirical(cfg, smoothed, images, labels, indices)
         results = sm.certification_results(
             result, labels, radii=list(cfg.radii), noise=noise, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha,
             seed=cfg.seed, indices=indices,
             extra={"dataset": data_info, "model": model_info, "base_training": trained,
-                   "device": str(device)},
+                   "device": str(device), **({"empirical": empirical} if empirical else {})},
         )
     except (ValueError, TypeError, InstantiationException) as exc:
         _fail("wattack-certify", first_line(exc.__cause__ or exc))
@@ -234,6 +277,9 @@ def _certify_app(cfg: DictConfig) -> None:
     acc = ", ".join(f"{k}: {v:.3f}" for k, v in results["certified_accuracy"].items())
     n_ex, n_abs = len(labels), results["abstentions"]
     print(f"certified accuracy ({n_ex} examples, {n_abs} abstentions): {acc}", flush=True)
+    if "empirical" in results:
+        emp = ", ".join(f"{k}: {v:.3f}" for k, v in results["empirical"]["robust_accuracy"].items())
+        print(f"empirical robust accuracy ({results['empirical']['n_examples']} examples): {emp}", flush=True)
     print(f"results written to {paths['results']} and {paths['plot']}", flush=True)
 
 

@@ -8,7 +8,7 @@ threat model's units of eps. Modules: ``flows`` (grid flows, exact min-flow LP),
 ``report`` (results.json and the plot).
 """
 
-from .attack import SmoothedAttackResult, attack_smoothed
+from .attack import SmoothedAttackResult, attack_smoothed, empirical_robustness
 from .certify import (
     ABSTAIN,
     CertifyResult,
@@ -39,6 +39,7 @@ __all__ = [
     "check_threat_p",
     "clopper_pearson_lower",
     "divergence",
+    "empirical_robustness",
     "flow_radius_to_eps",
     "make_noise",
     "min_flow_l1",

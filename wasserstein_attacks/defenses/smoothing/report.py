@@ -55,7 +55,7 @@ def certification_results(
             "index": indices.tolist(),
             "label": y.tolist(),
             "prediction": result.prediction.tolist(),
-            # Draws (of n) that gave the class chosen by the n0 draws: p_lower = Clopper-Pearson(count, n, alpha).
+            # Draws (of n) giving the class the n0 draws chose: p_lower = Clopper-Pearson(count, n, alpha).
             "selected": result.selected.tolist(),
             "count": result.counts.gather(1, result.selected[:, None]).squeeze(1).tolist(),
             "p_lower": result.p_lower.tolist(),

@@ -1,0 +1,138 @@
+"""Flow-space randomized smoothing on MNIST: certified accuracy per noise, level and training method.
+
+Every configuration is one ``wattack-certify`` run (the command is recorded beside its numbers, so each
+result is reproduced by that command alone): the base model is the project's standard MNIST model,
+trained under the noise (Adam, cosine), for larger noise levels starting from the model of the next
+smaller level (a curriculum: training from the standard model at large noise collapses to chance),
+optionally followed by SmoothAdv; then CERTIFY on the first ``--n`` test images and, where asked, the
+empirical attack through the expectation judged by PREDICT.
+
+    python benchmarks/smoothing.py                 # all configurations, resumable (runs/smoothing/<label>)
+    python benchmarks/smoothing.py --only lap-0.02 --n 100
+    python benchmarks/smoothing.py --summary       # tables from the JSON only
+
+Writes ``benchmarks/results/smoothing.json`` after each configuration (machine, commit, per label: the
+command, the certification parameters, certified accuracy per radius, abstentions, the empirical robust
+accuracy, the base model's training time and sha256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _attack_setup import REPO, RESULTS, machine, provenance, write_json  # noqa: E402
+
+OUT = RESULTS / "smoothing.json"
+RUNS = REPO / "runs" / "smoothing"
+#: label -> (noise, sigma, init label or None for the standard model, noise epochs, lr, extra overrides).
+CONFIGS = {
+    "lap-0.01": ("laplace", 0.01, None, 10, 1e-3, []),
+    "lap-0.02": ("laplace", 0.02, "lap-0.01", 10, 1e-3, []),
+    "lap-0.05": ("laplace", 0.05, "lap-0.02", 10, 1e-3, []),
+    "lap-0.1": ("laplace", 0.1, "lap-0.05", 10, 1e-3, []),
+    "uni-0.01": ("uniform", 0.01, None, 10, 1e-3, []),
+    "uni-0.02": ("uniform", 0.02, "uni-0.01", 10, 1e-3, []),
+    "uni-0.05": ("uniform", 0.05, "uni-0.02", 10, 1e-3, []),
+    "uni-0.1": ("uniform", 0.1, "uni-0.05", 10, 1e-3, []),
+    # SmoothAdv (Salman et al. 2019) at the level of lap-0.02: the same start and noise epochs as lap-0.02,
+    # then one SmoothAdv epoch on half the training set.
+    "lap-0.02-smoothadv": ("laplace", 0.02, "lap-0.01", 10, 1e-3, [
+        "train.method=smoothadv", "train.smoothadv.eps=0.05", "train.smoothadv.n=30000",
+        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=1e-4",
+    ]),
+}
+
+
+def command(label: str, args) -> list[str]:
+    """The ``wattack-certify`` overrides of one configuration (run folder ``runs/smoothing/<label>``)."""
+    noise, sigma, init, epochs, lr, extra = CONFIGS[label]
+    model = ["model=standard_mnist"] if init is None else [
+        "model=mnist_convnet", f"model.checkpoint={RUNS / init / 'base_model.pt'}"]
+    return [
+        f"smoothing={noise}", f"smoothing.sigma={sigma}", *model, f"train.epochs={epochs}", f"train.lr={lr}",
+        "train.n=60000", f"dataset.n={args.n}", f"n0={args.n0}", f"n={args.draws}", f"alpha={args.alpha}",
+        f"empirical.n={args.empirical}", f"empirical.steps={args.empirical_steps}", *extra,
+        f"hydra.run.dir={RUNS / label}",
+    ]
+
+
+def run(label: str, args) -> dict:
+    """Run one configuration (its init first, if missing) and return its JSON summary."""
+    init = CONFIGS[label][2]
+    if init is not None and not (RUNS / init / "base_model.pt").is_file():
+        run(init, args)
+    overrides = command(label, args)
+    done = RUNS / label / "results.json"
+    if not done.is_file():
+        shutil.rmtree(RUNS / label, ignore_errors=True)  # a half-finished run starts over
+        exe = Path(sys.executable).with_name("wattack-certify")
+        subprocess.run([str(exe), *overrides], check=True)
+    res = json.loads(done.read_text())
+    training = res.get("base_training") or {}
+    return {
+        "command": "wattack-certify " + " ".join(o.replace(str(REPO) + "/", "") for o in overrides),
+        "noise": res["noise"], "n0": res["n0"], "n": res["n"], "alpha": res["alpha"],
+        "n_examples": res["n_examples"], "certified_accuracy": res["certified_accuracy"],
+        "smoothed_accuracy": res["smoothed_accuracy"], "abstention_rate": res["abstention_rate"],
+        "max_certifiable_radius": res["max_certifiable_radius"], "certify_seconds": res["seconds"],
+        "train_seconds": training.get("seconds"), "smoothadv": training.get("smoothadv_history"),
+        "weights_sha256": res["model"].get("weights_sha256"), "empirical": _empirical(res),
+    }
+
+
+def _empirical(res: dict) -> dict | None:
+    e = res.get("empirical")
+    if not e:
+        return None
+    return {k: e[k] for k in ("robust_accuracy", "clean_accuracy", "n_examples", "settings", "seconds")}
+
+
+def table(report: dict) -> str:
+    """Markdown: certified (and empirical) accuracy per radius for each configuration."""
+    radii = ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5"]
+    head = "| config | noise | sigma | smoothed acc. | " + " | ".join(radii) + " | empirical at 0.02 / 0.1 |"
+    lines = [head,
+             "|" + "---|" * (len(radii) + 5)]
+    for label, r in report["runs"].items():
+        cells = " | ".join(f"{100 * r['certified_accuracy'][k]:.0f}" for k in radii)
+        emp = r.get("empirical")
+        e = "" if not emp else " / ".join(f"{100 * emp['robust_accuracy'][k]:.0f}" for k in ("0.02", "0.1"))
+        lines.append(f"| {label} | {r['noise']['name']} | {r['noise']['sigma']} | "
+                     f"{100 * r['smoothed_accuracy']:.0f} | {cells} | {e} |")
+    n = {r["n_examples"] for r in report["runs"].values()}
+    return "\n".join(lines) + f"\n\n(certified accuracy %, first {sorted(n)} MNIST test images)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these configurations only")
+    parser.add_argument("--n", type=int, default=100, help="first n MNIST test images to certify")
+    parser.add_argument("--n0", type=int, default=1000, help="selection draws (Levine & Feizi: 1000)")
+    parser.add_argument("--draws", type=int, default=10000, help="estimation draws")
+    parser.add_argument("--alpha", type=float, default=0.05, help="failure probability (Levine & Feizi's)")
+    parser.add_argument("--empirical", type=int, default=100, help="examples attacked through the noise")
+    parser.add_argument("--empirical-steps", type=int, default=100, help="steps of that attack")
+    parser.add_argument("--summary", action="store_true", help="print the table from the JSON only")
+    args = parser.parse_args()
+    if args.summary:
+        print(table(json.loads(OUT.read_text())))
+        return
+    if provenance()["git_dirty"] is not False:
+        raise SystemExit("the checkout has uncommitted changes: commit first (the JSON names the commit)")
+    report = json.loads(OUT.read_text()) if OUT.is_file() else {"runs": {}}
+    for label in args.only or CONFIGS:
+        report["runs"][label] = {**run(label, args), "git_commit": provenance()["git_commit"]}
+        report.update(machine=machine(), provenance=provenance())
+        write_json(OUT, report)
+        print(f"{label}: " + json.dumps(report["runs"][label]["certified_accuracy"]), flush=True)
+    print(table(report))
+
+
+if __name__ == "__main__":
+    main()
