@@ -46,9 +46,18 @@ CONFIGS = {
     "fw-margin": ("frank_wolfe", {"loss": "margin"}, 0),
 }
 MODELS = ("standard", "mnist_vanilla", "mnist_adv_training", "mnist_robust", "mnist_binarize")
+#: The project's own trained models: leaderboard entries whose weights are committed beside them.
+ENTRIES = ("WattackAdvFWB", "WattackAdvPGD")
+ENTRY_DIR = Path(__file__).resolve().parent.parent / "leaderboard" / "entries" / "mnist" / "W1-k5-box01"
 
 
 def _model(name: str) -> torch.nn.Module:
+    if name in ENTRIES:
+        from wasserstein_attacks.models import build_model, load_weights
+
+        model = build_model("mnist_convnet", num_classes=10)
+        load_weights(model, ENTRY_DIR / f"{name}.pt")
+        return model.eval()
     if name == "standard":
         from wasserstein_attacks.defenses import standard_mnist_model
 
@@ -165,7 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="first n MNIST test images")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *ENTRIES])
     parser.add_argument("--analyse", action="store_true", help="only print the tables from the JSON")
     parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS],
                         help="run only these suites/configurations (default: all)")
