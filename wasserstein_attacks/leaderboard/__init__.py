@@ -4,6 +4,8 @@ Layout (the ``leaderboard/`` folder of the repository, or any ``--root``)::
 
     entries/<dataset>/<threat-id>/<id>.json   one model under one threat model (entry_schema.json)
     entries/<dataset>/<threat-id>/<id>.npz    its per-example arrays and committed broken examples
+    certified/<dataset>/W1/<id>.json          a randomized-smoothing classifier certified by CERTIFY
+    certified/<dataset>/W1/<id>.pt            its base model's state dict (certified_schema.json)
     README.md, index.html                     written by ``render`` (same entries -> same bytes)
 
 ``<threat-id>`` names the threat model: ``W<p>-k<kernel_size>-box01`` (``dense`` for no window,
@@ -30,13 +32,33 @@ to the entry (sha256 of the entry without the block, of the npz and of the check
 suite's name and version): a record copied from another entry, or older than the entry's last change,
 is reported by ``validate`` and rendered as "verification does not match the entry", never "verified".
 
+Certified entries (``.certified``) are ranked in a table of their own, never with the empirical ones:
+``validate`` recomputes each example's Clopper-Pearson bound and radius, and the claimed certified
+accuracies, from the per-example counts, and checks the committed checkpoint's hashes; ``verify`` re-runs
+CERTIFY with that checkpoint (``.certified_verify``). A certificate covers exactly mass-preserving
+changes within W1 radius ``r`` (units of eps) with any window, at confidence ``1 - alpha`` per example.
+
 Modules, each importing only those before it: ``.schema`` (limits, what a valid entry is),
-``.committed`` (the exact re-check), ``.io`` (files), ``.verify``, ``.add``, ``.render``, ``.cli``
-(``wattack-leaderboard {validate,add,verify,render}``).
+``.committed`` (the exact re-check), ``.io`` (files), ``.verify``, ``.add``, ``.certified``,
+``.certified_add``, ``.certified_verify``, ``.render``, ``.cli``
+(``wattack-leaderboard {validate,add,add-certified,verify,render}``).
 """
 
 from .._util import radius_key
 from .add import add_entry
+from .certified import (
+    CERTIFIED_RADII,
+    MAX_CERTIFIED_BYTES,
+    CertifiedEntry,
+    certified_binding_problems,
+    certified_paths,
+    certified_problems,
+    load_certified,
+    validate_certified,
+    validate_certified_all,
+)
+from .certified_add import add_certified
+from .certified_verify import verify_certified
 from .cli import main
 from .io import Entry, entry_paths, load_entry, validate_all
 from .render import render, write_rendered
@@ -74,6 +96,17 @@ __all__ = [
     "load_data",
     "load_entry_suite",
     "main",
+    "CertifiedEntry",
+    "certified_paths",
+    "certified_problems",
+    "certified_binding_problems",
+    "validate_certified",
+    "validate_certified_all",
+    "load_certified",
+    "add_certified",
+    "verify_certified",
+    "CERTIFIED_RADII",
+    "MAX_CERTIFIED_BYTES",
     "SCHEMA_VERSION",
     "HEADLINE_RADIUS",
     "CANONICAL_TOLERANCES",

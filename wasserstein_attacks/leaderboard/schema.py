@@ -110,6 +110,8 @@ _SCHEMAS = {
     "entry": (__package__, "entry_schema.json", "schema"),
     # The benchmark pipeline's own schema, read as data: no import of the pipeline.
     "results": ("wasserstein_attacks", "bench/results_schema.json", "results schema"),
+    # Randomized-smoothing entries (``.certified``): a table of their own, never ranked with the above.
+    "certified": (__package__, "certified_schema.json", "certified schema"),
 }
 
 
@@ -122,7 +124,7 @@ def _validator(which: str) -> jsonschema.Draft202012Validator:
 
 
 def schema_problems(value, which: str) -> list[str]:
-    """Every violation of the ``"entry"`` or ``"results"`` (``results.json``) schema, one line each."""
+    """Every violation of the ``"entry"``, ``"results"`` or ``"certified"`` schema, one line each."""
     if which not in _SCHEMAS:
         raise ValueError(f"which must be one of {', '.join(map(repr, _SCHEMAS))}, got {which!r}")
     label = _SCHEMAS[which][2]

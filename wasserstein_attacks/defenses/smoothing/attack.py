@@ -96,7 +96,7 @@ def empirical_robustness(
     attack: Attack,
     images: torch.Tensor,
     labels: torch.Tensor,
-    radii,
+    radii: list[float] | tuple[float, ...],
     *,
     kernel_size: int = 5,
     m: int = 16,
