@@ -40,6 +40,10 @@ CONFIGS = {
     "uni-0.02": ("uniform", 0.02, "uni-0.01", 10, 1e-3, []),
     "uni-0.05": ("uniform", 0.05, "uni-0.02", 10, 1e-3, []),
     "uni-0.1": ("uniform", 0.1, "uni-0.05", 10, 1e-3, []),
+    # Longer noise training for the large radii, each level starting from the one below (40 epochs each).
+    "lap-0.03-e40": ("laplace", 0.03, "lap-0.02", 40, 1e-3, []),
+    "lap-0.05-e40": ("laplace", 0.05, "lap-0.03-e40", 40, 1e-3, []),
+    "lap-0.07-e40": ("laplace", 0.07, "lap-0.05-e40", 40, 1e-3, []),
     # SmoothAdv (Salman et al. 2019) at the level of lap-0.02: the same start and noise epochs as lap-0.02,
     # then one SmoothAdv epoch on half the training set.
     "lap-0.02-smoothadv": ("laplace", 0.02, "lap-0.01", 10, 1e-3, [
