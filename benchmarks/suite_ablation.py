@@ -10,6 +10,8 @@ and its time.
 
     python benchmarks/suite_ablation.py --n 200 --threads 1          # resumable; JSON after each run
     python benchmarks/suite_ablation.py --analyse                   # tables from the JSON only
+    python benchmarks/suite_ablation.py --n 1000 --device cuda --configs standard-v2 standard-v3 union-all \
+        --out benchmarks/results/suite_ablation-1000.json             # v2, v3 and the worst case, on a GPU
 
 Writes ``benchmarks/results/suite_ablation.json``.
 """
@@ -68,11 +70,18 @@ def _model(name: str) -> torch.nn.Module:
 
 
 SUITES = ("standard-v2", "standard-v3")
+#: Every configuration of CONFIGS in one ascending suite: each attacks, at each radius, only what the
+#: ones before it left robust, so it yields the per-example worst case over all of them (at the grid
+#: radii) for less than the separate runs, but not each configuration's own breaks.
+UNION = "union-all"
 
 
 def _suite(label: str) -> Suite:
     if label in SUITES:
         return load_suite(label)
+    if label == UNION:
+        attacks = [get(name, **kwargs) for name, kwargs, _ in CONFIGS.values()]
+        return Suite(UNION, 1, attacks, labels=list(CONFIGS), targets=[t for *_, t in CONFIGS.values()])
     name, kwargs, targets = CONFIGS[label]
     return Suite(label, 1, [get(name, **kwargs)], labels=[label], targets=[targets])
 
@@ -101,14 +110,16 @@ def measure(args) -> dict:
     if report["n"] != args.n:
         raise SystemExit(f"--n {args.n}: {OUT} holds n={report['n']}; move it away to start over")
     data = load_dataset("mnist", "test", n=args.n)
+    images, labels = data.images.to(args.device), data.labels.to(args.device)
     for model_name in args.models:
-        model = _model(model_name)
+        model = _model(model_name).to(args.device)
         runs = report["runs"].setdefault(model_name, {})
         for label in args.configs or [*SUITES, *CONFIGS]:
             if label in runs:
                 continue
             # Each run names its commit: a resumed measurement may span several commits.
-            runs[label] = {**_run(label, model, data.images, data.labels), "git_commit": origin["git_commit"]}
+            runs[label] = {**_run(label, model, images, labels), "git_commit": origin["git_commit"],
+                           "device": str(args.device)}
             print(f"{model_name:20s} {label:16s} {runs[label]['seconds']:7.1f} s  "
                   + " ".join(f"{v:.3f}" for v in runs[label]["robust_accuracy"].values()), flush=True)
             report.update(machine=machine(), provenance=provenance())
@@ -133,7 +144,7 @@ def analyse(report: dict, candidate: list[str]) -> dict:
     """Per model and radius: v2, v3 as run, the candidate, the worst case over everything (points)."""
     out = {}
     for model_name, runs in report["runs"].items():
-        configs = [c for c in [*CONFIGS, *SUITES] if c in runs]
+        configs = [c for c in [*CONFIGS, *SUITES, UNION] if c in runs]
         tol = next(iter(runs.values()))["cost_tol"]
         if not all(c in runs for c in candidate):
             continue
@@ -176,7 +187,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *ENTRIES])
     parser.add_argument("--analyse", action="store_true", help="only print the tables from the JSON")
-    parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS],
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (all runs of one JSON on one device)")
+    parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS, UNION],
                         help="run only these suites/configurations (default: all)")
     parser.add_argument("--candidate", nargs="+", help="configurations whose union is evaluated",
                         default=["fwb-ce", "pgdb-margin", "pgdb-dlr", "fwb-margin-t3"])  # v3's members
