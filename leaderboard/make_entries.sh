@@ -92,4 +92,41 @@ if want "${ALL[@]}"; then
     --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" --architecture mnist_convnet \
     --training "adversarial fine-tuning of the standard model, frank_wolfe_box inner attack, eps to 0.3"
 fi
+adv_entry() {  # id epochs note-suffix name: pgd_box (margin) adversarial fine-tuning of the standard model
+  local id=$1 epochs=$2
+  local train=runs/leaderboard/$id-train
+  WANDB_MODE=disabled "$BIN/wattack-train" defense=adversarial attack=pgd_box attack.loss=margin \
+    defense.init=standard defense.training.eps=0.5 defense.training.eps_start=0.01 \
+    defense.training.ramp_epochs=1.0 defense.training.epochs="$epochs" defense.training.lr=0.05 \
+    defense.training.clean_fraction=0.2 defense.training.progress=false logger=none hydra.run.dir="$train"
+  cp "$train/model_state_dict.pt" "$ENTRIES/$id.pt"
+  BENCH_ARGS="${BENCH_ARGS:-} model.checkpoint=$ENTRIES/$id.pt" evaluate "$id" mnist_convnet "$ENTRIES/$id.pt" \
+    --name "$3" --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" \
+    --architecture mnist_convnet \
+    --training "adversarial fine-tuning of the standard model, pgd_box (margin) inner attack, eps to 0.5, $epochs epochs"
+}
+ID=WattackAdvPGD
+EXTRA_NOTE="; wattack-train defense=adversarial attack=pgd_box attack.loss=margin defense.init=standard, eps 0.01->0.5, 3 epochs"
+if want "${ALL[@]}"; then
+  adv_entry "$ID" 3 "Wasserstein adversarial training, pgd_box inner attack (this project)"
+fi
+ID=WattackAdvPGDLong
+EXTRA_NOTE="; as WattackAdvPGD with 10 epochs (defense.training.epochs=10)"
+if want "${ALL[@]}"; then
+  adv_entry "$ID" 10 "Wasserstein adversarial training, pgd_box inner attack, 10 epochs (this project)"
+fi
+
+# Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each).
+for LABEL in lap-0.01 lap-0.02 lap-0.05 lap-0.1 uni-0.01 uni-0.02 uni-0.05 uni-0.1 lap-0.02-smoothadv; do
+  ID=WattackSmooth-$LABEL
+  if want "${ALL[@]}"; then
+    "$BIN/python" benchmarks/smoothing.py --only "$LABEL"
+    "$BIN/wattack-leaderboard" add-certified "runs/smoothing/$LABEL" --id "$ID" --force \
+      --name "Flow-space smoothing, $LABEL (this project)" --authors "wasserstein_attacks" \
+      --source "https://arxiv.org/abs/1910.10783" --architecture mnist_convnet \
+      --note "first 100 MNIST test images; benchmarks/smoothing.py --only $LABEL"
+    "$BIN/wattack-leaderboard" verify --id "$ID" --examples "${VERIFY_CERTIFIED_N:-10}" \
+      --by "leaderboard/make_entries.sh (CPU)"
+  fi
+done
 "$BIN/wattack-leaderboard" render
