@@ -50,6 +50,11 @@ CONFIGS = {
         "train.method=smoothadv", "train.smoothadv.eps=0.05", "train.smoothadv.n=30000",
         "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=1e-4",
     ]),
+    # ... and at the level of lap-0.05, against the larger radius, on the whole training set.
+    "lap-0.05-smoothadv": ("laplace", 0.05, "lap-0.02", 10, 1e-3, [
+        "train.method=smoothadv", "train.smoothadv.eps=0.1", "train.smoothadv.n=60000",
+        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
+    ]),
 }
 
 
