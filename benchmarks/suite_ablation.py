@@ -49,7 +49,7 @@ CONFIGS = {
 }
 MODELS = ("standard", "mnist_vanilla", "mnist_adv_training", "mnist_robust", "mnist_binarize")
 #: The project's own trained models: leaderboard entries whose weights are committed beside them.
-ENTRIES = ("WattackAdvFWB", "WattackAdvPGD")
+ENTRIES = ("WattackAdvFWB", "WattackAdvPGD", "WattackAdvPGDLong")
 ENTRY_DIR = Path(__file__).resolve().parent.parent / "leaderboard" / "entries" / "mnist" / "W1-k5-box01"
 
 
