@@ -53,8 +53,11 @@ def git_state() -> tuple[str | None, bool | None]:
     status = _git("status", "--porcelain")
     if status is None:
         return _git("rev-parse", "HEAD"), None
-    # New result files (this run's own output among them) do not make the code differ from the commit.
-    changed = [line for line in status.splitlines() if not line[3:].startswith("benchmarks/results/")]
+    # New or updated result files (this run's own output among them) do not make the code differ from the
+    # commit. Porcelain lines are "XY path": split off the status, not a fixed width, since _git strips the
+    # output's leading blank (" M path" on the first line).
+    paths = [line.strip().split(maxsplit=1)[-1] for line in status.splitlines() if line.strip()]
+    changed = [p for p in paths if not p.startswith("benchmarks/results/")]
     return _git("rev-parse", "HEAD"), bool(changed)
 
 

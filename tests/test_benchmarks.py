@@ -57,3 +57,29 @@ def test_device_check_on_cpu(tmp_path, shared_dir, monkeypatch):
         assert r["exact_inside"] == r["exact_checked"]
     saved = json.loads((tmp_path / "device_check.json").read_text())
     assert saved["sections"]["consistency"]["rows"][0]["attack"] == "frank_wolfe"
+
+
+def test_git_state_ignores_updated_result_files_but_not_code(tmp_path, monkeypatch):
+    import subprocess
+
+    import _machine
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    monkeypatch.setattr(_machine, "REPO", tmp_path)
+    assert _machine.git_state()[1] is False
+    # A modified result file is the first porcelain line (" M benchmarks/..."): still clean.
+    (tmp_path / "benchmarks" / "results" / "a.json").write_text('{"n": 1}')
+    (tmp_path / "benchmarks" / "results" / "b.json").write_text("{}")
+    assert _machine.git_state()[1] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert _machine.git_state()[1] is True
