@@ -231,22 +231,13 @@ def _certified_markdown(ranked: list[tuple[CertifiedEntry, str]]) -> str:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 80rem; padding: 0 1rem; }
-table.leaderboard { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
-table.leaderboard th, table.leaderboard td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; }
-table.leaderboard td, table.leaderboard th { text-align: right; }
-table.leaderboard td.text, table.leaderboard th.text { text-align: left; }
-table.leaderboard th button { font: inherit; font-weight: bold; background: none; border: none; padding: 0; }
-table.leaderboard th button { cursor: pointer; }
-table.leaderboard th[aria-sort="ascending"] button::after { content: " \\25B2"; }
-table.leaderboard th[aria-sort="descending"] button::after { content: " \\25BC"; }
-table.certified { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
-table.certified th, table.certified td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; }
-table.certified td, table.certified th { text-align: right; }
-table.certified td.text, table.certified th.text { text-align: left; }
-table.certified th button { font: inherit; font-weight: bold; background: none; border: none; padding: 0; }
-table.certified th button { cursor: pointer; }
-table.certified th[aria-sort="ascending"] button::after { content: " \\25B2"; }
-table.certified th[aria-sort="descending"] button::after { content: " \\25BC"; }
+table.leaderboard, table.certified { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+table :is(th, td) { border-bottom: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
+table :is(td.text, th.text) { text-align: left; }
+table th button { font: inherit; font-weight: bold; background: none; border: none; padding: 0; }
+table th button { cursor: pointer; }
+table th[aria-sort="ascending"] button::after { content: " \\25B2"; }
+table th[aria-sort="descending"] button::after { content: " \\25BC"; }
 th.headline { background: #eef3fb; }
 .status-verified { color: #11641f; font-weight: bold; }
 .status-examples-verified { color: #11641f; }
