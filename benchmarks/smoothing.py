@@ -10,6 +10,8 @@ empirical attack through the expectation judged by PREDICT.
     python benchmarks/smoothing.py                 # all configurations, resumable (runs/smoothing/<label>)
     python benchmarks/smoothing.py --only lap-0.02 --n 100
     python benchmarks/smoothing.py --summary       # tables from the JSON only
+    python benchmarks/smoothing.py --reuse --n 1000 --empirical 0 --only uni-0.01   # certify the trained
+                                                   # base model again on more images (smoothing-n1000.json)
 
 Writes ``benchmarks/results/smoothing.json`` after each configuration (machine, commit, per label: the
 command, the certification parameters, certified accuracy per radius, abstentions, the empirical robust
@@ -58,28 +60,39 @@ CONFIGS = {
 }
 
 
+def _runs(args) -> Path:
+    """Run folders: ``runs/smoothing`` (training runs) or ``runs/smoothing-n<N>`` (``--reuse``)."""
+    return RUNS.with_name(f"smoothing-n{args.n}") if args.reuse else RUNS
+
+
 def command(label: str, args) -> list[str]:
-    """The ``wattack-certify`` overrides of one configuration (run folder ``runs/smoothing/<label>``)."""
+    """The ``wattack-certify`` overrides of one configuration (run folder ``<runs>/<label>``)."""
     noise, sigma, init, epochs, lr, extra = CONFIGS[label]
-    model = ["model=standard_mnist"] if init is None else [
-        "model=mnist_convnet", f"model.checkpoint={RUNS / init / 'base_model.pt'}"]
+    if args.reuse:  # certify the base model trained by the training run, without training again
+        model = ["model=mnist_convnet", f"model.checkpoint={RUNS / label / 'base_model.pt'}"]
+        epochs, extra = 0, [e for e in extra if not e.startswith("train.")]
+    else:
+        model = ["model=standard_mnist"] if init is None else [
+            "model=mnist_convnet", f"model.checkpoint={RUNS / init / 'base_model.pt'}"]
     return [
         f"smoothing={noise}", f"smoothing.sigma={sigma}", *model, f"train.epochs={epochs}", f"train.lr={lr}",
         "train.n=60000", f"dataset.n={args.n}", f"n0={args.n0}", f"n={args.draws}", f"alpha={args.alpha}",
         f"empirical.n={args.empirical}", f"empirical.steps={args.empirical_steps}", *extra,
-        f"hydra.run.dir={RUNS / label}",
+        f"hydra.run.dir={_runs(args) / label}",
     ]
 
 
 def run(label: str, args) -> dict:
     """Run one configuration (its init first, if missing) and return its JSON summary."""
-    init = CONFIGS[label][2]
+    init = label if args.reuse else CONFIGS[label][2]
     if init is not None and not (RUNS / init / "base_model.pt").is_file():
+        if args.reuse:
+            raise SystemExit(f"--reuse: {RUNS / label} holds no base model; run without --reuse first")
         run(init, args)
     overrides = command(label, args)
-    done = RUNS / label / "results.json"
+    done = _runs(args) / label / "results.json"
     if not done.is_file():
-        shutil.rmtree(RUNS / label, ignore_errors=True)  # a half-finished run starts over
+        shutil.rmtree(_runs(args) / label, ignore_errors=True)  # a half-finished run starts over
         exe = Path(sys.executable).with_name("wattack-certify")
         subprocess.run([str(exe), *overrides], check=True)
     res = json.loads(done.read_text())
@@ -127,8 +140,12 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="failure probability (Levine & Feizi's)")
     parser.add_argument("--empirical", type=int, default=100, help="examples attacked through the noise")
     parser.add_argument("--empirical-steps", type=int, default=100, help="steps of that attack")
+    parser.add_argument("--reuse", action="store_true",
+                        help="certify the base models of the training runs again (e.g. on more images)")
     parser.add_argument("--summary", action="store_true", help="print the table from the JSON only")
     args = parser.parse_args()
+    if args.reuse:
+        globals()["OUT"] = RESULTS / f"smoothing-n{args.n}.json"
     if args.summary:
         print(table(json.loads(OUT.read_text())))
         return
