@@ -131,6 +131,40 @@ def table(report: dict) -> str:
     return "\n".join(lines) + f"\n\n(certified accuracy %, first {sorted(n)} MNIST test images)"
 
 
+def plot(labels: list[str], path: Path) -> Path:
+    """Certified accuracy against radius for ``labels`` (from their run folders), Laplace solid, uniform
+    dashed, one colour per sigma; returns the PNG's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from wasserstein_attacks._util import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sigmas = sorted({CONFIGS[k][1] for k in labels})
+    for label in labels:
+        res = json.loads((RUNS / label / "results.json").read_text())
+        ex = res["examples"]
+        rows = zip(ex["radius"], ex["prediction"], ex["label"], strict=True)
+        radii = sorted(r for r, p, y in rows if p == y)
+        total = len(ex["label"])
+        xs = [0.0, *radii]
+        ys = [len(radii) / total, *[(len(radii) - i - 1) / total for i in range(len(radii))]]
+        colour = plt.cm.viridis(sigmas.index(CONFIGS[label][1]) / max(len(sigmas) - 1, 1))
+        ax.step(xs, [100 * y for y in ys], where="post", color=colour,
+                ls="-" if res["noise"]["name"] == "laplace" else "--", label=label)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlim(0, 0.5)
+    ax.set_xlabel("radius eps (W1, p = 1)")
+    ax.set_ylabel(f"certified accuracy (%), first {total} test images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these configurations only")
@@ -143,11 +177,17 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="certify the base models of the training runs again (e.g. on more images)")
     parser.add_argument("--summary", action="store_true", help="print the table from the JSON only")
+    parser.add_argument("--plot", action="store_true",
+                        help="benchmarks/results/smoothing.png from the run folders (no new runs)")
     args = parser.parse_args()
     if args.reuse:
         globals()["OUT"] = RESULTS / f"smoothing-n{args.n}.json"
     if args.summary:
         print(table(json.loads(OUT.read_text())))
+        return
+    if args.plot:
+        labels = [k for k in CONFIGS if (RUNS / k / "results.json").is_file() and "smoothadv" not in k]
+        print(f"wrote {plot(labels, RESULTS / 'smoothing.png')}")
         return
     if provenance()["git_dirty"] is not False:
         raise SystemExit("the checkout has uncommitted changes: commit first (the JSON names the commit)")
