@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="certify the base models of the training runs again (e.g. on more images)")
     parser.add_argument("--summary", action="store_true", help="print the table from the JSON only")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="run on uncommitted code (leaderboard/make_entries.sh, which rewrites entries)")
     parser.add_argument("--plot", action="store_true",
                         help="benchmarks/results/smoothing.png from the run folders (no new runs)")
     args = parser.parse_args()
@@ -189,11 +191,14 @@ def main() -> None:
         labels = [k for k in CONFIGS if (RUNS / k / "results.json").is_file() and "smoothadv" not in k]
         print(f"wrote {plot(labels, RESULTS / 'smoothing.png')}")
         return
-    if provenance()["git_dirty"] is not False:
-        raise SystemExit("the checkout has uncommitted changes: commit first (the JSON names the commit)")
+    if provenance()["git_dirty"] is not False and not args.allow_dirty:
+        raise SystemExit("the checkout has uncommitted changes: commit first (the JSON names the commit), "
+                         "or pass --allow-dirty (the JSON then says git_dirty: true)")
     report = json.loads(OUT.read_text()) if OUT.is_file() else {"runs": {}}
     for label in args.only or CONFIGS:
-        report["runs"][label] = {**run(label, args), "git_commit": provenance()["git_commit"]}
+        origin = provenance()
+        report["runs"][label] = {**run(label, args), "git_commit": origin["git_commit"],
+                                 "git_dirty": origin["git_dirty"]}
         report.update(machine=machine(), provenance=provenance())
         write_json(OUT, report)
         print(f"{label}: " + json.dumps(report["runs"][label]["certified_accuracy"]), flush=True)

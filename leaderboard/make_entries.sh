@@ -120,7 +120,7 @@ fi
 for LABEL in lap-0.01 lap-0.02 lap-0.05 lap-0.1 uni-0.01 uni-0.02 uni-0.05 uni-0.1 lap-0.02-smoothadv; do
   ID=WattackSmooth-$LABEL
   if want "${ALL[@]}"; then
-    "$BIN/python" benchmarks/smoothing.py --only "$LABEL"
+    "$BIN/python" benchmarks/smoothing.py --only "$LABEL" --allow-dirty  # entries above change the tree
     "$BIN/wattack-leaderboard" add-certified "runs/smoothing/$LABEL" --id "$ID" --force \
       --name "Flow-space smoothing, $LABEL (this project)" --authors "wasserstein_attacks" \
       --source "https://arxiv.org/abs/1910.10783" --architecture mnist_convnet \
