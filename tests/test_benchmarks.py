@@ -83,3 +83,38 @@ def test_git_state_ignores_updated_result_files_but_not_code(tmp_path, monkeypat
     assert _machine.git_state()[1] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert _machine.git_state()[1] is True
+
+
+def test_defense_curve_accumulates_training_time(tmp_path):
+    import defense_curve
+
+    train, ev = tmp_path / "train", tmp_path / "eval"
+    train.mkdir()
+    ev.mkdir()
+    epochs = [{"epoch": k, "seconds": 10.0 * k} for k in (1, 2, 3)]
+    (train / "train_log.json").write_text(json.dumps({"config": {"eps": 0.5}, "epochs": epochs}))
+    res = {"suite": {"name": "standard", "version": 2}, "n_examples": 5, "clean_accuracy": 1.0,
+           "robust_accuracy": {"0.1": 0.8}}
+    (ev / "results.json").write_text(json.dumps(res))
+    out = defense_curve.curve(train, {2: ev})
+    assert out["points"][0]["training_seconds"] == 30.0 and out["points"][0]["suite"] == "standard-v2"
+    with pytest.raises(SystemExit, match="has no epoch 7"):
+        defense_curve.curve(train, {7: ev})
+
+
+def test_smoothing_commands_chain_levels_and_reuse_trained_models():
+    import argparse
+
+    import smoothing
+
+    args = argparse.Namespace(n=100, n0=1000, draws=10000, alpha=0.05, empirical=100, empirical_steps=100,
+                              reuse=False)
+    cmd = smoothing.command("lap-0.05", args)
+    assert "model=mnist_convnet" in cmd and any(c.endswith("lap-0.02/base_model.pt") for c in cmd)
+    assert "train.epochs=10" in cmd and "smoothing.sigma=0.05" in cmd
+    assert "model=standard_mnist" in smoothing.command("lap-0.01", args)
+    assert "train.method=smoothadv" in smoothing.command("lap-0.02-smoothadv", args)
+    reuse = smoothing.command("lap-0.02-smoothadv", argparse.Namespace(**{**vars(args), "reuse": True}))
+    assert "train.epochs=0" in reuse and not any(c.startswith("train.method") for c in reuse)
+    assert any(c.endswith("smoothing/lap-0.02-smoothadv/base_model.pt") for c in reuse)
+    assert any("smoothing-n100/lap-0.02-smoothadv" in c for c in reuse)
