@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._util import atomic_write, check_int, git_commit, weights_sha256
+from .._util import check_int, git_commit, weights_sha256
 from .certified import PARAMS, certified_numbers, certified_problems, load_certified
-from .io import json_bytes
-from .schema import TOOL, EntryError, clean_text, entry_sha256, utc_now
+from .io import write_verified
+from .schema import TOOL, clean_text, entry_sha256, utc_now
 from .verify import load_data, load_model
 
 __all__ = ["COUNT_TOLERANCE", "verify_certified"]
@@ -214,9 +214,5 @@ def verify_certified(
     checks, delta = _run_checks(data, path, k, model, loaders, device, check_int(batch_size, "batch_size"))
     record = _record(data, k, checks, delta, by, now)
     if write:
-        updated = dict(data, verification=record)
-        problems = certified_problems(updated, path)
-        if problems:
-            raise EntryError(f"verification record for {path}", problems)
-        atomic_write(path, json_bytes(updated))
+        write_verified(path, data, record, certified_problems)
     return record

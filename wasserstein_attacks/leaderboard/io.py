@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._util import sha256_file
+from .._util import atomic_write, sha256_file
 from .committed import claims_problems, exact_distances, example_problems
 from .schema import (
     MAX_ENTRY_BYTES,
@@ -294,3 +294,15 @@ def validate_all(root: Path, *, binding: bool = True) -> dict[Path, list[str]]:
             if f.is_file() and f not in known and f.name != ".gitkeep":
                 bad[f] = ["not part of an entry: expected entries/<dataset>/<threat-id>/<id>.json and .npz"]
     return bad
+
+
+def write_verified(path: Path, data: dict, record: dict, problems_of) -> None:
+    """Write ``data`` with ``verification = record`` to ``path`` atomically, if ``problems_of`` accepts it.
+
+    ``problems_of(updated, path)`` is the entry kind's validator; ``EntryError`` lists what it refuses.
+    """
+    updated = dict(data, verification=record)
+    problems = problems_of(updated, path)
+    if problems:
+        raise EntryError(f"verification record for {path}", problems)
+    atomic_write(path, json_bytes(updated))

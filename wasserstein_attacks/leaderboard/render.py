@@ -394,16 +394,23 @@ def _header_cells(cols: list[tuple[str, str, str, str, str]], highlight: str | N
     return "".join(out)
 
 
+def _row_head(e, order: int, rank: str, *, title: str = "", after_name: str = "") -> list[str]:
+    """Return the cells every table row starts with: row tag, rank, linked model name (escaped)."""
+    d = e.data
+    tr_class = ' class="failed"' if e.status == "failed" else ""
+    note = f'<br><small>{_e(d["note"])}</small>' if d.get("note") else ""
+    return [f'<tr data-id="{_e(d["id"])}" data-order="{order}"{tr_class}>',
+            f'<td data-value="{order}">{rank}</td>',
+            f'<td class="text" data-value="{_e(d["name"])}"><a href="{_e(d["source"])}" '
+            f'rel="noopener noreferrer nofollow"{title}>{_e(d["name"])}</a>{after_name}'
+            f'<br><small>{_e(d["authors"])}</small>{note}</td>']
+
+
 def _html_row(e: Entry, order: int, rank: str, radii: list[str]) -> str:
     """Return one entry's table row; ``data-value`` holds the sortable number, ``data-order`` the rank."""
     d, cl = e.data, e.data["claimed"]
-    tr_class = ' class="failed"' if e.status == "failed" else ""
-    row = [f'<tr data-id="{_e(d["id"])}" data-order="{order}"{tr_class}>',
-           f'<td data-value="{order}">{rank}</td>',
-           f'<td class="text" data-value="{_e(d["name"])}"><a href="{_e(d["source"])}" '
-           f'rel="noopener noreferrer nofollow" title="{_e(d.get("paper") or d["source"])}">'
-           f'{_e(d["name"])}</a><br><small>{_e(d["authors"])}</small>'
-           + (f'<br><small>{_e(d["note"])}</small>' if d.get("note") else "") + "</td>",
+    title = f' title="{_e(d.get("paper") or d["source"])}"'
+    row = [*_row_head(e, order, rank, title=title),
            f'<td class="text">{_e(d["architecture"])}</td>',
            f'<td class="text">{_e(d["training"])}</td>',
            f'<td data-value="{cl["clean_accuracy"]!r}">{_pct(cl["clean_accuracy"])}</td>']
@@ -432,13 +439,7 @@ _CERTIFIED_COLUMNS += [("Status", "text", "", "status", "verification status")]
 def _certified_html_row(e: CertifiedEntry, order: int, rank: str) -> str:
     """Return one certified entry's row; numbers carry ``data-value`` for the sorter."""
     d, c, acc = e.data, e.data["certification"], e.data["claimed"]["certified_accuracy"]
-    tr_class = ' class="failed"' if e.status == "failed" else ""
-    row = [f'<tr data-id="{_e(d["id"])}" data-order="{order}"{tr_class}>',
-           f'<td data-value="{order}">{rank}</td>',
-           f'<td class="text" data-value="{_e(d["name"])}"><a href="{_e(d["source"])}" '
-           f'rel="noopener noreferrer nofollow">{_e(d["name"])}</a> <small>({_e(d["id"])})</small>'
-           f'<br><small>{_e(d["authors"])}</small>'
-           + (f'<br><small>{_e(d["note"])}</small>' if d.get("note") else "") + "</td>",
+    row = [*_row_head(e, order, rank, after_name=f' <small>({_e(d["id"])})</small>'),
            f'<td class="text">{_e(d["method"])}</td>', f'<td class="text">{_e(_noise_text(d))}</td>',
            f'<td data-value="{d["noise"]["sigma"]!r}">{d["noise"]["sigma"]:g}</td>',
            f'<td data-value="{c["n"]}">{c["n"]}</td>', f'<td data-value="{c["alpha"]!r}">{c["alpha"]:g}</td>',

@@ -14,14 +14,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._util import atomic_write, git_commit, sha256_file, weights_sha256
+from .._util import git_commit, sha256_file, weights_sha256
 from ..attacks.base import predict
 from .committed import canonical_ball, claims_problems, exact_distances, example_problems
-from .io import json_bytes, load_entry_json, read_entry_npz
+from .io import load_entry_json, read_entry_npz, write_verified
 from .schema import (
     CANONICAL_TOLERANCES,
     TOOL,
-    EntryError,
     array_problems,
     clean_text,
     entry_problems,
@@ -209,11 +208,7 @@ def verify_entry(
         "reproduction": reproduction,
     }
     if write:
-        updated = dict(data, verification=block)
-        problems = entry_problems(updated, path)
-        if problems:
-            raise EntryError(f"verification block for {path}", problems)
-        atomic_write(path, json_bytes(updated))
+        write_verified(path, data, block, entry_problems)
     return block
 
 
