@@ -384,3 +384,21 @@ def test_cli_smoothadv_and_the_empirical_attack(tmp_path, monkeypatch, capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "wattack-certify: error: train.method must be 'noise' or 'smoothadv', got 'adv'")
+
+
+def test_empirical_robustness_attacks_only_what_stands_and_matches_the_full_attacks():
+    data = load_dataset("synthetic", "test", n=8)
+    net = build_model("tiny", num_classes=4, seed=3).eval()  # a seed whose examples break at two radii
+    smoothed = sm.SmoothedClassifier(net, sm.UniformNoise(sigma=0.05), num_classes=4, batch_size=64)
+    attack = get_attack("pgd_box", steps=10, loss="margin")
+    kw = dict(m=2, n=30, alpha=0.2, seed=1)
+    out = sm.empirical_robustness(smoothed, attack, data.images, data.labels, [0.05, 0.5], **kw)
+    # The same attacks on every example at every radius: the first radius that breaks each one.
+    first = [None] * 8
+    for r in (0.05, 0.5):
+        ball = WassersteinBall(eps=r)
+        res = sm.attack_smoothed(smoothed, attack, data.images, data.labels, threat=ball, **kw)
+        for i in res.success.nonzero()[:, 0].tolist():
+            first[i] = r if first[i] is None else first[i]
+    assert out["broken_at"] == first and any(f is not None for f in first)  # something to compare
+    assert out["clean_accuracy"] == float(res.clean_correct.double().mean())

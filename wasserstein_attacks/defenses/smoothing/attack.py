@@ -58,6 +58,7 @@ def attack_smoothed(
     alpha: float = 0.001,
     seed: int = 0,
     indices: torch.Tensor | None = None,
+    clean_prediction: torch.Tensor | None = None,
 ) -> SmoothedAttackResult:
     """Attack ``smoothed`` on ``images [B, C, H, W]`` inside ``threat`` (a ``p = 1`` ball).
 
@@ -72,13 +73,17 @@ def attack_smoothed(
         alpha: level of PREDICT's binomial test.
         seed: run seed (attack, draws and PREDICT derive from it and ``indices``).
         indices: dataset indices ``[B]`` (default ``arange(B)``).
+        clean_prediction: PREDICT on ``images`` with the same ``n``, ``alpha``, ``seed`` and ``indices``,
+            if already known (long ``[B]``); computed otherwise.
 
     """
     check_threat_p(threat.p)
     soft = SmoothedSoft(smoothed.model, smoothed.noise, m=m, seed=seed)
     res = attack(soft, images, labels, threat=threat, seed=seed, indices=indices)
     adv = res.adversarial.detach()
-    clean = smoothed.predict(images, n=n, alpha=alpha, seed=seed, indices=indices)
+    clean = clean_prediction
+    if clean is None:
+        clean = smoothed.predict(images, n=n, alpha=alpha, seed=seed, indices=indices)
     # PREDICT's draws come from per-example generators, independent of the m draws the attack saw.
     pred = smoothed.predict(adv, n=n, alpha=alpha, seed=seed, indices=indices)
     y = labels.cpu()
@@ -136,20 +141,28 @@ def empirical_robustness(
 
     start = time.perf_counter()
     radii = sorted(float(r) for r in radii)
-    broken_at: list[float | None] = [None] * images.shape[0]
-    clean = None
+    b = images.shape[0]
+    indices = torch.arange(b) if indices is None else indices
+    clean = smoothed.predict(images, n=n, alpha=alpha, seed=seed, indices=indices)
+    correct = (clean == labels.cpu()).tolist()
+    broken_at: list[float | None] = [None] * b
     for r in radii:
+        # Only what is still standing: an example broken at a smaller radius is broken here too. Seeds
+        # and PREDICT's draws follow the dataset index, so a subset gives each example its own result.
+        todo = [i for i in range(b) if correct[i] and broken_at[i] is None]
+        if not todo:
+            break
+        sel = torch.tensor(todo)
         ball = WassersteinBall(eps=r, p=1, kernel_size=kernel_size)
-        res = attack_smoothed(smoothed, attack, images, labels, threat=ball, m=m, n=n, alpha=alpha, seed=seed,
-                              indices=indices)
-        clean = res.clean_correct
+        res = attack_smoothed(smoothed, attack, images[sel], labels[sel], threat=ball, m=m, n=n, alpha=alpha,
+                              seed=seed, indices=indices[sel], clean_prediction=clean[sel])
         for i in res.success.nonzero()[:, 0].tolist():
-            broken_at[i] = r if broken_at[i] is None else broken_at[i]
-    pairs = list(zip(clean.tolist(), broken_at, strict=True))
-    robust = {radius_key(r): sum(c and (b is None or b > r) for c, b in pairs) / len(pairs) for r in radii}
+            broken_at[todo[i]] = r
+    pairs = list(zip(correct, broken_at, strict=True))
+    robust = {radius_key(r): sum(c and (at is None or at > r) for c, at in pairs) / b for r in radii}
     return {
         "robust_accuracy": robust,
-        "clean_accuracy": float(clean.double().mean()),
+        "clean_accuracy": sum(correct) / b,
         "broken_at": broken_at,
         "settings": {"attack": attack.name, "loss": getattr(attack, "loss", None),
                      "steps": getattr(attack, "steps", None), "kernel_size": kernel_size, "m": m,
