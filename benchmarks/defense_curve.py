@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
 
-from wasserstein_attacks._util import atomic_write  # noqa: E402
+from wasserstein_attacks._util import save_png  # noqa: E402
 
 
 def curve(train: Path, evals: dict[int, Path]) -> dict:
@@ -60,8 +60,7 @@ def plot(data: dict, path: Path) -> None:
     ax.set_ylabel(f"accuracy (%), {pts[0]['suite']}, {pts[0]['n_examples']} images")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:

@@ -139,7 +139,7 @@ def plot(labels: list[str], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from wasserstein_attacks._util import atomic_write
+    from wasserstein_attacks._util import save_png
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     sigmas = sorted({CONFIGS[k][1] for k in labels})
@@ -160,8 +160,7 @@ def plot(labels: list[str], path: Path) -> Path:
     ax.set_ylabel(f"certified accuracy (%), first {total} test images")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 

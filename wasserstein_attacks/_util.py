@@ -29,6 +29,7 @@ __all__ = [
     "radius_key",
     "plain",
     "atomic_write",
+    "save_png",
     "write_json",
     "default_cache_dir",
     "torch_threads",
@@ -128,6 +129,15 @@ def atomic_write(path: str | Path, data: bytes | Callable) -> Path:
         raise
     return path
 
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG (110 dpi, tight) atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return Path(path)
 
 def write_json(path: str | Path, obj) -> Path:
     """Deterministic JSON (sorted keys, repr floats, non-finite as null) written atomically."""

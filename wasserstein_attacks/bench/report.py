@@ -13,17 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._util import atomic_write, radius_key
+from .._util import radius_key, save_png
 from ..attacks.suite import SuiteResult
 
 __all__ = ["plot_curve", "plot_examples", "print_summary", "warn_exact_check", "log_wandb"]
-
-
-def _savefig(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def plot_curve(results: dict, path: Path) -> None:
@@ -64,7 +57,7 @@ def plot_curve(results: dict, path: Path) -> None:
         title="cumulative: each attack runs on what the earlier ones left", fontsize=7, title_fontsize=7
     )
     ax.grid(alpha=0.3)
-    _savefig(fig, path)
+    save_png(fig, path)
 
 
 def plot_examples(res: SuiteResult, clean: torch.Tensor, path: Path, n: int = 8) -> None:
@@ -97,7 +90,7 @@ def plot_examples(res: SuiteResult, clean: torch.Tensor, path: Path, n: int = 8)
             axes[row, col].set_yticks([])
     for row, name in enumerate(("clean", "adversarial", "difference")):
         axes[row, 0].set_ylabel(name, fontsize=8)
-    _savefig(fig, path)
+    save_png(fig, path)
 
 
 def print_summary(results: dict, paths: dict, run_dir: Path) -> None:

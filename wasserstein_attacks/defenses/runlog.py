@@ -9,7 +9,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .._util import atomic_write, write_json
+from .._util import save_png, write_json
 
 __all__ = ["TrainingLog", "plot_training_curves"]
 
@@ -39,8 +39,7 @@ def plot_training_curves(rows: list[dict], path: str | Path, title: str = "adver
     loss.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)
     return Path(path)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..._util import atomic_write, radius_key, write_json
+from ..._util import radius_key, save_png, write_json
 from .certify import CertifyResult
 from .noise import FlowNoise
 
@@ -99,8 +99,7 @@ def plot_certified_accuracy(results: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = Path(path)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 
