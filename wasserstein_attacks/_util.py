@@ -162,10 +162,11 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """Hex sha256 of a model's state dict (names and raw tensor bytes, in state-dict order)."""
+def weights_sha256(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """Hex sha256 of a model's state dict, or of a state dict (names and raw tensor bytes, in order)."""
+    state = model if isinstance(model, dict) else model.state_dict()
     h = hashlib.sha256()
-    for k, v in model.state_dict().items():
+    for k, v in state.items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

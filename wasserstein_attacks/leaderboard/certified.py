@@ -48,7 +48,6 @@ __all__ = [
     "validate_certified",
     "load_certified",
     "validate_certified_all",
-    "StateDict",
     "read_state",
     "ABSTAIN",
     "COLUMNS",
@@ -266,17 +265,6 @@ def certified_binding_problems(data: dict) -> list[str]:
     return []
 
 
-class StateDict:
-    """A loaded state dict seen as a module by ``weights_sha256``, which reads only ``state_dict()``."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        """Return the wrapped state dict (in its saved order: the hash depends on it)."""
-        return self._state
-
-
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """Read the state dict in a checkpoint file (``safe_load``: weights only); one-line ``ValueError``."""
     from ..models import extract_state_dict, safe_load
@@ -296,7 +284,7 @@ def certified_checkpoint_problems(path: Path, data: dict) -> list[str]:
         return [f"{pt.name}: sha256 {got} differs from model.checkpoint_sha256 (changed after the entry "
                 "was made)"]
     try:
-        weights = weights_sha256(StateDict(read_state(pt)))
+        weights = weights_sha256(read_state(pt))
     except ValueError as e:
         return [f"{pt.name}: {e}"]
     if weights != data["model"]["weights_sha256"]:

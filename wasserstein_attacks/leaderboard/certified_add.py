@@ -26,7 +26,6 @@ from .certified import (
     METHODS,
     PARAMS,
     THREAT_FOLDER,
-    StateDict,
     certified_problems,
     read_state,
 )
@@ -68,7 +67,7 @@ def _weights(run_dir: Path, results: dict, checkpoint, architecture: str) -> tup
         raise FileNotFoundError(f"checkpoint {src} does not exist: a run that did not train its base model "
                                 "needs checkpoint (--checkpoint) = the certified model's weights")
     state = read_state(src)
-    got, want = weights_sha256(StateDict(state)), _need(results, "model.weights_sha256")
+    got, want = weights_sha256(state), _need(results, "model.weights_sha256")
     if got != want:
         raise ValueError(f"checkpoint {src}: weights sha256 {got} is not the certified model's {want} "
                          "(results.json model.weights_sha256)")
