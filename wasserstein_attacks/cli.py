@@ -176,7 +176,7 @@ def _certify_train(cfg: DictConfig, model, noise, out: Path) -> dict | None:
     """Train the base model when ``train.epochs > 0`` (noise augmentation, then SmoothAdv if asked)."""
     from hydra.utils import instantiate
 
-    from .defenses.smoothing import smoothadv_train, train_under_noise
+    from .defenses.smoothing import train_under_noise
     from .models import save_checkpoint
 
     t = cfg.train
@@ -195,18 +195,19 @@ def _certify_train(cfg: DictConfig, model, noise, out: Path) -> dict | None:
     settings = OmegaConf.to_container(t, resolve=True)
     record = {**settings, "n": len(train_set), "epoch_loss": hist["epoch_loss"], "seconds": hist["seconds"]}
     if method == "smoothadv":
-        record["smoothadv_history"] = _smoothadv(cfg, model, noise, smoothadv_train)
+        record["smoothadv_history"] = _smoothadv(cfg, model, noise)
     else:
         record.pop("smoothadv", None)  # settings of a step that did not run
     save_checkpoint(model, out / "base_model.pt", meta={"noise": noise.describe(), "train": settings})
     return record
 
 
-def _smoothadv(cfg: DictConfig, model, noise, smoothadv_train) -> dict:
+def _smoothadv(cfg: DictConfig, model, noise) -> dict:
     """Run SmoothAdv on the noise-trained ``model`` (``train.smoothadv``); returns its history."""
     from hydra.utils import instantiate
 
     from .attacks import get as get_attack
+    from .defenses.smoothing import smoothadv_train
 
     s = cfg.train.smoothadv
     data = instantiate(cfg.dataset, split="train", n=int(s.n))
