@@ -70,6 +70,12 @@ def _model(name: str) -> torch.nn.Module:
 
 
 SUITES = ("standard-v2", "standard-v3")
+#: Earlier candidates for v3, kept as configurations tried (their runs count in the worst case):
+#: label -> (members of CONFIGS, in run order; walk order).
+CANDIDATES = {
+    # The first candidate (standard-v3.yaml until 2026-12-05): no cross-entropy PGD, radii walked upward.
+    "cand1-ascending": (["fwb-ce", "pgdb-margin", "pgdb-dlr", "fwb-margin-t3"], "ascending"),
+}
 #: Every configuration of CONFIGS in one ascending suite: each attacks, at each radius, only what the
 #: ones before it left robust, so it yields the per-example worst case over all of them (at the grid
 #: radii) for less than the separate runs, but not each configuration's own breaks.
@@ -79,6 +85,10 @@ UNION = "union-all"
 def _suite(label: str) -> Suite:
     if label in SUITES:
         return load_suite(label)
+    if label in CANDIDATES:
+        members, order = CANDIDATES[label]
+        attacks = [get(CONFIGS[m][0], **CONFIGS[m][1]) for m in members]
+        return Suite(label, 1, attacks, labels=members, order=order, targets=[CONFIGS[m][2] for m in members])
     if label == UNION:
         attacks = [get(name, **kwargs) for name, kwargs, _ in CONFIGS.values()]
         return Suite(UNION, 1, attacks, labels=list(CONFIGS), targets=[t for *_, t in CONFIGS.values()])
@@ -144,7 +154,7 @@ def analyse(report: dict, candidate: list[str]) -> dict:
     """Per model and radius: v2, v3 as run, the candidate, the worst case over everything (points)."""
     out = {}
     for model_name, runs in report["runs"].items():
-        configs = [c for c in [*CONFIGS, *SUITES, UNION] if c in runs]
+        configs = [c for c in [*CONFIGS, *SUITES, *CANDIDATES, UNION] if c in runs]
         tol = next(iter(runs.values()))["cost_tol"]
         if not all(c in runs for c in candidate):
             continue
@@ -188,10 +198,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *ENTRIES])
     parser.add_argument("--analyse", action="store_true", help="only print the tables from the JSON")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (all runs of one JSON on one device)")
-    parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS, UNION],
+    parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS, *CANDIDATES, UNION],
                         help="run only these suites/configurations (default: all)")
     parser.add_argument("--candidate", nargs="+", help="configurations whose union is evaluated",
-                        default=["fwb-ce", "pgdb-margin", "pgdb-dlr", "fwb-margin-t3"])  # v3's members
+                        default=["fwb-ce", "pgdb-ce", "pgdb-margin", "fwb-margin-t3"])  # v3's members
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--markdown", action="store_true", help="print the README table (with --analyse)")
     args = parser.parse_args()
