@@ -195,7 +195,7 @@ def run_benchmark(folder: Path, model, images, labels, *, suite=None, seed=0,
 
 
 def synthetic_run(folder: Path, *, n: int = 40, seed: int = 0, broken_fraction: float = 0.5,
-                  clean_errors: int = 4) -> Path:
+                  clean_errors: int = 4, suite_version: int = 1) -> Path:
     """A run with made-up but exactly valid outcomes (no model): broken examples are one-pixel shifts.
 
     Each broken example moves the fraction ``c`` of its mass one pixel right (exact cost ``c``), so
@@ -214,7 +214,7 @@ def synthetic_run(folder: Path, *, n: int = 40, seed: int = 0, broken_fraction: 
         adv[i] = _shift(x[i], float(cost[i]))
     by = [NAME if math.isfinite(c) and c > 0 else None for c in cost]
     return write_results(folder, ok=ok, cost=cost, by=by, clean=x.numpy(), adversarial=adv.numpy(),
-                         labels=y.numpy(), index=np.arange(n), seed=seed)
+                         labels=y.numpy(), index=np.arange(n), seed=seed, suite_version=suite_version)
 
 
 def _shift(img: torch.Tensor, fraction: float) -> torch.Tensor:

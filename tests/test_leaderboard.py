@@ -415,10 +415,11 @@ def test_verify_requires_the_same_suite_version(tmp_path, honest):
 
 
 # ---------------------------------------------------------------------------------------- render
-def _board(root: Path, tmp: Path, specs) -> list[Path]:
+def _board(root: Path, tmp: Path, specs, suite_versions=None) -> list[Path]:
     out = []
     for i, (entry_id, fraction, kw) in enumerate(specs):
-        results = F.synthetic_run(tmp / f"run{i}", n=40, seed=i, broken_fraction=fraction)
+        version = 1 if suite_versions is None else suite_versions[i]
+        results = F.synthetic_run(tmp / f"run{i}", n=40, seed=i, broken_fraction=fraction, suite_version=version)
         out.append(add(results, root, entry_id, **kw))
     return out
 
@@ -452,6 +453,22 @@ def test_render_is_deterministic_and_ranked(tmp_path):
     assert rows[-1].startswith("| – | [Strong]")
     assert "FAILED verification (2002-03-04)" in rows[-1]
     assert 'class="text status-failed"' in page2
+
+
+def test_render_never_ranks_entries_of_different_suites_together(tmp_path):
+    # An entry measured with a weaker (older) suite would outrank one measured with the current suite:
+    # each suite version gets its own table, the newest first.
+    root = tmp_path / "root"
+    _board(root, tmp_path, [("OldSuite", 0.1, {}), ("NewSuite", 0.5, {}), ("NewToo", 0.9, {})],
+           suite_versions=[1, 2, 2])
+    md, page = lb.render(root)
+    heads = [line for line in md.splitlines() if line.startswith("## synthetic")]
+    assert heads == ["## synthetic · W1-k3-box01 · suite toy v2", "## synthetic · W1-k3-box01 · suite toy v1"]
+    v2, v1 = md.split("## Certified")[0].split("## synthetic · W1-k3-box01 · suite toy v1")
+    assert "[NewSuite]" in v2 and "[NewToo]" in v2 and "[OldSuite]" not in v2
+    assert "[OldSuite]" in v1 and "| 1 | [OldSuite]" in v1 and "| 1 | [NewSuite]" in v2
+    assert 'id="table-synthetic-W1-k3-box01-toy-v2"' in page and 'id="table-synthetic-W1-k3-box01-toy-v1"' in page
+    assert page.index("toy-v2") < page.index("toy-v1")
 
 
 def test_render_escapes_hostile_text(tmp_path):

@@ -51,7 +51,8 @@ def expected_order(root: Path) -> dict[str, list[str]]:
     tables: dict[str, list[dict]] = {}
     for p in sorted((root / "entries").glob("*/*/*.json")):
         d = json.loads(p.read_text())
-        tables.setdefault(f"{d['dataset']['name']}-{d['threat']['id']}", []).append(d)
+        key = f"{d['dataset']['name']}-{d['threat']['id']}-{d['suite']['name']}-v{d['suite']['version']}"
+        tables.setdefault(key, []).append(d)
     out = {}
     for key, entries in tables.items():
         dataset = entries[0]["dataset"]["name"]
@@ -107,8 +108,8 @@ def board(tmp_path_factory):
 def test_page_shows_entries_ranked_and_sorts(board, page):
     page.goto((board / "index.html").as_uri())
     want = expected_order(board)
-    assert list(want) == ["synthetic-W1-k3-box01"] and len(want["synthetic-W1-k3-box01"]) == 4
-    tid = "synthetic-W1-k3-box01"
+    assert list(want) == ["synthetic-W1-k3-box01-toy-v1"] and len(want["synthetic-W1-k3-box01-toy-v1"]) == 4
+    tid = "synthetic-W1-k3-box01-toy-v1"
     assert row_ids(page, tid) == want[tid]
     assert row_ids(page, tid)[-1] == "Gamma"  # failed verification: last
     statuses = page.eval_on_selector_all(f"#table-{tid} tbody tr td:last-child",
@@ -143,7 +144,7 @@ def test_committed_page_shows_committed_entries(page):
     page.goto((root / "index.html").as_uri())
     want = expected_order(root)
     shown = page.eval_on_selector_all("table.leaderboard", "ts => ts.map(t => t.id.slice('table-'.length))")
-    assert shown == sorted(want)
+    assert sorted(shown) == sorted(want)
     for tid, ids in want.items():
         assert row_ids(page, tid) == ids
     if not want:

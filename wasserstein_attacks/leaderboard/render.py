@@ -1,7 +1,8 @@
 """Rendering the entries to ``README.md`` and ``index.html``: same entries, same bytes.
 
-One table per (dataset, threat model), ranked at the headline radius; entries that failed verification
-come last, unranked. Certified entries (``.certified``) get a table of their own after them, ranked by
+One table per (dataset, threat model, suite and version), ranked at the headline radius, the newest suite
+version first: numbers from different suites are never ranked together (a weaker suite would rank its
+entries higher). Entries that failed verification come last, unranked. Certified entries (``.certified``) get a table of their own after them, ranked by
 certified accuracy at 0.1 then 0.05; neither kind ever appears in the other's ranking.
 "verified" is shown only for a record that binds to the entry (``Entry.status``).
 Every text from an entry is escaped (HTML, and markdown syntax in the README); the
@@ -48,18 +49,21 @@ _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#
 class _Table:
     dataset: str
     threat: str
+    suite: tuple[str, int]  # (name, version): entries measured with other suites get other tables
     headline: str
     radii: list[str]
     entries: list[Entry]  # in ranked order; failed entries last
 
 
 def _tables(entries: list[Entry]) -> list[_Table]:
-    """Group entries by (dataset, threat id), choose each group's headline radius and rank it."""
-    groups: dict[tuple[str, str], list[Entry]] = {}
+    """Group entries by (dataset, threat id, suite), choose each group's headline radius and rank it."""
+    groups: dict[tuple[str, str, str, int], list[Entry]] = {}
     for e in entries:
-        groups.setdefault((e.data["dataset"]["name"], e.data["threat"]["id"]), []).append(e)
+        d = e.data
+        key = (d["dataset"]["name"], d["threat"]["id"], d["suite"]["name"], int(d["suite"]["version"]))
+        groups.setdefault(key, []).append(e)
     out = []
-    for (ds, tid), group in sorted(groups.items()):
+    for (ds, tid, suite, version), group in sorted(groups.items(), key=lambda kv: (*kv[0][:3], -kv[0][3])):
         keys = {k for e in group for k in e.data["claimed"]["robust_accuracy"]}
         default = HEADLINE_RADIUS.get(ds)
         if default is not None and radius_key(default) in keys:
@@ -73,7 +77,7 @@ def _tables(entries: list[Entry]) -> list[_Table]:
             return (e.status == "failed", acc is None, -(acc or 0.0), -e.data["claimed"]["clean_accuracy"],
                     e.data["name"].casefold(), e.data["id"])
 
-        out.append(_Table(ds, tid, headline, sorted(keys, key=float), sorted(group, key=rank)))
+        out.append(_Table(ds, tid, (suite, version), headline, sorted(keys, key=float), sorted(group, key=rank)))
     return out
 
 
@@ -135,7 +139,7 @@ def _render_markdown(tables: list[_Table], certified: list[CertifiedEntry]) -> s
         out.append("\nNo entries yet.\n")
     for t in tables:
         th = t.entries[0].data["threat"]
-        out.append(f"\n## {_md(t.dataset)} · {_md(t.threat)}\n")
+        out.append(f"\n## {_md(t.dataset)} · {_md(t.threat)} · {_md(_suite_text(t))}\n")
         out.append(f"\nThreat model: {_md(_threat_line(th))}. Ranked at radius {t.headline}.\n")
         head = ["Rank", "Model", "Architecture", "Training", "Clean"] + [
             f"**{r}**" if r == t.headline else r for r in t.radii] + ["Suite", "n", "Status"]
@@ -466,11 +470,20 @@ def _certified_html(ranked: list[tuple[CertifiedEntry, str]]) -> str:
     return "".join(out)
 
 
+def _table_id(t: _Table) -> str:
+    """The table's HTML id: ``<dataset>-<threat id>-<suite>-v<version>``."""
+    return f"{t.dataset}-{t.threat}-{t.suite[0]}-v{t.suite[1]}"
+
+
+def _suite_text(t: _Table) -> str:
+    return f"suite {t.suite[0]} v{t.suite[1]}"
+
+
 def _html_section(t: _Table) -> str:
     """Return one table's section: heading, threat model, ranked rows and the accuracy curves."""
-    sid = _e(f"{t.dataset}-{t.threat}")
+    sid = _e(_table_id(t))
     th = t.entries[0].data["threat"]
-    out = [f'<section id="{sid}">\n<h2>{_e(t.dataset)} · {_e(t.threat)}</h2>\n',
+    out = [f'<section id="{sid}">\n<h2>{_e(t.dataset)} · {_e(t.threat)} · {_e(_suite_text(t))}</h2>\n',
            f'<p class="threat">Threat model: {_e(_threat_line(th))}. '
            f'Ranked at radius {_e(t.headline)}.</p>\n',
            f'<table class="leaderboard" id="table-{sid}">\n', _html_header(t), "<tbody>\n"]
