@@ -8,6 +8,7 @@
 #   bash leaderboard/make_entries.sh [N] [ENTRY ...]     # N test images (default 1000), all entries by default
 #   VERIFY_N=500 bash leaderboard/make_entries.sh        # verify re-attacks 500 random examples (default 100)
 #   BENCH_ARGS="workers=1" bash leaderboard/make_entries.sh 500 WongVanilla   # extra wattack-bench overrides
+#   REUSE_WEIGHTS=1 bash leaderboard/make_entries.sh   # evaluate the committed weights, train nothing
 #
 # Each run resumes from runs/leaderboard/<entry>/ if interrupted.
 set -euo pipefail
@@ -70,7 +71,7 @@ EXTRA_NOTE="; architecture of Wong et al. (2019), trained by this project's watt
 if want "${ALL[@]}"; then
   # The weights depend on the machine's float reductions: commit the ones that were evaluated.
   CKPT=$ENTRIES/$ID.pt
-  "$BIN/python" -c "import torch; from wasserstein_attacks.defenses import standard_mnist_model; \
+  [ -n "${REUSE_WEIGHTS:-}" ] && [ -f "$CKPT" ] || "$BIN/python" -c "import torch; from wasserstein_attacks.defenses import standard_mnist_model; \
 torch.save(standard_mnist_model().state_dict(), '$CKPT')"
   evaluate "$ID" standard_mnist "$CKPT" \
     --name "Standard training (this project's standard MNIST model)" --authors "wasserstein_attacks" \
@@ -82,11 +83,13 @@ if want "${ALL[@]}"; then
   # Adversarial fine-tuning of the standard model (about 15 min on one CPU thread); the weights are
   # committed beside the entry, as the standard model's.
   TRAIN=runs/leaderboard/$ID-train
-  WANDB_MODE=disabled "$BIN/wattack-train" defense=adversarial attack=frank_wolfe_box defense.init=standard \
-    defense.training.eps=0.3 defense.training.eps_start=0.01 defense.training.ramp_epochs=1.0 \
-    defense.training.epochs=3 defense.training.lr=0.05 defense.training.clean_fraction=0.2 \
-    defense.training.progress=false logger=none hydra.run.dir="$TRAIN"
-  cp "$TRAIN/model_state_dict.pt" "$ENTRIES/$ID.pt"
+  if [ -z "${REUSE_WEIGHTS:-}" ] || [ ! -f "$ENTRIES/$ID.pt" ]; then
+    WANDB_MODE=disabled "$BIN/wattack-train" defense=adversarial attack=frank_wolfe_box defense.init=standard \
+      defense.training.eps=0.3 defense.training.eps_start=0.01 defense.training.ramp_epochs=1.0 \
+      defense.training.epochs=3 defense.training.lr=0.05 defense.training.clean_fraction=0.2 \
+      defense.training.progress=false logger=none hydra.run.dir="$TRAIN"
+    cp "$TRAIN/model_state_dict.pt" "$ENTRIES/$ID.pt"
+  fi
   BENCH_ARGS="${BENCH_ARGS:-} model.checkpoint=$ENTRIES/$ID.pt" evaluate "$ID" mnist_convnet "$ENTRIES/$ID.pt" \
     --name "Wasserstein adversarial training, frank_wolfe_box inner attack (this project)" \
     --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" --architecture mnist_convnet \
@@ -95,11 +98,13 @@ fi
 adv_entry() {  # id epochs note-suffix name: pgd_box (margin) adversarial fine-tuning of the standard model
   local id=$1 epochs=$2
   local train=runs/leaderboard/$id-train
-  WANDB_MODE=disabled "$BIN/wattack-train" defense=adversarial attack=pgd_box attack.loss=margin \
-    defense.init=standard defense.training.eps=0.5 defense.training.eps_start=0.01 \
-    defense.training.ramp_epochs=1.0 defense.training.epochs="$epochs" defense.training.lr=0.05 \
-    defense.training.clean_fraction=0.2 defense.training.progress=false logger=none hydra.run.dir="$train"
-  cp "$train/model_state_dict.pt" "$ENTRIES/$id.pt"
+  if [ -z "${REUSE_WEIGHTS:-}" ] || [ ! -f "$ENTRIES/$id.pt" ]; then
+    WANDB_MODE=disabled "$BIN/wattack-train" defense=adversarial attack=pgd_box attack.loss=margin \
+      defense.init=standard defense.training.eps=0.5 defense.training.eps_start=0.01 \
+      defense.training.ramp_epochs=1.0 defense.training.epochs="$epochs" defense.training.lr=0.05 \
+      defense.training.clean_fraction=0.2 defense.training.progress=false logger=none hydra.run.dir="$train"
+    cp "$train/model_state_dict.pt" "$ENTRIES/$id.pt"
+  fi
   BENCH_ARGS="${BENCH_ARGS:-} model.checkpoint=$ENTRIES/$id.pt" evaluate "$id" mnist_convnet "$ENTRIES/$id.pt" \
     --name "$3" --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" \
     --architecture mnist_convnet \
