@@ -127,6 +127,25 @@ def test_descending_order_attacks_inside_a_ball_only_what_it_broke(setup):
         Suite("x", 1, [RandomShift()], order="random")
 
 
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_adding_attacks_anywhere_never_leaves_robust_what_the_smaller_suite_breaks(setup, order):
+    # standard-v3 rests on this: v2's attacks plus others, in another order, break at least what v2 breaks
+    # at every radius (attacks seed per example, and a suite that breaks more at a large radius walks
+    # more examples down to the smaller ones).
+    data, model, _, _ = setup
+    kw = dict(threat=THREAT, seed=5, exact_fraction=0.0, progress=False)
+    small = Suite("toy", 1, [RandomShift(salt=0), RandomShift(salt=1)], labels=["a", "b"], order=order)
+    big = Suite("toy", 2, [RandomShift(salt=2), RandomShift(salt=0), RandomShift(salt=1), RandomShift(salt=3)],
+                labels=["c", "a", "b", "d"], order=order)
+    rs = small.run(model, data.images, data.labels, RADII, **kw)
+    rb = big.run(model, data.images, data.labels, RADII, **kw)
+    strictly_more = False
+    for r in RADII:
+        assert not (rb.robust(r) & ~rs.robust(r)).any()
+        strictly_more |= bool((rs.robust(r) & ~rb.robust(r)).any())
+    assert strictly_more  # otherwise the toy setup proves nothing
+
+
 def test_cumulative_curves_on_hand_made_result():
     res = SuiteResult(
         radii=(0.01, 0.1, 0.5),
