@@ -129,9 +129,10 @@ def test_suite_configs(name):
     if name == "standard-v3":
         # v2's two attacks with v2's settings, among others, walked the same way: never weaker than v2.
         v2 = compose_cfg("suite=standard-v2").suite
-        assert suite.order == "descending" and cfg.suite.get("targets", {}).get("fwb_ce", 0) == 0
+        targets = cfg.suite.get("targets", {})
+        assert suite.order == "descending" and targets.get("fwb_ce", 0) == targets.get("pgdb_ce", 0) == 0
         assert cfg.suite.attacks.fwb_ce == v2.attacks.frank_wolfe_box
-        assert cfg.suite.attacks.pgdb_ce == v2.attacks.pgd_box and cfg.suite.get("targets", {}).get("pgdb_ce", 0) == 0
+        assert cfg.suite.attacks.pgdb_ce == v2.attacks.pgd_box
 
 
 @pytest.mark.parametrize("name", options("attack"))
