@@ -2,8 +2,9 @@
 
 One table per (dataset, threat model, suite and version), ranked at the headline radius, the newest suite
 version first: numbers from different suites are never ranked together (a weaker suite would rank its
-entries higher). Entries that failed verification come last, unranked. Certified entries (``.certified``) get a table of their own after them, ranked by
-certified accuracy at 0.1 then 0.05; neither kind ever appears in the other's ranking.
+entries higher). Entries that failed verification come last, unranked. Certified entries
+(``.certified``) get a table of their own after them, ranked by certified accuracy at 0.1 then 0.05;
+neither kind ever appears in the other's ranking.
 "verified" is shown only for a record that binds to the entry (``Entry.status``).
 Every text from an entry is escaped (HTML, and markdown syntax in the README); the
 page loads nothing from elsewhere and its Content-Security-Policy admits only its own style and script.
@@ -77,7 +78,8 @@ def _tables(entries: list[Entry]) -> list[_Table]:
             return (e.status == "failed", acc is None, -(acc or 0.0), -e.data["claimed"]["clean_accuracy"],
                     e.data["name"].casefold(), e.data["id"])
 
-        out.append(_Table(ds, tid, (suite, version), headline, sorted(keys, key=float), sorted(group, key=rank)))
+        radii = sorted(keys, key=float)
+        out.append(_Table(ds, tid, (suite, version), headline, radii, sorted(group, key=rank)))
     return out
 
 
@@ -471,7 +473,7 @@ def _certified_html(ranked: list[tuple[CertifiedEntry, str]]) -> str:
 
 
 def _table_id(t: _Table) -> str:
-    """The table's HTML id: ``<dataset>-<threat id>-<suite>-v<version>``."""
+    """Return the table's HTML id: ``<dataset>-<threat id>-<suite>-v<version>``."""
     return f"{t.dataset}-{t.threat}-{t.suite[0]}-v{t.suite[1]}"
 
 
