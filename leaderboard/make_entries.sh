@@ -73,7 +73,7 @@ if want "${ALL[@]}"; then
   CKPT=$ENTRIES/$ID.pt
   [ -n "${REUSE_WEIGHTS:-}" ] && [ -f "$CKPT" ] || "$BIN/python" -c "import torch; from wasserstein_attacks.defenses import standard_mnist_model; \
 torch.save(standard_mnist_model().state_dict(), '$CKPT')"
-  evaluate "$ID" standard_mnist "$CKPT" \
+  BENCH_ARGS="${BENCH_ARGS:-} model.checkpoint=$CKPT" evaluate "$ID" mnist_convnet "$CKPT" \
     --name "Standard training (this project's standard MNIST model)" --authors "wasserstein_attacks" \
     --source "$WONG_REPO" --paper "$WONG_PAPER" --architecture mnist_convnet --training "standard training"
 fi
