@@ -176,7 +176,8 @@ def analyse(report: dict, candidate: list[str]) -> dict:
         time_candidate = sum(runs[c]["seconds"] for c in candidate)
         out[model_name] = {"radii": rows, "seconds_v2": runs["standard-v2"]["seconds"],
                            "seconds_v3": runs.get("standard-v3", {}).get("seconds"),
-                           "seconds_candidate_upper_bound": time_candidate, "configs_tried": configs}
+                           "seconds_candidate_upper_bound": time_candidate, "configs_tried": configs,
+                           "seconds_tried": sum(runs[c]["seconds"] for c in configs if c != "standard-v3")}
     return out
 
 
@@ -194,6 +195,15 @@ def markdown(table: dict, n: int) -> str:
             cells = " | ".join(f"{t['radii'][r][key]:.1f}" for r in radii)
             time = "" if seconds is None else f"{seconds:.0f}"
             lines.append(f"| {model_name} | {label} | {cells} | {time} |")
+    lines += ["", "| model | v3 minus worst case, largest over radii (points) | v3 time / v2 time | runs tried "
+              "| their time / v3 time |", "|---|---|---|---|---|"]
+    for model_name, t in table.items():
+        rows = t["radii"].values()
+        if t["seconds_v3"] is None:
+            continue
+        gap = max(row["v3"] - row["worst_case"] for row in rows)
+        lines.append(f"| {model_name} | {gap:.1f} | {t['seconds_v3'] / t['seconds_v2']:.2f} | "
+                     f"{len(t['configs_tried'])} | {t['seconds_tried'] / t['seconds_v3']:.1f} |")
     return "\n".join(lines) + f"\n\n(first {n} MNIST test images)"
 
 
