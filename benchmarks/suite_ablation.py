@@ -195,8 +195,8 @@ def markdown(table: dict, n: int) -> str:
             cells = " | ".join(f"{t['radii'][r][key]:.1f}" for r in radii)
             time = "" if seconds is None else f"{seconds:.0f}"
             lines.append(f"| {model_name} | {label} | {cells} | {time} |")
-    lines += ["", "| model | v3 minus worst case, largest over radii (points) | v3 time / v2 time | runs tried "
-              "| their time / v3 time |", "|---|---|---|---|---|"]
+    lines += ["", "| model | v3 minus worst case, largest over radii (points) | v3 time / v2 time "
+              "| runs tried | their time / v3 time |", "|---|---|---|---|---|"]
     for model_name, t in table.items():
         rows = t["radii"].values()
         if t["seconds_v3"] is None:
