@@ -5,8 +5,8 @@ in ascending order (every example is attacked at every radius below its cheapest
 assumption about the walk). Because attacks seed per example and stop per example, a suite made of
 several configurations breaks exactly the union of what its members break, so any candidate suite is
 evaluated offline from the per-example costs stored here, against the per-example worst case over
-everything tried. ``standard-v2`` itself (descending walk, cross-entropy) runs too, for its numbers
-and its time.
+everything tried. ``standard-v2`` and ``standard-v3`` run too, for their numbers and their time, and so
+do the earlier candidates for v3 (``CANDIDATES``); every run counts in the worst case.
 
     python benchmarks/suite_ablation.py --n 200 --threads 1          # resumable; JSON after each run
     python benchmarks/suite_ablation.py --analyse                   # tables from the JSON only
