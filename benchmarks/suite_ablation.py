@@ -10,6 +10,7 @@ do the earlier candidates for v3 (``CANDIDATES``); every run counts in the worst
 
     python benchmarks/suite_ablation.py --n 200 --threads 1          # resumable; JSON after each run
     python benchmarks/suite_ablation.py --analyse                   # tables from the JSON only
+    python benchmarks/suite_ablation.py --configs standard-v2 standard-v3 --rerun   # time both afresh
     python benchmarks/suite_ablation.py --n 1000 --device cuda --configs standard-v2 standard-v3 union-all \
         --out benchmarks/results/suite_ablation-1000.json             # v2, v3 and the worst case, on a GPU
 
@@ -131,7 +132,7 @@ def measure(args) -> dict:
         model = _model(model_name).to(args.device)
         runs = report["runs"].setdefault(model_name, {})
         for label in args.configs or [*SUITES, *CONFIGS]:
-            if label in runs:
+            if label in runs and not args.rerun:
                 continue
             # Each run names its commit: a resumed measurement may span several commits.
             runs[label] = {**_run(label, model, images, labels), "git_commit": origin["git_commit"],
@@ -218,6 +219,9 @@ def main() -> None:
                         help="run only these suites/configurations (default: all)")
     parser.add_argument("--candidate", nargs="+", help="configurations whose union is evaluated",
                         default=["standard-v3"])
+    parser.add_argument("--rerun", action="store_true",
+                        help="run --configs again even if the JSON has them (e.g. v2 and v3 back to back, "
+                             "so that their times are taken under the same load)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--markdown", action="store_true", help="print the README table (with --analyse)")
     args = parser.parse_args()
