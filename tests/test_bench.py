@@ -425,6 +425,13 @@ def test_a_nan_model_is_an_error_not_class_zero(tmp_path):
         bench.run(toy_cfg("+model.build.nan=true"), tmp_path / "nan")
 
 
+def test_results_record_each_attacks_targeted_runs():
+    spec = bench.RunSpec.from_config(toy_cfg("suite=standard-v3"))
+    targets = {a["name"]: a.get("targets", 0) for a in spec.suite_info["attacks"]}
+    assert targets == {"pgdb_margin": 0, "pgdb_dlr": 0, "fwb_ce": 0, "pgdb_ce": 0, "fwb_margin_top3": 3}
+    assert spec.model_checks["losses"] == ["margin", "dlr", "ce"]
+
+
 def test_model_checks_use_the_suites_losses():
     # standard-v2 attacks with cross-entropy: the checks must test that loss's gradient, not the margin's.
     spec = bench.RunSpec.from_config(toy_cfg("suite=standard-v2"))

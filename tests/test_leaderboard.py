@@ -113,6 +113,23 @@ def test_add_makes_a_consistent_entry(honest):
         np.testing.assert_array_equal(z["sample_index"], ex["index"])
 
 
+@pytest.mark.parametrize("where", ["attacks", "config"])
+def test_add_records_targeted_runs(tmp_path, honest, where):
+    # results.json lists them per attack; runs written before it did keep them in the Hydra config only.
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(honest["results"].with_name("examples.npz"), run / "examples.npz")
+    results = read(honest["results"])
+    label = results["suite"]["attacks"][0]["name"]
+    if where == "attacks":
+        results["suite"]["attacks"][0]["targets"] = 2
+    else:
+        results["config"] = {**(results.get("config") or {}), "suite": {"targets": {label: 2}}}
+    (run / "results.json").write_text(json.dumps(results))
+    entry = add(run / "results.json", tmp_path / "root", "Targeted")
+    assert lb.load_entry(entry).data["suite"]["attacks"][0]["targets"] == 2
+
+
 def test_add_is_deterministic_and_selects_at_most_100(tmp_path):
     results = F.synthetic_run(tmp_path / "run", n=260, broken_fraction=0.6, clean_errors=10)
     a = add(results, tmp_path / "a", "Det")

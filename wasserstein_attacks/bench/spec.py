@@ -210,8 +210,8 @@ def build_suite(cfg: DictConfig, attack_label: str | None = None) -> tuple[Suite
         "version": suite.version,
         "order": suite.order,
         "attacks": [
-            {"name": label, "attack": a.name, "config": configs[label]}
-            for label, a in zip(suite.labels, suite.attacks, strict=True)
+            {"name": label, "attack": a.name, "config": configs[label], **({"targets": t} if t else {})}
+            for label, a, t in zip(suite.labels, suite.attacks, suite.targets, strict=True)
         ],
     }
     return suite, desc

@@ -273,10 +273,16 @@ def _claimed(results: dict, arrays: dict, grid: list[float], robust: dict, headl
 
 
 def _suite(results: dict) -> dict:
-    return {
+    """Build the ``suite`` block: name, version, walk order, attacks with their targeted runs."""
+    block = {
         **{k: _need(results, f"suite.{k}") for k in ("name", "version", "attacks")},
         **({"order": results["suite"]["order"]} if "order" in results.get("suite", {}) else {}),
     }
+    # Runs written before results.json listed targeted runs per attack keep them in their config.
+    targets = ((results.get("config") or {}).get("suite") or {}).get("targets") or {}
+    block["attacks"] = [{**a, "targets": targets[a["name"]]} if "targets" not in a and targets.get(a["name"])
+                        else a for a in block["attacks"]]
+    return block
 
 
 def _model(model: dict) -> dict:
