@@ -118,3 +118,13 @@ def test_smoothing_commands_chain_levels_and_reuse_trained_models():
     assert "train.epochs=0" in reuse and not any(c.startswith("train.method") for c in reuse)
     assert any(c.endswith("smoothing/lap-0.02-smoothadv/base_model.pt") for c in reuse)
     assert any("smoothing-n100/lap-0.02-smoothadv" in c for c in reuse)
+
+
+def test_suite_steps_takes_what_the_suite_left_robust():
+    import suite_steps
+
+    run = {"cost_tol": 1e-4, "broken_cost": [0.0, 0.1, 0.50004, 0.5001, "inf", 0.7]}
+    ablation = {"runs": {"m": {"standard-v3": run}}}
+    # clean errors (cost 0) are not robust; a break within the tolerance of 0.5 counts at 0.5
+    assert suite_steps.left_robust(ablation, "m", "standard-v3", 0.5) == [3, 4, 5]
+    assert suite_steps.left_robust(ablation, "m", "standard-v3", 0.1) == [2, 3, 4, 5]

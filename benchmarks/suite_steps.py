@@ -1,0 +1,76 @@
+"""Are the suite's attacks converged? Re-attack what a suite left robust with longer or other PGD runs.
+
+Takes, from ``benchmarks/results/suite_ablation.json``, the examples that a suite (default ``standard-v3``)
+leaves robust at one radius on one model, and attacks them again at that radius with box-aware PGD for
+each (loss, steps) of a grid, with the seeds the suite gives them. Each break is a verified member of
+the ball (the attacks' common ending); the count of breaks says how far the suite's budget is from
+converged on that model.
+
+    python benchmarks/suite_steps.py --model mnist_robust --radius 0.5
+
+Writes ``benchmarks/results/suite_steps-<model>-<radius>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
+from suite_ablation import MODELS, _model  # noqa: E402
+
+from wasserstein_attacks import WassersteinBall  # noqa: E402
+from wasserstein_attacks.attacks import get  # noqa: E402
+from wasserstein_attacks.data import load_dataset  # noqa: E402
+
+GRID = (("margin", 300), ("dlr", 300), ("margin", 1000), ("ce", 1000))
+
+
+def left_robust(ablation: dict, model: str, suite: str, radius: float) -> list[int]:
+    """Indices (into the first n test images) that ``suite`` counts robust at ``radius`` on ``model``."""
+    run = ablation["runs"][model][suite]
+    tol = run["cost_tol"]
+    costs = [float(c) for c in run["broken_cost"]]  # "inf" is stored as a string
+    return [i for i, c in enumerate(costs) if c != 0 and not c <= radius * (1 + tol)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="mnist_robust", choices=MODELS)
+    parser.add_argument("--radius", type=float, default=0.5)
+    parser.add_argument("--suite", default="standard-v3")
+    parser.add_argument("--seed", type=int, default=0, help="the seed the ablation ran the suite with")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    origin = provenance()
+    if origin["git_dirty"] is not False:
+        raise SystemExit("the checkout has uncommitted changes: commit first")
+    ablation = json.loads((RESULTS / "suite_ablation.json").read_text())
+    idx = left_robust(ablation, args.model, args.suite, args.radius)
+    data = load_dataset("mnist", "test", n=ablation["n"])
+    model = _model(args.model)
+    sel = torch.tensor(idx, dtype=torch.long)
+    x, y = data.images[sel], data.labels[sel]
+    rows = []
+    for loss, steps in GRID:
+        start = time.perf_counter()
+        res = get("pgd_box", loss=loss, steps=steps)(model, x, y, threat=WassersteinBall(eps=args.radius),
+                                                        seed=args.seed, indices=sel)
+        rows.append({"loss": loss, "steps": steps, "broken": int(res.success.sum()),
+                     "seconds": time.perf_counter() - start})
+        print(f"pgd_box {loss:6s} {steps:5d} steps: breaks {rows[-1]['broken']} of {len(idx)} "
+              f"({rows[-1]['seconds']:.1f} s)", flush=True)
+    out = RESULTS / f"suite_steps-{args.model}-{args.radius:g}.json"
+    write_json(out, {"model": args.model, "radius": args.radius, "suite": args.suite, "n": ablation["n"],
+                     "left_robust": idx, "runs": rows, "machine": machine(), "provenance": origin})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
