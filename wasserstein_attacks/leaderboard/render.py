@@ -124,6 +124,8 @@ Robust accuracy under one exactly defined Wasserstein threat model (see `THREAT_
 project): every adversarial example counted was verified inside the ball, and every entry commits
 up to 100 of them so anyone can re-check them exactly. Rows are ranked by robust accuracy at the headline
 radius, then by clean accuracy; entries that failed verification are listed last, unranked.
+Each table holds the entries of one suite version, the newest first: a weaker suite leaves more
+examples robust, so numbers from different suites are never ranked together.
 Accuracies are percentages of the evaluated examples; clean errors count as broken at radius 0.
 "verified" means `verify` re-ran the suite with the entry's checkpoint and its record binds to the
 entry as committed; a record that does not is shown as "verification does not match the entry".
@@ -362,7 +364,9 @@ def _html_head() -> list[str]:
             f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>Wasserstein robustness leaderboard</h1>\n",
             "<p>Robust accuracy under one exactly defined Wasserstein threat model: every adversarial "
             "example counted was verified inside the ball. Ranked by robust accuracy at the headline radius, "
-            "then clean accuracy; entries that failed verification are listed last, unranked. Click a column "
+            "then clean accuracy; entries that failed verification are listed last, unranked. One table per "
+            "suite version, the newest first: numbers from different suites are never ranked together. "
+            "Click a column "
             "header to sort. Status shows whether the claimed numbers were re-checked by "
             "<code>wattack-leaderboard verify</code>.</p>\n"]
 
