@@ -89,18 +89,19 @@ CANDIDATES = {
 UNION = "union-all"
 
 
+def _of_configs(label: str, members: list[str], order: str = "ascending") -> Suite:
+    """A suite whose attacks are the CONFIGS ``members``, in that order, with their targeted runs."""
+    attacks = [get(CONFIGS[m][0], **CONFIGS[m][1]) for m in members]
+    targets = [CONFIGS[m][2] for m in members]
+    return Suite(label, 1, attacks, labels=list(members), order=order, targets=targets)
+
+
 def _suite(label: str) -> Suite:
     if label in SUITES:
         return load_suite(label)
     if label in CANDIDATES:
-        members, order = CANDIDATES[label]
-        attacks = [get(CONFIGS[m][0], **CONFIGS[m][1]) for m in members]
-        return Suite(label, 1, attacks, labels=members, order=order, targets=[CONFIGS[m][2] for m in members])
-    if label == UNION:
-        attacks = [get(name, **kwargs) for name, kwargs, _ in CONFIGS.values()]
-        return Suite(UNION, 1, attacks, labels=list(CONFIGS), targets=[t for *_, t in CONFIGS.values()])
-    name, kwargs, targets = CONFIGS[label]
-    return Suite(label, 1, [get(name, **kwargs)], labels=[label], targets=[targets])
+        return _of_configs(label, *CANDIDATES[label])
+    return _of_configs(label, list(CONFIGS) if label == UNION else [label])
 
 
 def _run(label: str, model, images, labels) -> dict:

@@ -280,9 +280,11 @@ def _suite(results: dict) -> dict:
     }
     # Runs written before results.json listed targeted runs per attack keep them in their config.
     targets = ((results.get("config") or {}).get("suite") or {}).get("targets") or {}
-    block["attacks"] = [{**a, "targets": targets[a["name"]]} if "targets" not in a and targets.get(a["name"])
-                        else a for a in block["attacks"]]
-    return block
+    attacks = [dict(a) for a in block["attacks"]]
+    for a in attacks:
+        if "targets" not in a and targets.get(a["name"]):
+            a["targets"] = targets[a["name"]]
+    return {**block, "attacks": attacks}
 
 
 def _model(model: dict) -> dict:
