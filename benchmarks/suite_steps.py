@@ -2,7 +2,8 @@
 
 Takes, from ``benchmarks/results/suite_ablation.json``, the examples that a suite (default ``standard-v3``)
 leaves robust at one radius on one model, and attacks them again at that radius with box-aware PGD for
-each (loss, steps) of a grid, with the seeds the suite gives them. Each break is a verified member of
+each (loss, steps, settings) of a grid, with the seeds the suite gives them: longer runs, and larger
+primal and capacity-price steps (``lr``, ``dual_lr``, ``dual_steps``). Each break is a verified member of
 the ball (the attacks' common ending); the count of breaks says how far the suite's budget is from
 converged on that model.
 
@@ -23,13 +24,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
-from suite_ablation import MODELS, _model  # noqa: E402
+from suite_ablation import DUAL3, MODELS, _model  # noqa: E402
 
 from wasserstein_attacks import WassersteinBall  # noqa: E402
 from wasserstein_attacks.attacks import get  # noqa: E402
 from wasserstein_attacks.data import load_dataset  # noqa: E402
 
-GRID = (("margin", 300), ("dlr", 300), ("margin", 1000), ("ce", 1000))
+GRID = (
+    ("margin", 300, {}), ("dlr", 300, {}), ("margin", 1000, {}), ("ce", 1000, {}),
+    ("margin", 300, {"lr": 0.3, "dual_lr": 1.0}), ("dlr", 300, {"lr": 0.3, "dual_lr": 1.0}),
+    ("margin", 300, {"lr": 1.0, "dual_lr": 1.0}),
+    ("margin", 100, DUAL3), ("dlr", 100, DUAL3), ("margin", 300, DUAL3), ("dlr", 300, DUAL3),
+    ("margin", 300, {**DUAL3, "restarts": 2}), ("margin", 1000, DUAL3),
+)
 
 
 def left_robust(ablation: dict, model: str, suite: str, radius: float) -> list[int]:
@@ -58,13 +65,13 @@ def main() -> None:
     sel = torch.tensor(idx, dtype=torch.long)
     x, y = data.images[sel], data.labels[sel]
     rows = []
-    for loss, steps in GRID:
+    for loss, steps, settings in GRID:
         start = time.perf_counter()
-        res = get("pgd_box", loss=loss, steps=steps)(model, x, y, threat=WassersteinBall(eps=args.radius),
-                                                        seed=args.seed, indices=sel)
-        rows.append({"loss": loss, "steps": steps, "broken": int(res.success.sum()),
+        attack = get("pgd_box", loss=loss, steps=steps, **settings)
+        res = attack(model, x, y, threat=WassersteinBall(eps=args.radius), seed=args.seed, indices=sel)
+        rows.append({"loss": loss, "steps": steps, "settings": settings, "broken": int(res.success.sum()),
                      "seconds": time.perf_counter() - start})
-        print(f"pgd_box {loss:6s} {steps:5d} steps: breaks {rows[-1]['broken']} of {len(idx)} "
+        print(f"pgd_box {loss:6s} {steps:5d} steps {settings}: breaks {rows[-1]['broken']} of {len(idx)} "
               f"({rows[-1]['seconds']:.1f} s)", flush=True)
     out = RESULTS / f"suite_steps-{args.model}-{args.radius:g}.json"
     write_json(out, {"model": args.model, "radius": args.radius, "suite": args.suite, "n": ablation["n"],

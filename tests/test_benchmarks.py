@@ -128,3 +128,31 @@ def test_suite_steps_takes_what_the_suite_left_robust():
     # clean errors (cost 0) are not robust; a break within the tolerance of 0.5 counts at 0.5
     assert suite_steps.left_robust(ablation, "m", "standard-v3", 0.5) == [3, 4, 5]
     assert suite_steps.left_robust(ablation, "m", "standard-v3", 0.1) == [2, 3, 4, 5]
+
+
+def test_suite_ablation_merge_joins_parallel_runs_and_refuses_other_grids(tmp_path, monkeypatch):
+    import suite_ablation
+
+    def part(name, runs, n=4):
+        path = tmp_path / name
+        path.write_text(json.dumps({"n": n, "radii": [0.1], "runs": runs, "machine": {}, "provenance": {}}))
+        return path
+
+    out = tmp_path / "all.json"
+    monkeypatch.setattr(suite_ablation, "OUT", out)
+    a = part("a.json", {"m1": {"x": {"seconds": 1}}})
+    b = part("b.json", {"m1": {"y": {"seconds": 2}}, "m2": {"x": {"seconds": 3}}})
+    report = suite_ablation.merge([a, b])
+    assert report["runs"] == {"m1": {"x": {"seconds": 1}, "y": {"seconds": 2}}, "m2": {"x": {"seconds": 3}}}
+    assert json.loads(out.read_text())["runs"] == report["runs"]
+    with pytest.raises(SystemExit, match="n=5"):
+        suite_ablation.merge([part("c.json", {}, n=5)])
+
+
+def test_suite_ablation_candidates_are_made_of_configs():
+    import suite_ablation
+
+    for label, (members, order) in suite_ablation.CANDIDATES.items():
+        assert set(members) <= set(suite_ablation.CONFIGS), label
+        suite = suite_ablation._suite(label)
+        assert suite.order == order and suite.labels == members
