@@ -77,7 +77,7 @@ def _model(name: str) -> torch.nn.Module:
     return load_model(name, **kwargs)
 
 
-SUITES = ("standard-v2", "standard-v3")
+SUITES = ("standard-v2", "standard-v3", "standard-v4")
 #: Earlier candidates for v3, kept as configurations tried (their runs count in the worst case):
 #: label -> (members of CONFIGS, in run order; walk order).
 CANDIDATES = {

@@ -5,6 +5,7 @@ Also: users' own config folders (``hydra.searchpath``) extend the packaged group
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import json
@@ -126,13 +127,31 @@ def test_suite_configs(name):
         # Same attacks and settings as v1, only the walk over the radii differs.
         v1 = compose_cfg("suite=standard-v1").suite
         assert suite.order == "descending" and cfg.suite.attacks == v1.attacks
-    if name == "standard-v3":
+    if name in ("standard-v3", "standard-v4"):
         # v2's two attacks with v2's settings, among others, walked the same way: never weaker than v2.
         v2 = compose_cfg("suite=standard-v2").suite
         targets = cfg.suite.get("targets", {})
         assert suite.order == "descending" and targets.get("fwb_ce", 0) == targets.get("pgdb_ce", 0) == 0
         assert cfg.suite.attacks.fwb_ce == v2.attacks.frank_wolfe_box
         assert cfg.suite.attacks.pgdb_ce == v2.attacks.pgd_box
+
+
+#: sha256 (first 16 hex digits) of each frozen suite's resolved config: every attack setting, the walk and
+#: the targeted runs. Published numbers name a suite version; a change to any of these means a new version.
+FROZEN_SUITES = {
+    "standard-v1": "8f8bd5d525a0d752",
+    "standard-v2": "e8a46984c389961c",
+    "standard-v3": "e01d9b44fdf6f978",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FROZEN_SUITES))
+def test_frozen_suites_do_not_change(name):
+    resolved = OmegaConf.to_container(compose_cfg(f"suite={name}").suite, resolve=True)
+    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    assert digest == FROZEN_SUITES[name], (
+        f"{name} is frozen: its attacks or their settings (conf/attack/*.yaml defaults included) changed; "
+        "add a new version instead")
 
 
 @pytest.mark.parametrize("name", options("attack"))
