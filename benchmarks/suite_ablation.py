@@ -78,6 +78,8 @@ def _model(name: str) -> torch.nn.Module:
 
 
 SUITES = ("standard-v2", "standard-v3", "standard-v4")
+#: The default suite: the one measured against the worst case.
+DEFAULT = "standard-v4"
 #: Earlier candidates for v3, kept as configurations tried (their runs count in the worst case):
 #: label -> (members of CONFIGS, in run order; walk order).
 CANDIDATES = {
@@ -200,53 +202,55 @@ def robust_of(runs: dict, members: list[str], r: float, tol: float) -> float:
 
 
 def analyse(report: dict, candidate: list[str]) -> dict:
-    """Per model and radius: v2, v3 as run, the candidate, the worst case over everything (points)."""
+    """Per model and radius: each standard suite as run, the candidate, the worst case over everything (%).
+
+    ``seconds_tried``: the time of every run except the default suite's (the budget it is measured against).
+    """
     out = {}
     for model_name, runs in report["runs"].items():
         configs = [c for c in [*CONFIGS, *SUITES, *CANDIDATES, UNION] if c in runs]
         tol = next(iter(runs.values()))["cost_tol"]
-        if not all(c in runs for c in candidate):
+        if "standard-v2" not in runs:
             continue
+        has_candidate = all(c in runs for c in candidate)
         rows = {}
         for r in report["radii"]:
             rows[repr(r)] = {
-                "v2": 100 * runs["standard-v2"]["robust_accuracy"][repr(r)],
-                "candidate": 100 * robust_of(runs, candidate, r, tol),
+                **{s: 100 * runs[s]["robust_accuracy"][repr(r)] for s in SUITES if s in runs},
+                "candidate": 100 * robust_of(runs, candidate, r, tol) if has_candidate else None,
                 "worst_case": 100 * robust_of(runs, configs, r, tol),
             }
-            if "standard-v3" in runs:
-                rows[repr(r)]["v3"] = 100 * runs["standard-v3"]["robust_accuracy"][repr(r)]
-        time_candidate = sum(runs[c]["seconds"] for c in candidate)
-        out[model_name] = {"radii": rows, "seconds_v2": runs["standard-v2"]["seconds"],
-                           "seconds_v3": runs.get("standard-v3", {}).get("seconds"),
-                           "seconds_candidate_upper_bound": time_candidate, "configs_tried": configs,
-                           "seconds_tried": sum(runs[c]["seconds"] for c in configs if c != "standard-v3")}
+        out[model_name] = {"radii": rows, "seconds": {s: runs[s]["seconds"] for s in SUITES if s in runs},
+                           "seconds_candidate_upper_bound": sum(runs[c]["seconds"] for c in candidate)
+                           if has_candidate else None,
+                           "configs_tried": configs,
+                           "seconds_tried": sum(runs[c]["seconds"] for c in configs if c != DEFAULT)}
     return out
 
 
 def markdown(table: dict, n: int) -> str:
-    """README table: robust accuracy (%) of v2, v3 and the worst case over every configuration tried."""
+    """README tables: robust accuracy (%) of each standard suite and of the worst case over every run;
+    then the default suite's largest gap to the worst case and its time against v2's."""
     radii = next(iter(table.values()))["radii"]
     head = "| model | suite | " + " | ".join(radii) + " | seconds |"
     lines = [head, "|" + "---|" * (len(radii) + 3)]
     for model_name, t in table.items():
-        rows = [("standard-v2", "v2", t["seconds_v2"]), ("standard-v3", "v3", t["seconds_v3"]),
-                (f"worst case of {len(t['configs_tried'])} runs", "worst_case", None)]
+        rows = [(s, s, t["seconds"][s]) for s in SUITES if s in t["seconds"]]
+        rows.append((f"worst case of {len(t['configs_tried'])} runs", "worst_case", None))
         for label, key, seconds in rows:
-            if key not in next(iter(t["radii"].values())):
-                continue
             cells = " | ".join(f"{t['radii'][r][key]:.1f}" for r in radii)
             time = "" if seconds is None else f"{seconds:.0f}"
             lines.append(f"| {model_name} | {label} | {cells} | {time} |")
-    lines += ["", "| model | v3 minus worst case, largest over radii (points) | v3 time / v2 time "
-              "| runs tried | their time / v3 time |", "|---|---|---|---|---|"]
+    v = DEFAULT.rsplit("-", 1)[1]
+    lines += ["", f"| model | {v} minus worst case, largest over radii (points) | {v} time / v2 time "
+              f"| runs tried | their time / {v} time |", "|---|---|---|---|---|"]
     for model_name, t in table.items():
-        rows = t["radii"].values()
-        if t["seconds_v3"] is None:
+        if DEFAULT not in t["seconds"]:
             continue
-        gap = max(row["v3"] - row["worst_case"] for row in rows)
-        lines.append(f"| {model_name} | {gap:.1f} | {t['seconds_v3'] / t['seconds_v2']:.2f} | "
-                     f"{len(t['configs_tried'])} | {t['seconds_tried'] / t['seconds_v3']:.1f} |")
+        gap = max(row[DEFAULT] - row["worst_case"] for row in t["radii"].values())
+        seconds = t["seconds"][DEFAULT]
+        lines.append(f"| {model_name} | {gap:.1f} | {seconds / t['seconds']['standard-v2']:.2f} | "
+                     f"{len(t['configs_tried'])} | {t['seconds_tried'] / seconds:.1f} |")
     return "\n".join(lines) + f"\n\n(first {n} MNIST test images)"
 
 
@@ -260,7 +264,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS, *CANDIDATES, UNION],
                         help="run only these suites/configurations (default: all)")
     parser.add_argument("--candidate", nargs="+", help="configurations whose union is evaluated",
-                        default=["standard-v3"])
+                        default=[DEFAULT])
     parser.add_argument("--rerun", action="store_true",
                         help="run --configs again even if the JSON has them (e.g. v2 and v3 back to back, "
                              "so that their times are taken under the same load)")
@@ -281,12 +285,13 @@ def main() -> None:
         print(markdown(table, report["n"]))
         return
     for model_name, t in table.items():
-        seconds = f"v2 {t['seconds_v2']:.0f} s, candidate <= {t['seconds_candidate_upper_bound']:.0f} s"
-        print(f"\n{model_name}: {seconds}")
+        seconds = ", ".join(f"{s} {v:.0f} s" for s, v in t["seconds"].items())
+        bound = t["seconds_candidate_upper_bound"]
+        print(f"\n{model_name}: {seconds}" + ("" if bound is None else f", candidate <= {bound:.0f} s"))
         for r, row in t["radii"].items():
-            v3 = f"  v3 {row['v3']:5.1f}" if "v3" in row else ""
-            print(f"  eps {r:>5}: v2 {row['v2']:5.1f}{v3}  candidate {row['candidate']:5.1f}  "
-                  f"worst case {row['worst_case']:5.1f}")
+            suites = "  ".join(f"{s[-2:]} {row[s]:5.1f}" for s in SUITES if s in row)
+            cand = "" if row["candidate"] is None else f"  candidate {row['candidate']:5.1f}"
+            print(f"  eps {r:>5}: {suites}{cand}  worst case {row['worst_case']:5.1f}")
 
 
 if __name__ == "__main__":

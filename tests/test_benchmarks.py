@@ -156,3 +156,22 @@ def test_suite_ablation_candidates_are_made_of_configs():
         assert set(members) <= set(suite_ablation.CONFIGS), label
         suite = suite_ablation._suite(label)
         assert suite.order == order and suite.labels == members
+
+
+def test_suite_ablation_measures_the_default_suite_against_the_worst_case():
+    import suite_ablation
+
+    def run(costs, seconds):
+        robust = {"0.1": sum(not float(c) <= 0.1 * (1 + 1e-4) for c in costs) / len(costs)}
+        return {"broken_cost": costs, "seconds": seconds, "cost_tol": 1e-4, "robust_accuracy": robust}
+
+    runs = {"standard-v2": run([0.05, "inf", "inf", "inf"], 10.0),
+            suite_ablation.DEFAULT: run([0.05, 0.09, "inf", "inf"], 25.0),
+            "pgdb-margin": run(["inf", 0.08, 0.1, "inf"], 40.0)}
+    table = suite_ablation.analyse({"radii": [0.1], "runs": {"m": runs}}, ["pgdb-margin"])
+    row = table["m"]["radii"]["0.1"]
+    # the worst case is the union of every run's breaks, per example: only example 3 resists everything
+    assert row["worst_case"] == 25.0 and row[suite_ablation.DEFAULT] == 50.0 and row["candidate"] == 50.0
+    assert table["m"]["seconds_tried"] == 50.0  # every run but the default suite's
+    text = suite_ablation.markdown(table, 4)
+    assert "| m | 25.0 | 2.50 | 3 | 2.0 |" in text
