@@ -36,6 +36,9 @@ GRID = (
     ("margin", 300, {"lr": 1.0, "dual_lr": 1.0}),
     ("margin", 100, DUAL3), ("dlr", 100, DUAL3), ("margin", 300, DUAL3), ("dlr", 300, DUAL3),
     ("margin", 300, {**DUAL3, "restarts": 2}), ("margin", 1000, DUAL3),
+    ("margin", 300, {"dual_lr": 1.0}), ("margin", 300, {"dual_lr": 3.0}), ("dlr", 300, {"dual_lr": 3.0}),
+    ("dlr", 100, {"dual_lr": 3.0}), ("margin", 300, {"dual_lr": 10.0}),
+    ("margin", 300, {"dual_lr": 3.0, "dual_steps": 2}),
 )
 
 
@@ -51,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="mnist_robust", choices=MODELS)
     parser.add_argument("--radius", type=float, default=0.5)
-    parser.add_argument("--suite", default="standard-v3")
+    parser.add_argument("--suite", default="standard-v3", help="whose left-robust examples to re-attack")
     parser.add_argument("--seed", type=int, default=0, help="the seed the ablation ran the suite with")
     args = parser.parse_args()
     torch.set_num_threads(1)
