@@ -51,7 +51,7 @@ CONFIGS = {
     "fw-margin": ("frank_wolfe", {"loss": "margin"}, 0),
     # Box-aware PGD with faster capacity prices (prices that reach the full pixels of MNIST strokes in
     # time): on mnist_robust at 0.5 the default settings break none of the 36 examples v3 leaves robust
-    # in 300 steps; a 30x larger price step breaks 27 at the same cost (standard-v4's setting, "mu3"),
+    # in 300 steps; a 30x larger price step breaks 27 at the same cost (standard-v4's second run, "mu3"),
     # a larger primal step with three price updates per step 24 at 1.5x the cost ("dual3", weaker at
     # small radii). benchmarks/suite_steps.py.
     "pgdb-margin-mu3": ("pgd_box", {"loss": "margin", "dual_lr": 3.0}, 0),
@@ -105,9 +105,16 @@ CANDIDATES = {
     # mnist_adv_training it took 5.1x v2's time and lost breaks at 0.01-0.05.
     "cand4c-descending": (["pgdb-margin-dual3", "pgdb-dlr-dual3-100", "fwb-ce", "pgdb-ce", "fwb-margin-t3"],
                           "descending"),
+    # The second draft (commit 542d724): v3 with fast prices (dual_lr 3) in its margin and DLR runs. Weaker
+    # than v3 on mnist_vanilla (fast prices alone are weak on that confident model).
+    "cand4d-descending": (["pgdb-margin-mu3", "pgdb-dlr-mu3-100", "fwb-ce", "pgdb-ce", "fwb-margin-t3"],
+                          "descending"),
 }
 #: Members of candidates that do not run alone (label -> as in CONFIGS).
-CANDIDATE_MEMBERS = {"pgdb-dlr-dual3-100": ("pgd_box", {"loss": "dlr", "steps": 100, **DUAL3}, 0)}
+CANDIDATE_MEMBERS = {
+    "pgdb-dlr-dual3-100": ("pgd_box", {"loss": "dlr", "steps": 100, **DUAL3}, 0),
+    "pgdb-dlr-mu3-100": ("pgd_box", {"loss": "dlr", "steps": 100, "dual_lr": 3.0}, 0),
+}
 #: Every configuration of CONFIGS in one ascending suite: each attacks, at each radius, only what the
 #: ones before it left robust, so it yields the per-example worst case over all of them (at the grid
 #: radii) for less than the separate runs, but not each configuration's own breaks.

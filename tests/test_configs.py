@@ -127,7 +127,13 @@ def test_suite_configs(name):
         # Same attacks and settings as v1, only the walk over the radii differs.
         v1 = compose_cfg("suite=standard-v1").suite
         assert suite.order == "descending" and cfg.suite.attacks == v1.attacks
-    if name in ("standard-v3", "standard-v4"):
+    if name == "standard-v4":
+        # v3's attacks with v3's settings but its cross-entropy PGD, plus a fast-price margin PGD run.
+        v3 = compose_cfg("suite=standard-v3").suite
+        kept = {k: v for k, v in v3.attacks.items() if k != "pgdb_ce"}
+        assert {k: cfg.suite.attacks[k] for k in kept} == kept and cfg.suite.targets == v3.targets
+        assert cfg.suite.attacks.pgdb_margin_fastprice.dual_lr == 3.0 and suite.order == v3.order
+    if name == "standard-v3":
         # v2's two attacks with v2's settings, among others, walked the same way: never weaker than v2.
         v2 = compose_cfg("suite=standard-v2").suite
         targets = cfg.suite.get("targets", {})
@@ -142,6 +148,7 @@ FROZEN_SUITES = {
     "standard-v1": "8f8bd5d525a0d752",
     "standard-v2": "e8a46984c389961c",
     "standard-v3": "e01d9b44fdf6f978",
+    "standard-v4": "500b07e519a265da",
 }
 
 
