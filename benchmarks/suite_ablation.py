@@ -109,11 +109,16 @@ CANDIDATES = {
     # than v3 on mnist_vanilla (fast prices alone are weak on that confident model).
     "cand4d-descending": (["pgdb-margin-mu3", "pgdb-dlr-mu3-100", "fwb-ce", "pgdb-ce", "fwb-margin-t3"],
                           "descending"),
+    # The third draft (commit 72a2f3b): v3 with its cross-entropy PGD replaced by fast-price margin PGD.
+    # Weaker than v3 on WattackAdvPGDLong at 0.5 (29.0 against 27.0 %).
+    "cand4e-descending": (["pgdb-margin", "pgdb-margin-mu3", "pgdb-dlr-100", "fwb-ce", "fwb-margin-t3"],
+                          "descending"),
 }
 #: Members of candidates that do not run alone (label -> as in CONFIGS).
 CANDIDATE_MEMBERS = {
     "pgdb-dlr-dual3-100": ("pgd_box", {"loss": "dlr", "steps": 100, **DUAL3}, 0),
     "pgdb-dlr-mu3-100": ("pgd_box", {"loss": "dlr", "steps": 100, "dual_lr": 3.0}, 0),
+    "pgdb-dlr-100": ("pgd_box", {"loss": "dlr", "steps": 100}, 0),
 }
 #: Every configuration of CONFIGS in one ascending suite: each attacks, at each radius, only what the
 #: ones before it left robust, so it yields the per-example worst case over all of them (at the grid
