@@ -5,14 +5,17 @@ in ascending order (every example is attacked at every radius below its cheapest
 assumption about the walk). Because attacks seed per example and stop per example, a suite made of
 several configurations breaks exactly the union of what its members break, so any candidate suite is
 evaluated offline from the per-example costs stored here, against the per-example worst case over
-everything tried. ``standard-v2`` and ``standard-v3`` run too, for their numbers and their time, and so
-do the earlier candidates for v3 (``CANDIDATES``); every run counts in the worst case.
+everything tried. The standard suites (``SUITES``) run too, for their numbers and their time, and so
+do the rejected candidates (``CANDIDATES``); every run counts in the worst case. The default suite
+(``DEFAULT``) is measured against it.
 
     python benchmarks/suite_ablation.py --n 200 --threads 1          # resumable; JSON after each run
-    python benchmarks/suite_ablation.py --analyse                   # tables from the JSON only
-    python benchmarks/suite_ablation.py --configs standard-v2 standard-v3 --rerun   # time both afresh
-    python benchmarks/suite_ablation.py --n 1000 --device cuda --configs standard-v2 standard-v3 union-all \
-        --out benchmarks/results/suite_ablation-1000.json             # v2, v3 and the worst case, on a GPU
+    python benchmarks/suite_ablation.py --analyse --markdown        # the README tables, from the JSON only
+    python benchmarks/suite_ablation.py --configs standard-v2 standard-v4 --rerun   # time both afresh
+    python benchmarks/suite_ablation.py --models mnist_robust --out /tmp/a.json   # parallel jobs, then:
+    python benchmarks/suite_ablation.py --merge /tmp/a.json /tmp/b.json
+    python benchmarks/suite_ablation.py --n 1000 --device cuda --configs standard-v2 standard-v4 union-all \
+        --out benchmarks/results/suite_ablation-1000.json             # v2, v4 and the worst case, on a GPU
 
 Writes ``benchmarks/results/suite_ablation.json``.
 """
@@ -36,9 +39,9 @@ from wasserstein_attacks.models import load_model  # noqa: E402
 
 RADII = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 OUT = RESULTS / "suite_ablation.json"  # --out replaces it
-#: label -> (registry name, constructor keywords, targeted runs). Defaults are the attack configs'.
 #: A larger primal step with three price updates per step (see "pgdb-margin-dual3").
 DUAL3 = {"lr": 0.3, "dual_lr": 1.0, "dual_steps": 3}
+#: label -> (registry name, constructor keywords, targeted runs). Defaults are the attack configs'.
 CONFIGS = {
     "fwb-ce": ("frank_wolfe_box", {"loss": "ce"}, 0),
     "pgdb-ce": ("pgd_box", {"loss": "ce"}, 0),
@@ -84,7 +87,7 @@ def _model(name: str) -> torch.nn.Module:
 SUITES = ("standard-v2", "standard-v3", "standard-v4")
 #: The default suite: the one measured against the worst case.
 DEFAULT = "standard-v4"
-#: Earlier candidates for v3, kept as configurations tried (their runs count in the worst case):
+#: Rejected candidates for v3 and v4, kept as configurations tried (their runs count in the worst case):
 #: label -> (members of CONFIGS, in run order; walk order).
 CANDIDATES = {
     # The first candidate (standard-v3.yaml until 2026-12-05): no cross-entropy PGD, radii walked upward.
@@ -290,7 +293,7 @@ def main() -> None:
     parser.add_argument("--candidate", nargs="+", help="configurations whose union is evaluated",
                         default=[DEFAULT])
     parser.add_argument("--rerun", action="store_true",
-                        help="run --configs again even if the JSON has them (e.g. v2 and v3 back to back, "
+                        help="run --configs again even if the JSON has them (e.g. v2 and v4 back to back, "
                              "so that their times are taken under the same load)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--markdown", action="store_true", help="print the README table (with --analyse)")

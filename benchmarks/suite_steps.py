@@ -10,8 +10,7 @@ converged on that model.
     python benchmarks/suite_steps.py --model mnist_robust --radius 0.5
     python benchmarks/suite_steps.py --model mnist_robust --radius 0.2 --suite standard-v4
 
-Writes ``benchmarks/results/suite_steps-<model>-<radius>.json`` (standard-v3) or
-``suite_steps-<suite>-<model>-<radius>.json``.
+Writes ``benchmarks/results/suite_steps-<suite>-<model>-<radius>.json``.
 """
 
 from __future__ import annotations
@@ -78,9 +77,7 @@ def main() -> None:
                      "seconds": time.perf_counter() - start})
         print(f"pgd_box {loss:6s} {steps:5d} steps {settings}: breaks {rows[-1]['broken']} of {len(idx)} "
               f"({rows[-1]['seconds']:.1f} s)", flush=True)
-    # v3's files came first and keep their names; other suites' files name the suite.
-    prefix = "suite_steps" if args.suite == "standard-v3" else f"suite_steps-{args.suite}"
-    out = RESULTS / f"{prefix}-{args.model}-{args.radius:g}.json"
+    out = RESULTS / f"suite_steps-{args.suite}-{args.model}-{args.radius:g}.json"
     write_json(out, {"model": args.model, "radius": args.radius, "suite": args.suite, "n": ablation["n"],
                      "left_robust": idx, "runs": rows, "machine": machine(), "provenance": origin})
     print(f"wrote {out}")
