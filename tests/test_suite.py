@@ -328,3 +328,22 @@ def test_counted_radius_is_the_smallest_ball_an_example_counts_in():
     expected = torch.tensor([0.02, torch.inf, 0.0], dtype=torch.float64)
     torch.testing.assert_close(res.counted_radius(), expected)
     assert res.robust(0.02).tolist() == [False, True, False]
+
+
+def test_the_default_suite_breaks_only_with_verified_examples_inside_the_ball(setup):
+    # standard-v4 as packaged (its fast-price PGD run included), with few steps: every break it counts is
+    # misclassified, in the box, and inside the ball of its counted radius by the exact LP.
+    data, model, _, _ = setup
+    suite = load_suite("standard-v4")
+    assert "pgdb_margin_fastprice" in suite.labels
+    for attack in suite.attacks:
+        attack.steps = 5
+    x, y = data.images, data.labels
+    res = suite.run(model, x, y, RADII, threat=THREAT, seed=5, exact_fraction=1.0, progress=False)
+    broken = res.broken_attack >= 0
+    assert broken.any()
+    with torch.no_grad():
+        assert (model(res.adversarial[broken]).argmax(1) != y[broken]).all()
+    assert res.adversarial.min() >= 0 and res.adversarial.max() <= 1
+    exact = THREAT.distance(x[broken], res.adversarial[broken])
+    assert (exact <= res.counted_radius()[broken] * (1 + THREAT.cost_tol)).all()
