@@ -82,6 +82,23 @@ def test_committed_pages_match_the_entries():
     assert (COMMITTED / "index.html").read_text(encoding="utf-8") == page, "run `wattack-leaderboard render`"
 
 
+def test_committed_entries_use_the_default_suite_and_can_be_remade():
+    """The published table never lags the default suite, and make_entries.sh re-creates every entry."""
+    import re
+
+    config = (REPO / "wasserstein_attacks" / "conf" / "config.yaml").read_text()
+    default = re.search(r"^\s*- suite: (\S+)", config, re.M).group(1)
+    name, version = default.rsplit("-v", 1)
+    script = (COMMITTED / "make_entries.sh").read_text()
+    entries = lb.entry_paths(COMMITTED)
+    assert entries
+    for p in entries:
+        data = lb.load_entry(p).data
+        assert (data["suite"]["name"], int(data["suite"]["version"])) == (name, int(version)), p.name
+        assert re.search(rf"^ID={re.escape(data['id'])}(;|$)", script, re.M), f"make_entries.sh lacks {data['id']}"
+        assert data["verification"] and data["verification"]["status"] == "verified", p.name
+
+
 def test_example_fixture_examples_are_exactly_inside(tmp_path):
     target = fresh_copy(lb.entry_paths(F.FIXTURE_ROOT)[0], tmp_path)
     block = lb.verify_entry(target, now="2001-01-01T00:00:00Z")
