@@ -95,7 +95,8 @@ def test_committed_entries_use_the_default_suite_and_can_be_remade():
     for p in entries:
         data = lb.load_entry(p).data
         assert (data["suite"]["name"], int(data["suite"]["version"])) == (name, int(version)), p.name
-        assert re.search(rf"^ID={re.escape(data['id'])}(;|$)", script, re.M), f"make_entries.sh lacks {data['id']}"
+        entry_id = data["id"]
+        assert re.search(rf"^ID={re.escape(entry_id)}(;|$)", script, re.M), f"no ID={entry_id}"
         assert data["verification"] and data["verification"]["status"] == "verified", p.name
 
 
