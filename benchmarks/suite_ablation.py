@@ -61,10 +61,13 @@ CONFIGS = {
     "pgdb-dlr-mu3": ("pgd_box", {"loss": "dlr", "dual_lr": 3.0}, 0),
     "pgdb-margin-dual3": ("pgd_box", {"loss": "margin", **DUAL3}, 0),
     "pgdb-dlr-dual3": ("pgd_box", {"loss": "dlr", **DUAL3}, 0),
+    # A 10x larger primal step: the inner attack of WattackAdvPGDLr1's training (benchmarks/inner_attack.py),
+    # here at the suite's length.
+    "pgdb-margin-lr1": ("pgd_box", {"loss": "margin", "lr": 1.0}, 0),
 }
 MODELS = ("standard", "mnist_vanilla", "mnist_adv_training", "mnist_robust", "mnist_binarize")
 #: The project's own trained models: leaderboard entries whose weights are committed beside them.
-ENTRIES = ("WattackAdvFWB", "WattackAdvPGD", "WattackAdvPGDLong")
+ENTRIES = ("WattackAdvFWB", "WattackAdvPGD", "WattackAdvPGDLong", "WattackAdvPGDLr1")
 ENTRY_DIR = Path(__file__).resolve().parent.parent / "leaderboard" / "entries" / "mnist" / "W1-k5-box01"
 
 
