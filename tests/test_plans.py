@@ -20,7 +20,7 @@ from scipy.optimize import linprog, minimize
 from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks import transport as T
 from wasserstein_attacks.attacks import base, get
-from wasserstein_attacks.attacks.plans import ExactProjectionPGD, FrankWolfe, FrankWolfeBox, PGDBox
+from wasserstein_attacks.attacks.plans import ExactProjectionPGD, FrankWolfe, FrankWolfeBox, PGDBox, apgd_checkpoints
 from wasserstein_attacks.solvers import (
     PlanRows,
     capacity_projection,
@@ -393,3 +393,27 @@ def test_public_kernels_validate_their_inputs(fn):
         fn(good, x * 2, WassersteinBall(0.1))
     with pytest.raises(ValueError, match="threat"):
         fn(good, x, None)
+
+
+def test_apgd_checkpoints_follow_croce_and_hein():
+    # p = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 of the iterations; values: steps since the last one.
+    assert apgd_checkpoints(100) == {22: 22, 41: 19, 57: 16, 70: 13, 80: 10, 87: 7, 93: 6, 99: 6}
+    assert list(apgd_checkpoints(10)) == [3, 5, 6, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_apgd_schedule_is_feasible_deterministic_and_not_weaker(setting, loss):
+    model, x, labels = setting
+    threat = WassersteinBall(0.05)
+    fixed = PGDBox(steps=40, loss=loss)(model, x, labels, threat=threat)
+    a = PGDBox(steps=40, loss=loss, schedule="apgd", lr=1.0)(model, x, labels, threat=threat, seed=3)
+    b = PGDBox(steps=40, loss=loss, schedule="apgd", lr=1.0)(model, x, labels, threat=threat, seed=3)
+    torch.testing.assert_close(a.adversarial, b.adversarial)
+    assert a.certified.all() and (a.repair > 1 - 1e-4).all()
+    assert a.info["claimed_success"] == a.success.tolist()
+    assert int(a.success.sum()) >= int(fixed.success.sum())
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="schedule"):
+        PGDBox(schedule="cosine")

@@ -269,7 +269,8 @@ def iterate(
         loss: ``"ce"`` or ``"margin"``, the loss to maximise (see ``loss_per_example``).
         state: per-example tensors with leading dim ``B``; ``state["var"]`` is the variable the
             gradient is taken with respect to (a plan ``[B,C,H*W,k*k]`` or an image ``[B,C,H,W]``).
-            Updated in place for the active examples.
+            Updated in place for the active examples. If it holds ``"objective"`` (``[B]``), ``step``
+            finds there the loss of the iterate its gradient was taken at.
         image: ``sub_state -> [b, C, H, W]`` differentiable image of the (sub-)state.
         step: ``(sub_state, grad, t, idx) -> new sub_state`` for the examples ``idx`` (dataset
             positions in the batch) that are still active and not fooled; ``grad`` is the gradient of
@@ -302,6 +303,8 @@ def iterate(
             if grad is None:
                 grad = torch.zeros_like(var)
         with torch.no_grad():
+            if "objective" in sub:  # a step that adapts to the loss it reached (APGD's schedule) reads it
+                sub["objective"] = obj.detach().to(sub["objective"].dtype)
             pred = logits.argmax(1)
             fooled = (pred == targets[idx]) if targets is not None else (pred != labels[idx])
             if stop_on_success:

@@ -16,6 +16,8 @@ the local box repair (``fit_box``), all on compact rows
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import transport as T
@@ -26,7 +28,7 @@ from ..solvers.rows import PlanRows, check_solver, cost_budget, example_max, shr
 from ..solvers.simplex import project_rows
 from .base import LOSSES, Attack, RunOutput, example_generators, iterate, predict, register, repair_plan
 
-__all__ = ["ExactProjectionPGD", "FrankWolfe", "FrankWolfeBox", "PGDBox"]
+__all__ = ["ExactProjectionPGD", "FrankWolfe", "FrankWolfeBox", "PGDBox", "apgd_checkpoints"]
 
 
 
@@ -59,6 +61,13 @@ class _PlanAttack(Attack):
     def _step(self, rows: PlanRows, P: torch.Tensor, G: torch.Tensor, state: dict, t: int):
         """One update: plan rows ``P``, l_inf-normalised plan gradient rows ``G`` -> (new rows, state)."""
         raise NotImplementedError
+
+    def _row_buffers(self) -> tuple[str, ...]:
+        """Names of plan-shaped ``[M, k*k]`` buffers the step carries (started at the starting plan).
+
+        ``_step`` finds the active examples' rows of each in ``state`` and returns their new rows there.
+        """
+        return ()
 
     def _finalise(self, rows: PlanRows, P: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         return P
@@ -102,14 +111,18 @@ class _PlanAttack(Attack):
                 plan[sel] = self._random_rows(sub, eps[todo], [gens[i] for i in todo.tolist()])
             state = {"var": sub.image(plan[sel]), "eps": eps[todo],
                      **self._extra_state(todo.numel(), x[0].numel(), x)}
+            buffers = {name: plan.clone() for name in self._row_buffers()}
 
-            def step(s, grad, t, idx, todo=todo):
+            def step(s, grad, t, idx, todo=todo, buffers=buffers):
                 active, rsel = rows.subset(todo[idx])
                 scale = grad.abs().flatten(1).amax(1) + 1e-8  # Wu et al.: l_inf-normalised (+1e-8)
                 # Normalising the image gradient ([b, C, H, W]) is cheaper than the plan rows ([M, k*k]).
                 G = active.at_targets(grad / scale.reshape(-1, *([1] * (grad.dim() - 1))))
+                s = {**s, **{name: buf[rsel] for name, buf in buffers.items()}}
                 P, new = self._step(active, plan[rsel], G, s, t)
                 plan[rsel] = P
+                for name, buf in buffers.items():
+                    buf[rsel] = new.pop(name)
                 return {"var": active.image(P), **new}
 
             iters[todo] += iterate(
@@ -382,8 +395,18 @@ class PGDBox(_PricedPlanAttack):
         loss: as ``FrankWolfeBox``.
         restarts: as ``FrankWolfeBox``.
         stop_on_success: as ``FrankWolfeBox``.
+        schedule: ``"fixed"`` (every step ``lr``, as Wu et al.) or ``"apgd"``: the step-size schedule of
+            Croce & Hein's APGD (ICML 2020) on plans: ``lr`` is the first step; momentum 0.75; at the
+            checkpoints ``0.22, 0.41, 0.57, ...`` of ``steps`` an example's step halves, and it goes back
+            to the best plan it has seen (highest loss), when fewer than 75 % of its steps since the
+            last checkpoint raised the loss, or when neither its step was halved nor its best loss rose
+            since then.
 
     """
+
+    SCHEDULES = ("fixed", "apgd")
+    #: APGD's momentum and the share of steps that must raise the loss between checkpoints.
+    MOMENTUM, RHO = 0.75, 0.75
 
     def __init__(
         self,
@@ -397,13 +420,64 @@ class PGDBox(_PricedPlanAttack):
         loss: str = "ce",
         restarts: int = 1,
         stop_on_success: bool = True,
+        schedule: str = "fixed",
     ):
         super().__init__(steps=steps, loss=loss, restarts=restarts, stop_on_success=stop_on_success)
         self.lr = check_float(lr, "lr")
         self._set_prices(dual_lr, dual_steps, newton_steps, tol)
+        check_choice(schedule, "schedule", self.SCHEDULES)
+        self.schedule = schedule
+        self._checkpoints = apgd_checkpoints(self.steps) if schedule == "apgd" else {}
+
+    def _row_buffers(self):
+        return ("previous", "best_plan") if self.schedule == "apgd" else ()
+
+    def _extra_state(self, b, pixels, like):
+        state = super()._extra_state(b, pixels, like)
+        if self.schedule == "apgd":
+            state.update(objective=like.new_zeros(b), best=like.new_full((b,), -torch.inf),
+                         last=like.new_full((b,), -torch.inf), gains=like.new_zeros(b),
+                         eta=like.new_full((b,), self.lr), best_at_check=like.new_full((b,), -torch.inf),
+                         halved_at_check=like.new_zeros(b))
+        return state
+
+    def _apgd(self, rows, P, G, state, t):
+        """APGD's bookkeeping: the direction (momentum step) and, at checkpoints, halving and going back.
+
+        Returns ``(V, P, new state)``: the point to project, the plan it moved from, the state to keep.
+        """
+        obj, best = state["objective"], state["best"]
+        rise = obj > best
+        best_plan = torch.where(rise[rows.example, None], P, state["best_plan"])
+        best = torch.maximum(best, obj)
+        gains = state["gains"] + (obj > state["last"]).to(obj.dtype)
+        eta, previous = state["eta"], state["previous"]
+        new = {"objective": obj, "last": obj, "best": best, "gains": gains, "best_plan": best_plan}
+        if t in self._checkpoints:
+            span = self._checkpoints[t]
+            stalled = (state["halved_at_check"] == 0) & (best <= state["best_at_check"])
+            halve = (gains < self.RHO * span) | stalled
+            eta = torch.where(halve, eta / 2, eta)
+            back = halve[rows.example, None]
+            P = torch.where(back, best_plan, P)
+            previous = torch.where(back, best_plan, previous)
+            new.update(gains=torch.zeros_like(gains), best_at_check=best, halved_at_check=halve.to(obj.dtype),
+                       last=torch.where(halve, best, obj))
+        else:
+            halve = torch.zeros_like(rise)
+            new.update(best_at_check=state["best_at_check"], halved_at_check=state["halved_at_check"])
+        # An example sent back to its best plan takes its next step from there, with that plan's gradient.
+        move = (~halve)[rows.example, None].to(P.dtype)
+        step = eta[rows.example, None] * move
+        V = P + self.MOMENTUM * step * G + (1 - self.MOMENTUM) * move * (P - previous)
+        new.update(eta=eta, previous=P)
+        return V, P, new
 
     def _step(self, rows, P, G, state, t):
-        V = P + self.lr * G
+        if self.schedule == "apgd":
+            V, P, new = self._apgd(rows, P, G, state, t)
+        else:
+            V, new = P + self.lr * G, {}
         budget = cost_budget(rows, state["eps"])
         mu, lam = state["mu"].reshape(-1), state["lam"]
         for _ in range(self.dual_steps):
@@ -411,4 +485,17 @@ class PGDBox(_PricedPlanAttack):
                                      start=lam, price=rows.at_targets(mu))
             self._evaluations += n
             mu = (mu + self.dual_lr * (rows.columns(P) - 1)).clamp_min(0)
-        return fit_box(rows, P), {"lam": lam, "mu": mu.reshape(state["mu"].shape)}
+        return fit_box(rows, P), {"lam": lam, "mu": mu.reshape(state["mu"].shape), **new}
+
+
+def apgd_checkpoints(steps: int) -> dict[int, int]:
+    """APGD's checkpoints for ``steps`` iterations: ``{iteration: iterations since the last checkpoint}``.
+
+    Fractions ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` of ``steps``,
+    rounded up (Croce & Hein 2020, Section 3.2).
+    """
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    marks = sorted({math.ceil(round(q * steps, 6)) for q in p[1:]} - {0})  # 0.57 * 100 is 57, not 58
+    return {m: m - prev for prev, m in zip([0, *marks[:-1]], marks, strict=True)}
