@@ -132,6 +132,11 @@ def test_suite_configs(name):
         v3 = compose_cfg("suite=standard-v3").suite
         assert {k: cfg.suite.attacks[k] for k in v3.attacks} == v3.attacks and cfg.suite.targets == v3.targets
         assert cfg.suite.attacks.pgdb_margin_fastprice.dual_lr == 3.0 and suite.order == v3.order
+    if name == "standard-v5":
+        # Box-aware PGD only, every run with APGD's schedule; margin both with slow and fast prices.
+        assert {a.schedule for a in suite.attacks} == {"apgd"} and suite.order == "descending"
+        assert sorted((a.loss, a.dual_lr) for a in suite.attacks) == [
+            ("ce", 0.1), ("dlr", 3.0), ("margin", 0.1), ("margin", 3.0)]
     if name == "standard-v3":
         # v2's two attacks with v2's settings, among others, walked the same way: never weaker than v2.
         v2 = compose_cfg("suite=standard-v2").suite
@@ -148,6 +153,7 @@ FROZEN_SUITES = {
     "standard-v2": "e8a46984c389961c",
     "standard-v3": "e01d9b44fdf6f978",
     "standard-v4": "60fc8636ccd6ec5f",
+    "standard-v5": "ecf2155cc4437454",
 }
 
 
