@@ -126,6 +126,9 @@ CANDIDATES = {
     # Weaker than v3 on WattackAdvPGDLong at 0.5 (29.0 against 27.0 %).
     "cand4e-descending": (["pgdb-margin", "pgdb-margin-mu3", "pgdb-dlr-100", "fwb-ce", "fwb-margin-t3"],
                           "descending"),
+    # standard-v5's four runs walked upward (each example attacked at every radius below its cheapest
+    # break): what the downward walk costs where v5 is furthest from the worst case.
+    "cand5-ascending": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3"], "ascending"),
 }
 #: Members of candidates that do not run alone (label -> as in CONFIGS).
 CANDIDATE_MEMBERS = {

@@ -417,3 +417,21 @@ def test_apgd_schedule_is_feasible_deterministic_and_not_weaker(setting, loss):
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="schedule"):
         PGDBox(schedule="cosine")
+
+
+def test_the_shared_loop_hands_a_step_the_loss_it_differentiated(setting):
+    # APGD's checkpoints compare losses: the objective a step sees must be the loss of the iterate whose
+    # gradient it got, example by example (examples fooled early drop out of the batch).
+    model, x, labels = setting
+    seen = []
+
+    def step(sub, grad, t, idx):
+        expected = base.loss_per_example(model(sub["var"]), labels[idx], "margin")
+        torch.testing.assert_close(sub["objective"], expected)
+        seen.append(idx.numel())
+        return {"var": (sub["var"] + 0.05 * grad.sign()).clamp(0, 1)}
+
+    state = {"var": x.clone(), "objective": torch.zeros(x.shape[0])}
+    base.iterate(model, x, labels, None, steps=6, loss="margin", state=state, image=lambda s: s["var"],
+                 step=step)
+    assert len(seen) >= 2 and seen[-1] < seen[0]  # examples fooled on the way left the batch
