@@ -34,6 +34,9 @@ GRID = (
     (10, {}), (10, {"dual_lr": 3.0}), (10, {"lr": 0.3}), (10, {"lr": 0.5}), (10, {"lr": 1.0}),
     (10, {"lr": 1.0, "dual_lr": 3.0}), (10, {"lr": 0.3, "dual_lr": 1.0, "dual_steps": 3}),
     (5, {"lr": 1.0}), (20, {"lr": 0.3}), (20, {"lr": 1.0}), (100, {}), (100, {"dual_lr": 3.0}),
+    # APGD's schedule (standard-v5's): its checkpoints come every step or two in a 10-step run.
+    (10, {"lr": 1.0, "schedule": "apgd"}), (10, {"lr": 2.0, "schedule": "apgd"}),
+    (20, {"lr": 1.0, "schedule": "apgd"}),
 )
 
 
