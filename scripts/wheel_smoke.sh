@@ -68,7 +68,7 @@ EOF
 step "wattack-leaderboard validate --root $REPO/leaderboard"
 "$VENV/wattack-leaderboard" validate --root "$REPO/leaderboard"
 
-step "load_suite('standard-v4')"
-"$VENV/python" -c "from wasserstein_attacks.attacks.suite import load_suite; print(load_suite('standard-v4'))"
+step "load_suite('standard-v5')"
+"$VENV/python" -c "from wasserstein_attacks.attacks.suite import load_suite; print(load_suite('standard-v5'))"
 
 step "wheel smoke test passed in $((SECONDS - start)) s"
