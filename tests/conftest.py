@@ -95,3 +95,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def default_suite() -> str:
+    """The file name of the default suite (``standard-v5``): the ``suite`` entry of the packaged
+    ``conf/config.yaml``'s defaults list."""
+    import yaml
+
+    import wasserstein_attacks
+
+    config = Path(wasserstein_attacks.__file__).parent / "conf" / "config.yaml"
+    defaults = yaml.safe_load(config.read_text())["defaults"]
+    return next(d["suite"] for d in defaults if isinstance(d, dict) and "suite" in d)

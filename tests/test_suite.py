@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_doubles import CentreOfMass, RandomShift  # noqa: E402
 
-import wasserstein_attacks  # noqa: E402
 from wasserstein_attacks import WassersteinBall  # noqa: E402
 from wasserstein_attacks.attacks.base import example_seeds  # noqa: E402
 from wasserstein_attacks.attacks.suite import Suite, SuiteResult, check_radii, in_exact_sample, load_suite  # noqa: E402
@@ -334,11 +333,10 @@ def test_counted_radius_is_the_smallest_ball_an_example_counts_in():
 def test_the_default_suite_breaks_only_with_verified_examples_inside_the_ball(setup):
     # The default suite of conf/config.yaml as packaged, with few steps: every break it counts is
     # misclassified, in the box, and inside the ball of its counted radius by the exact LP.
-    import re
+    from conftest import default_suite
 
     data, model, _, _ = setup
-    config = (Path(wasserstein_attacks.__file__).parent / "conf" / "config.yaml").read_text()
-    suite = load_suite(re.search(r"^\s*- suite: (\S+)", config, re.M).group(1))
+    suite = load_suite(default_suite())
     for attack in suite.attacks:
         attack.steps = 5
     x, y = data.images, data.labels

@@ -451,7 +451,7 @@ class PGDBox(_PricedPlanAttack):
         best_plan = torch.where(rise[rows.example, None], P, state["best_plan"])
         best = torch.maximum(best, obj)
         gains = state["gains"] + (obj > state["last"]).to(obj.dtype)
-        eta, previous = state["eta"], state["previous"]
+        eta = state["eta"]
         new = {"objective": obj, "last": obj, "best": best, "gains": gains, "best_plan": best_plan}
         if t in self._checkpoints:
             span = self._checkpoints[t]
@@ -460,16 +460,16 @@ class PGDBox(_PricedPlanAttack):
             eta = torch.where(halve, eta / 2, eta)
             back = halve[rows.example, None]
             P = torch.where(back, best_plan, P)
-            previous = torch.where(back, best_plan, previous)
             new.update(gains=torch.zeros_like(gains), best_at_check=best, halved_at_check=halve.to(obj.dtype),
                        last=torch.where(halve, best, obj))
         else:
             halve = torch.zeros_like(rise)
             new.update(best_at_check=state["best_at_check"], halved_at_check=state["halved_at_check"])
-        # An example sent back to its best plan takes its next step from there, with that plan's gradient.
+        # An example sent back to its best plan takes its next step from there, with that plan's gradient
+        # (and no momentum).
         move = (~halve)[rows.example, None].to(P.dtype)
         step = eta[rows.example, None] * move
-        V = P + self.MOMENTUM * step * G + (1 - self.MOMENTUM) * move * (P - previous)
+        V = P + self.MOMENTUM * step * G + (1 - self.MOMENTUM) * move * (P - state["previous"])
         new.update(eta=eta, previous=P)
         return V, P, new
 
@@ -495,7 +495,7 @@ def apgd_checkpoints(steps: int) -> dict[int, int]:
     rounded up (Croce & Hein 2020, Section 3.2).
     """
     p = [0.0, 0.22]
-    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    while (q := p[-1] + max(p[-1] - p[-2] - 0.03, 0.06)) <= 1.0:
+        p.append(q)
     marks = sorted({math.ceil(round(q * steps, 6)) for q in p[1:]} - {0})  # 0.57 * 100 is 57, not 58
     return {m: m - prev for prev, m in zip([0, *marks[:-1]], marks, strict=True)}
