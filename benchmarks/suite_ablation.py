@@ -140,6 +140,13 @@ CANDIDATE_MEMBERS = {
 #: ones before it left robust, so it yields the per-example worst case over all of them (at the grid
 #: radii) for less than the separate runs, but not each configuration's own breaks.
 UNION = "union-all"
+#: The default suite again, in batches of RERUN_BATCH examples instead of one batch: the same attacks, seeds
+#: and examples, with other float rounding (batched convolutions and sums round differently with the
+#: batch's composition, and 300 steps amplify a last-bit difference). What it breaks that the one-batch
+#: run does not is the run-to-run noise on borderline examples: the part of the gap to the worst case
+#: that a second run of the same suite closes.
+RERUN_BATCH = 50
+RERUN = f"{DEFAULT}@b{RERUN_BATCH}"
 
 
 def _of_configs(label: str, members: list[str], order: str = "ascending") -> Suite:
@@ -151,6 +158,8 @@ def _of_configs(label: str, members: list[str], order: str = "ascending") -> Sui
 
 
 def _suite(label: str) -> Suite:
+    if label == RERUN:
+        return load_suite(DEFAULT)
     if label in SUITES:
         return load_suite(label)
     if label in CANDIDATES:
@@ -160,18 +169,26 @@ def _suite(label: str) -> Suite:
 
 def _run(label: str, model, images, labels) -> dict:
     start = time.perf_counter()
-    res = _suite(label).run(model, images, labels, RADII, threat=WassersteinBall(eps=0.0), seed=0,
-                            progress=False)
+    suite, n = _suite(label), images.shape[0]
+    batch = RERUN_BATCH if label == RERUN else n
+    ball = WassersteinBall(eps=0.0)
+    parts = [suite.run(model, images[i:i + batch], labels[i:i + batch], RADII, threat=ball, seed=0,
+                       indices=torch.arange(i, min(i + batch, n)), progress=False)
+             for i in range(0, n, batch)]
     per_attack: dict[str, float] = {}
-    for t in res.timings:
+    for t in (t for res in parts for t in res.timings):
         per_attack[t["attack"]] = per_attack.get(t["attack"], 0.0) + t["seconds"]
+
+    def share(of) -> float:  # a batch's share of the examples weighs its accuracy
+        return sum(of(res) * len(res.broken_cost) for res in parts) / n
+
     return {
         "seconds": time.perf_counter() - start,
         "attack_seconds": per_attack,
-        "clean_accuracy": res.clean_accuracy,
-        "robust_accuracy": {repr(r): res.robust_accuracy(r) for r in RADII},
-        "broken_cost": [float(c) for c in res.broken_cost.tolist()],
-        "cost_tol": res.cost_tol,
+        "clean_accuracy": share(lambda res: res.clean_accuracy),
+        "robust_accuracy": {repr(r): share(lambda res, r=r: res.robust_accuracy(r)) for r in RADII},
+        "broken_cost": [float(c) for res in parts for c in res.broken_cost.tolist()],
+        "cost_tol": parts[0].cost_tol,
     }
 
 
@@ -248,7 +265,7 @@ def analyse(report: dict, candidate: list[str]) -> dict:
     """
     out = {}
     for model_name, runs in report["runs"].items():
-        configs = [c for c in [*CONFIGS, *SUITES, *CANDIDATES, UNION] if c in runs]
+        configs = [c for c in [*CONFIGS, *SUITES, *CANDIDATES, UNION, RERUN] if c in runs]
         tol = next(iter(runs.values()))["cost_tol"]
         if "standard-v2" not in runs:
             continue
@@ -259,6 +276,8 @@ def analyse(report: dict, candidate: list[str]) -> dict:
                 **{s: 100 * runs[s]["robust_accuracy"][repr(r)] for s in SUITES if s in runs},
                 "candidate": 100 * robust_of(runs, candidate, r, tol) if has_candidate else None,
                 "worst_case": 100 * robust_of(runs, configs, r, tol),
+                # The default suite and its re-run together: how far a second run of the same suite gets.
+                "rerun_union": 100 * robust_of(runs, [DEFAULT, RERUN], r, tol) if RERUN in runs else None,
             }
         out[model_name] = {"radii": rows, "seconds": {s: runs[s]["seconds"] for s in SUITES if s in runs},
                            "seconds_candidate_upper_bound": sum(runs[c]["seconds"] for c in candidate)
@@ -282,14 +301,18 @@ def markdown(table: dict, n: int) -> str:
             time = "" if seconds is None else f"{seconds:.0f}"
             lines.append(f"| {model_name} | {label} | {cells} | {time} |")
     v = DEFAULT.rsplit("-", 1)[1]
-    lines += ["", f"| model | {v} minus worst case, largest over radii (points) | {v} time / v2 time "
-              f"| runs tried | their time / {v} time |", "|---|---|---|---|---|"]
+    lines += ["", f"| model | {v} minus worst case, largest over radii (points) | {v} with its re-run "
+              f"(batches of {RERUN_BATCH}) minus worst case | {v} time / v2 time | runs tried "
+              f"| their time / {v} time |", "|---|---|---|---|---|---|"]
     for model_name, t in table.items():
         if DEFAULT not in t["seconds"]:
             continue
-        gap = max(row[DEFAULT] - row["worst_case"] for row in t["radii"].values())
+        rows = t["radii"].values()
+        gap = max(row[DEFAULT] - row["worst_case"] for row in rows)
+        rerun = ("" if any(row["rerun_union"] is None for row in rows)
+                 else f"{max(row['rerun_union'] - row['worst_case'] for row in rows):.1f}")
         seconds = t["seconds"][DEFAULT]
-        lines.append(f"| {model_name} | {gap:.1f} | {seconds / t['seconds']['standard-v2']:.2f} | "
+        lines.append(f"| {model_name} | {gap:.1f} | {rerun} | {seconds / t['seconds']['standard-v2']:.2f} | "
                      f"{len(t['configs_tried'])} | {t['seconds_tried'] / seconds:.1f} |")
     return "\n".join(lines) + f"\n\n(first {n} MNIST test images)"
 
@@ -301,7 +324,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *ENTRIES])
     parser.add_argument("--analyse", action="store_true", help="only print the tables from the JSON")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (all runs of one JSON on one device)")
-    parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS, *CANDIDATES, UNION],
+    parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS, *CANDIDATES, UNION, RERUN],
                         help="run only these suites/configurations (default: all)")
     parser.add_argument("--candidate", nargs="+", help="configurations whose union is evaluated",
                         default=[DEFAULT])

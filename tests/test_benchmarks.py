@@ -174,4 +174,9 @@ def test_suite_ablation_measures_the_default_suite_against_the_worst_case():
     assert row["worst_case"] == 25.0 and row[suite_ablation.DEFAULT] == 50.0 and row["candidate"] == 50.0
     assert table["m"]["seconds_tried"] == 50.0  # every run but the default suite's
     text = suite_ablation.markdown(table, 4)
-    assert "| m | 25.0 | 2.50 | 3 | 2.0 |" in text
+    assert "| m | 25.0 |  | 2.50 | 3 | 2.0 |" in text  # no re-run of the default suite: its column is empty
+    # the default suite re-run in small batches breaks example 2 too: with it, no gap is left
+    runs[suite_ablation.RERUN] = run([0.05, 0.09, 0.1, "inf"], 30.0)
+    table = suite_ablation.analyse({"radii": [0.1], "runs": {"m": runs}}, ["pgdb-margin"])
+    assert table["m"]["radii"]["0.1"]["rerun_union"] == 25.0
+    assert "| m | 25.0 | 0.0 | 2.50 | 4 | 3.2 |" in suite_ablation.markdown(table, 4)

@@ -20,7 +20,13 @@ from scipy.optimize import linprog, minimize
 from wasserstein_attacks import WassersteinBall
 from wasserstein_attacks import transport as T
 from wasserstein_attacks.attacks import base, get
-from wasserstein_attacks.attacks.plans import ExactProjectionPGD, FrankWolfe, FrankWolfeBox, PGDBox, apgd_checkpoints
+from wasserstein_attacks.attacks.plans import (
+    ExactProjectionPGD,
+    FrankWolfe,
+    FrankWolfeBox,
+    PGDBox,
+    apgd_checkpoints,
+)
 from wasserstein_attacks.solvers import (
     PlanRows,
     capacity_projection,
