@@ -2,12 +2,13 @@
 
 Adversarial training runs a few attack steps per batch (``defense.attack_steps``, default 10). The
 attacks' default step settings are tuned for the suite's 100-300 steps; this benchmark attacks the first
-``--n`` MNIST training images of an adversarially trained model with margin PGD for each (steps, lr,
-dual_lr) of a grid, at each radius, and records the share left robust (lower: a stronger inner attack)
-and the time. Each break is a verified member of the ball (the attacks' common ending).
+``--n`` MNIST training images of an adversarially trained model with PGD for each loss and each (steps,
+lr, dual_lr) of a grid, at each radius, and records the share left robust (lower: a stronger inner
+attack) and the time. Each break is a verified member of the ball (the attacks' common ending).
 
     python benchmarks/inner_attack.py                       # WattackAdvPGDLong, 256 images, eps 0.2 and 0.5
     python benchmarks/inner_attack.py --model WattackAdvFWB --n 512
+    python benchmarks/inner_attack.py --model WattackAdvPGDLr1 --losses margin ce   # margin against CE
 
 Writes ``benchmarks/results/inner_attack-<model>.json``.
 """
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="first n MNIST training images")
     parser.add_argument("--radii", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--losses", nargs="+", default=["margin"], choices=["margin", "ce", "dlr"],
+                        help="losses of the inner attack, each over the whole grid")
     args = parser.parse_args()
     if args.n < 1:
         raise SystemExit(f"--n must be a positive integer, got {args.n}")
@@ -56,16 +59,17 @@ def main() -> None:
     data = load_dataset("mnist", "train", n=args.n)
     model = _model(args.model)
     rows = []
-    for eps in args.radii:
-        for steps, settings in GRID:
-            start = time.perf_counter()
-            attack = get("pgd_box", loss="margin", steps=steps, **settings)
-            res = attack(model, data.images, data.labels, threat=WassersteinBall(eps=eps), seed=args.seed)
-            robust = 1.0 - float(res.success.float().mean())
-            rows.append({"eps": eps, "steps": steps, "settings": settings, "robust": robust,
-                         "seconds": time.perf_counter() - start})
-            print(f"eps {eps:g} pgd_box margin {steps:3d} steps {settings}: robust {robust:.3f} "
-                  f"({rows[-1]['seconds']:.1f} s)", flush=True)
+    for loss in args.losses:
+        for eps in args.radii:
+            for steps, settings in GRID:
+                start = time.perf_counter()
+                attack = get("pgd_box", loss=loss, steps=steps, **settings)
+                res = attack(model, data.images, data.labels, threat=WassersteinBall(eps=eps), seed=args.seed)
+                robust = 1.0 - float(res.success.float().mean())
+                rows.append({"loss": loss, "eps": eps, "steps": steps, "settings": settings, "robust": robust,
+                             "seconds": time.perf_counter() - start})
+                print(f"eps {eps:g} pgd_box {loss} {steps:3d} steps {settings}: robust {robust:.3f} "
+                      f"({rows[-1]['seconds']:.1f} s)", flush=True)
     out = RESULTS / f"inner_attack-{args.model}.json"
     write_json(out, {"model": args.model, "n": args.n, "split": "train", "seed": args.seed, "runs": rows,
                      "machine": machine(), "provenance": origin})

@@ -314,7 +314,8 @@ class Suite:
             radii: radii (units of eps), walked in the suite's ``order``.
             threat: the ball's convention (``p``, ``kernel_size``, box, tolerances); its ``eps`` is ignored.
             seed: run seed; each attack call derives per-example seeds from it and ``indices``.
-            indices: long ``[B]`` dataset indices (default ``arange(B)``): a shard reproduces the full run.
+            indices: long ``[B]`` dataset indices (default ``arange(B)``): a shard made of the same batches
+                reproduces the full run (other batches round differently: borderline examples can change).
             exact_fraction: fraction of examples (chosen by index hash) whose adversarial example is
                 re-checked with the exact LP solver (``threat.distance``).
             progress: show a tqdm bar per (radius, attack) with the examples still robust.
