@@ -9,8 +9,13 @@ converged on that model.
 
     python benchmarks/suite_steps.py --model mnist_robust --radius 0.5
     python benchmarks/suite_steps.py --model mnist_robust --radius 0.2 --suite standard-v4
+    python benchmarks/suite_steps.py --model mnist_robust --radius 0.2 --suite standard-v5 --grid apgd
 
-Writes ``benchmarks/results/suite_steps-<suite>-<model>-<radius>.json``.
+``--grid apgd`` runs APGD settings instead (``APGD_GRID``): the suite's own runs again (other batch, other
+rounding), longer runs, random restarts, other step and price sizes, targeted runs, and short runs with
+restarts at the cost of one long run. Each run records which examples it breaks, and the JSON the union.
+
+Writes ``benchmarks/results/suite_steps-<suite>-<model>-<radius>[-apgd].json``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from suite_ablation import DUAL3, MODELS, _model  # noqa: E402
 
 from wasserstein_attacks import WassersteinBall  # noqa: E402
 from wasserstein_attacks.attacks import get  # noqa: E402
+from wasserstein_attacks.attacks.suite import _target_classes  # noqa: E402
 from wasserstein_attacks.data import load_dataset  # noqa: E402
 
 GRID = (
@@ -41,6 +47,25 @@ GRID = (
     ("dlr", 100, {"dual_lr": 3.0}), ("margin", 300, {"dual_lr": 10.0}),
     ("margin", 300, {"dual_lr": 3.0, "dual_steps": 2}),
 )
+
+#: APGD settings (``pgd_box`` with ``schedule: apgd``, first step 1.0 unless set); ``target_rank`` r runs
+#: a targeted attack on each example's r-th most likely wrong class (as a suite's ``targets``).
+MU3 = {"dual_lr": 3.0}
+APGD_GRID = (
+    # standard-v5's four runs
+    ("margin", 300, {}), ("margin", 300, MU3), ("ce", 300, {}), ("dlr", 300, MU3),
+    # longer, restarted, other primal and price steps
+    ("margin", 600, MU3), ("margin", 300, {**MU3, "restarts": 2}), ("margin", 300, {**MU3, "lr": 0.3}),
+    ("margin", 300, {**MU3, "lr": 3.0}), ("margin", 300, {"dual_lr": 1.0}),
+    ("margin", 300, {"dual_lr": 10.0}),
+    # targeted on the runner-up and the third class
+    ("margin", 300, {**MU3, "target_rank": 1}), ("margin", 300, {**MU3, "target_rank": 2}),
+    # short runs with random restarts, at the cost of one 300-step run
+    ("margin", 100, {**MU3, "restarts": 3}), ("margin", 150, {**MU3, "restarts": 2}),
+    ("margin", 60, {**MU3, "restarts": 5}), ("dlr", 100, {**MU3, "restarts": 3}),
+    ("ce", 100, {"restarts": 3}),
+)
+GRIDS = {"fixed": GRID, "apgd": APGD_GRID}
 
 
 def left_robust(ablation: dict, model: str, suite: str, radius: float) -> list[int]:
@@ -57,6 +82,8 @@ def main() -> None:
     parser.add_argument("--radius", type=float, default=0.5)
     parser.add_argument("--suite", default="standard-v3", help="whose left-robust examples to re-attack")
     parser.add_argument("--seed", type=int, default=0, help="the seed the ablation ran the suite with")
+    parser.add_argument("--grid", default="fixed", choices=list(GRIDS),
+                        help="fixed: PGD with a fixed step (GRID); apgd: APGD settings (APGD_GRID)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     origin = provenance()
@@ -68,18 +95,30 @@ def main() -> None:
     model = _model(args.model)
     sel = torch.tensor(idx, dtype=torch.long)
     x, y = data.images[sel], data.labels[sel]
-    rows = []
-    for loss, steps, settings in GRID:
+    with torch.no_grad():
+        logits = model(x)
+    rows, union = [], set()
+    for loss, steps, settings in GRIDS[args.grid]:
         start = time.perf_counter()
-        attack = get("pgd_box", loss=loss, steps=steps, **settings)
-        res = attack(model, x, y, threat=WassersteinBall(eps=args.radius), seed=args.seed, indices=sel)
-        rows.append({"loss": loss, "steps": steps, "settings": settings, "broken": int(res.success.sum()),
-                     "seconds": time.perf_counter() - start})
+        kwargs = {k: v for k, v in settings.items() if k != "target_rank"}
+        if args.grid == "apgd":
+            kwargs = {"schedule": "apgd", "lr": 1.0, **kwargs}
+        rank = settings.get("target_rank")
+        targets = None if rank is None else _target_classes(logits, y, rank)
+        attack = get("pgd_box", loss=loss, steps=steps, **kwargs)
+        res = attack(model, x, y, threat=WassersteinBall(eps=args.radius), seed=args.seed, indices=sel,
+                     targets=targets)
+        broken = sel[res.success.cpu()].tolist()
+        union |= set(broken)
+        rows.append({"loss": loss, "steps": steps, "settings": settings, "broken": len(broken),
+                     "broken_indices": broken, "seconds": time.perf_counter() - start})
         print(f"pgd_box {loss:6s} {steps:5d} steps {settings}: breaks {rows[-1]['broken']} of {len(idx)} "
-              f"({rows[-1]['seconds']:.1f} s)", flush=True)
-    out = RESULTS / f"suite_steps-{args.suite}-{args.model}-{args.radius:g}.json"
+              f"(all runs so far: {len(union)}; {rows[-1]['seconds']:.1f} s)", flush=True)
+    suffix = "" if args.grid == "fixed" else f"-{args.grid}"
+    out = RESULTS / f"suite_steps-{args.suite}-{args.model}-{args.radius:g}{suffix}.json"
     write_json(out, {"model": args.model, "radius": args.radius, "suite": args.suite, "n": ablation["n"],
-                     "left_robust": idx, "runs": rows, "machine": machine(), "provenance": origin})
+                     "grid": args.grid, "left_robust": idx, "runs": rows, "union_broken": sorted(union),
+                     "machine": machine(), "provenance": origin})
     print(f"wrote {out}")
 
 
