@@ -3,7 +3,8 @@
 Each configuration (attack x loss x restarts x targeted runs) runs alone as a one-attack suite walked
 in ascending order (every example is attacked at every radius below its cheapest verified break: no
 assumption about the walk). Because attacks seed per example and stop per example, a suite made of
-several configurations breaks exactly the union of what its members break, so any candidate suite is
+several configurations breaks the union of what its members break, up to float rounding (which depends
+on the batch's make-up; borderline examples can go either way, see ``RERUN``), so any candidate suite is
 evaluated offline from the per-example costs stored here, against the per-example worst case over
 everything tried. The standard suites (``SUITES``) run too, for their numbers and their time, and so
 do the rejected candidates (``CANDIDATES``); every run counts in the worst case. The default suite
