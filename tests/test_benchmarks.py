@@ -180,3 +180,35 @@ def test_suite_ablation_measures_the_default_suite_against_the_worst_case():
     table = suite_ablation.analyse({"radii": [0.1], "runs": {"m": runs}}, ["pgdb-margin"])
     assert table["m"]["radii"]["0.1"]["rerun_union"] == 25.0
     assert "| m | 25.0 | 0.0 | 2.50 | 4 | 3.2 |" in suite_ablation.markdown(table, 4)
+
+
+def test_suite_ablation_rerun_runs_the_default_suite_in_small_batches(monkeypatch):
+    """The re-run covers every example once, in order, and weighs each batch's accuracy by its size."""
+    import _leaderboard_fixtures as F
+    import suite_ablation
+
+    from wasserstein_attacks.attacks import load_suite
+
+    monkeypatch.setattr(suite_ablation, "RERUN_BATCH", 3)  # 7 examples: batches of 3, 3 and 1
+    monkeypatch.setattr(suite_ablation, "_suite", lambda label: load_suite("debug-v1"))
+    x, y = F.synthetic_data(7)
+    model = F.tiny_model()
+    calls = []
+    run = suite_ablation.Suite.run
+
+    def spy(self, model, images, labels, radii, **kw):
+        calls.append(kw["indices"].tolist())
+        return run(self, model, images, labels, radii, **kw)
+
+    monkeypatch.setattr(suite_ablation.Suite, "run", spy)
+    out = suite_ablation._run(suite_ablation.RERUN, model, x, y)
+    assert calls == [[0, 1, 2], [3, 4, 5], [6]]
+    costs = torch.tensor([float(c) for c in out["broken_cost"]])
+    assert costs.shape == (7,)
+    for r in suite_ablation.RADII:
+        # clean mistakes carry cost 0, so "not broken within r" is exactly "robust at r"
+        expected = float((~(costs <= r * (1 + out["cost_tol"]))).double().mean())
+        assert out["robust_accuracy"][repr(r)] == pytest.approx(expected)
+    calls.clear()
+    suite_ablation._run("standard-v5", model, x, y)  # any other label: one batch of all examples
+    assert calls == [list(range(7))]
