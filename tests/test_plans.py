@@ -441,3 +441,26 @@ def test_the_shared_loop_hands_a_step_the_loss_it_differentiated(setting):
     base.iterate(model, x, labels, None, steps=6, loss="margin", state=state, image=lambda s: s["var"],
                  step=step)
     assert len(seen) >= 2 and seen[-1] < seen[0]  # examples fooled on the way left the batch
+
+
+def test_a_plan_attack_begins_from_a_given_plan():
+    """``start``: an adversarial starting plan is a success at once; bad starts are refused by name."""
+    from wasserstein_attacks.attacks import ProjectedSinkhorn
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 8, 8) * 0.5
+    model = Tiny().eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ball = WassersteinBall(eps=0.5)
+    first = PGDBox(steps=50, loss="margin")(model, x, y, threat=ball)
+    assert first.success.any(), "the toy model must be breakable at this radius"
+    again = PGDBox(steps=50, loss="margin")(model, x, y, threat=ball, start=first.plan)
+    won = first.success
+    assert again.success[won].all() and (again.iterations[won] == 0).all()
+    with pytest.raises(ValueError, match=r"start must be a local plan tensor \[B, C, H\*W, k\*k\]"):
+        PGDBox(steps=2)(model, x, y, threat=ball, start=first.plan[:2])
+    with pytest.raises(ValueError, match="start must be finite"):
+        PGDBox(steps=2)(model, x, y, threat=ball, start=torch.full_like(first.plan, float("nan")))
+    with pytest.raises(ValueError, match="ProjectedSinkhorn does not begin from a plan"):
+        ProjectedSinkhorn(steps=2)(model, x, y, threat=ball, start=first.plan)

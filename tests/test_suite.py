@@ -348,3 +348,63 @@ def test_the_default_suite_breaks_only_with_verified_examples_inside_the_ball(se
     assert res.adversarial.min() >= 0 and res.adversarial.max() <= 1
     exact = THREAT.distance(x[broken], res.adversarial[broken])
     assert (exact <= res.counted_radius()[broken] * (1 + THREAT.cost_tol)).all()
+
+
+class _StartSpy(RandomShift):
+    """RandomShift that takes a starting plan (ignoring it) and records the plans it is handed and returns."""
+
+    supports_start = True
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.starts, self.ends = [], []
+
+    def __call__(self, model, images, labels, **kw):
+        self.starts.append(None if kw.get("start") is None else kw["start"].clone())
+        res = super().__call__(model, images, labels, **kw)
+        self.ends.append(res.plan.clone())
+        return res
+
+    def _run(self, model, x, labels, *, threat, targets, seeds, start=None):
+        return super()._run(model, x, labels, threat=threat, targets=targets, seeds=seeds)
+
+
+def test_a_warm_started_attack_begins_where_the_one_before_it_ended():
+    data = synthetic_dataset(16, split="test", height=12, width=12, num_classes=4, seed=3)
+    model = CentreOfMass(12, 12, 4).eval()
+    first, second = _StartSpy(salt=0), _StartSpy(salt=1)
+    suite = Suite("toy", 1, [first, second], labels=["a", "b"], starts=["identity", "previous"])
+    res = suite.run(model, data.images, data.labels, [0.05, 0.6], threat=THREAT, seed=5, progress=False)
+    assert len(first.starts) == 2 and all(s is None for s in first.starts)  # the first starts from identity
+    assert len(second.starts) == 2, "the toy data must leave examples robust after the first attack"
+    for r in range(2):
+        # At each radius the second attack is handed, per example it attacks, the first's final plan there.
+        attacked_first = res.clean_correct.clone()
+        still = second.starts[r].shape[0]
+        assert 0 < still <= int(attacked_first.sum())
+        ends = first.ends[r]
+        # every plan handed on is one the first attack returned at that radius, on its own example
+        matches = [(s == ends).flatten(1).all(1).any() for s in second.starts[r]]
+        assert all(bool(m) for m in matches)
+    assert "starts=['identity', 'previous']" in repr(suite)
+
+
+def test_warm_starts_are_refused_where_they_cannot_work():
+    from omegaconf import OmegaConf
+
+    from wasserstein_attacks.attacks import PGDBox
+    from wasserstein_attacks.attacks.suite import suite_from_config
+
+    with pytest.raises(ValueError, match="the first attack has no attack before it"):
+        Suite("s", 1, [PGDBox(), PGDBox()], labels=["a", "b"], starts=["previous", "identity"])
+    with pytest.raises(ValueError, match="RandomShift does not begin from a plan"):
+        Suite("s", 1, [PGDBox(), RandomShift()], labels=["a", "b"], starts=["identity", "previous"])
+    with pytest.raises(ValueError, match="starts must give 'identity' or 'previous'"):
+        Suite("s", 1, [PGDBox()], starts=["warm"])
+    cfg = OmegaConf.create({"name": "s", "version": 1, "attacks": {
+        "a": {"_target_": "wasserstein_attacks.attacks.PGDBox", "steps": 2},
+        "b": {"_target_": "wasserstein_attacks.attacks.PGDBox", "steps": 2}}, "starts": {"c": "previous"}})
+    with pytest.raises(ValueError, match="suite.starts names attacks"):
+        suite_from_config(cfg)
+    cfg.starts = {"b": "previous"}
+    assert suite_from_config(cfg).starts == ["identity", "previous"]

@@ -402,6 +402,8 @@ class Attack:
     """
 
     name: ClassVar[str] = "attack"
+    #: Whether the attack can begin from a given plan (``start``) instead of the clean image.
+    supports_start: ClassVar[bool] = False
 
     def __call__(
         self,
@@ -414,6 +416,7 @@ class Attack:
         seed: int = 0,
         indices: torch.Tensor | None = None,
         gradient_model: torch.nn.Module | None = None,
+        start: torch.Tensor | None = None,
     ) -> AttackResult:
         """Attack ``model`` on ``images [B,C,H,W]`` in ``[0,1]`` with true ``labels [B]`` inside ``threat``.
 
@@ -428,9 +431,13 @@ class Attack:
             gradient_model: model whose gradients the attack follows (default ``model``), e.g. the same
                 network with a straight-through (BPDA) input transform; success is always judged on
                 ``model``.
+            start: optional local plan ``[B, C, H*W, k*k]`` (as ``AttackResult.plan``, e.g. where another
+                attack ended) that the first run begins from instead of the identity plan; only attacks
+                with ``supports_start`` (the plan attacks) take it. It need not be feasible: the iterates
+                are projected, and the common ending certifies whatever the attack returns.
 
         """
-        start = time.perf_counter()
+        began = time.perf_counter()
         if not isinstance(threat, WassersteinBall):
             raise ValueError(f"threat must be a WassersteinBall, got {type(threat).__name__}")
         if not isinstance(model, torch.nn.Module):
@@ -448,6 +455,7 @@ class Attack:
             indices = torch.arange(b)
         elif not isinstance(indices, torch.Tensor) or indices.shape != (b,):
             raise ValueError(f"indices must be a tensor [B] = [{b}] of dataset indices")
+        run_extra = {} if start is None else {"start": self._check_start(start, images, threat)}
         x = images.detach()
         labels = labels.to(x.device)
         targets = targets.to(x.device) if targets is not None else None
@@ -458,9 +466,23 @@ class Attack:
             if targets is not None:
                 check_labels(targets, b, "targets", num_classes=logits.shape[1])
             clean_pred = logits.argmax(1)
-            out = self._run(gm, x, labels, threat=threat, targets=targets, seeds=example_seeds(seed, indices))
+            out = self._run(gm, x, labels, threat=threat, targets=targets, seeds=example_seeds(seed, indices),
+                            **run_extra)
             result = self._finish(model, x, labels, targets, clean_pred, threat, out)
-        return AttackResult(**result, threat=threat, attack=self.name, seconds=time.perf_counter() - start)
+        return AttackResult(**result, threat=threat, attack=self.name, seconds=time.perf_counter() - began)
+
+    def _check_start(self, start, images: torch.Tensor, threat: WassersteinBall) -> torch.Tensor:
+        """Validate a starting plan: this attack takes one, right shape, finite; returned detached."""
+        if not self.supports_start:
+            raise ValueError(f"start: {type(self).__name__} does not begin from a plan (plan attacks do)")
+        b, c, h, w = images.shape
+        shape = (b, c, h * w, threat.kernel_size ** 2)
+        if not isinstance(start, torch.Tensor) or tuple(start.shape) != shape:
+            got = tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
+            raise ValueError(f"start must be a local plan tensor [B, C, H*W, k*k] = {list(shape)}, got {got}")
+        if not bool(torch.isfinite(start).all()):
+            raise ValueError("start must be finite (no NaN or inf entries)")
+        return start.detach().to(images.device, images.dtype)
 
     def _finish(self, model, x, labels, targets, clean_pred, threat, out: RunOutput) -> dict:
         b, c, h, w = x.shape

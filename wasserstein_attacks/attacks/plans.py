@@ -44,6 +44,7 @@ class _PlanAttack(Attack):
 
     #: Whether every iterate stays in the box (then the random starts are made to fit it too).
     keeps_box = False
+    supports_start = True
     #: Whether the authors' attack returns the clamped image (their claimed success is judged on it).
     clamp_output = True
 
@@ -88,11 +89,11 @@ class _PlanAttack(Attack):
         R = shrink_to_budget(rows, R, frac.to(rows.mass) * cost_budget(rows, eps))
         return fit_box(rows, R) if self.keeps_box else R
 
-    def _run(self, model, x, labels, *, threat, targets, seeds):
+    def _run(self, model, x, labels, *, threat, targets, seeds, start=None):
         b = x.shape[0]
         eps = threat.eps_for(b).to(x.device, x.dtype)
         rows = PlanRows(x, threat.kernel_size, threat.p)
-        plan = rows.identity()
+        plan = rows.identity() if start is None else rows.gather(start)
         iters = torch.zeros(b, dtype=torch.long, device=x.device)
         broken = torch.zeros(b, dtype=torch.bool, device=x.device)
         claimed = torch.zeros(b, dtype=torch.bool, device=x.device)
@@ -173,7 +174,7 @@ class ExactProjectionPGD(_PlanAttack):
         post_projection: apply their box post-projection to the final plan.
         post_steps: its dual-ascent iterations (5000).
         loss: ``"ce"`` (theirs) or ``"margin"``.
-        restarts: runs; the first from the identity plan.
+        restarts: runs; the first from the identity plan (or the call's ``start``).
         stop_on_success: freeze an example at its first (pre-repair) success.
 
     """
@@ -252,7 +253,7 @@ class FrankWolfe(_PlanAttack):
         newton_steps: the same with ``"newton"`` (6).
         tol: multiplier tolerance (1e-4: absolute for bisection, relative for Newton).
         loss: ``"ce"`` (theirs) or ``"margin"``.
-        restarts: runs; the first from the identity plan.
+        restarts: runs; the first from the identity plan (or the call's ``start``).
         stop_on_success: freeze an example at its first (pre-repair) success.
 
     """
@@ -339,7 +340,8 @@ class FrankWolfeBox(_PricedPlanAttack):
         newton_steps: maximum multiplier evaluations per oracle call.
         tol: relative tolerance of the multiplier search.
         loss: ``"ce"``, ``"margin"`` or ``"dlr"`` (see ``loss_per_example``).
-        restarts: runs; the first from the identity plan, later ones from seeded random feasible plans.
+        restarts: runs; the first from the identity plan (or the call's ``start``), later ones from seeded
+            random feasible plans.
         stop_on_success: freeze an example at its first success.
 
     """

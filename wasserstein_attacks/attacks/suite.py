@@ -196,10 +196,19 @@ class _Walk:
         self.attack_cost[~clean_correct] = 0.0
         self.adversarial = x.clone()
         self.resisted = torch.zeros(b, dtype=torch.bool)  # descending walk: resisted a larger ball
+        self.last_plan: torch.Tensor | None = None  # [B, C, H*W, k*k]: where the last attack ended
+        self.has_plan = torch.zeros(b, dtype=torch.bool)
 
     def robust_at(self, r: float) -> torch.Tensor:
         """Bool ``[B]``: clean-correct and not yet broken within ``r`` (with the cost tolerance)."""
         return self.clean_correct & ~(self.broken_cost <= r * (1.0 + self.tol))
+
+    def keep_plan(self, idx: torch.Tensor, plan: torch.Tensor) -> None:
+        """Remember where an attack ended on the examples ``idx`` (``plan [n, C, H*W, k*k]``)."""
+        if self.last_plan is None:
+            self.last_plan = plan.new_zeros((self.has_plan.shape[0], *plan.shape[1:]))
+        self.last_plan[idx.to(plan.device)] = plan
+        self.has_plan[idx] = True
 
     def record(self, idx: torch.Tensor, won: torch.Tensor, cost: torch.Tensor, adv: torch.Tensor, j: int,
                r: float) -> None:
@@ -243,6 +252,10 @@ class Suite:
         targets: per attack, ``0`` (untargeted, the default) or ``n >= 1``: the attack runs targeted at
             each of the ``n`` most likely wrong classes of the clean image in turn (AutoAttack's
             targeted runs); an example is broken by the cheapest of those breaks.
+        starts: per attack, ``"identity"`` (the default: from the clean image) or ``"previous"``: at each
+            radius, each example begins from the plan at which the attack before it ended there (a warm
+            start: a run that came close hands its plan on). Only attacks with ``supports_start``; the
+            first attack starts from the identity.
 
     """
 
@@ -255,6 +268,7 @@ class Suite:
         labels: list[str] | None = None,
         order: str = "ascending",
         targets: list[int] | None = None,
+        starts: list[str] | None = None,
     ):
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -273,11 +287,21 @@ class Suite:
                                                   for t in targets)
         if bad:
             raise ValueError(f"targets must give one int >= 0 per attack ({len(attacks)}), got {targets}")
+        starts = ["identity"] * len(attacks) if starts is None else [str(s) for s in starts]
+        if len(starts) != len(attacks) or any(s not in ("identity", "previous") for s in starts):
+            raise ValueError(f"starts must give 'identity' or 'previous' per attack ({len(attacks)}), "
+                             f"got {starts}")
+        for label, attack, how in zip(labels, attacks, starts, strict=True):
+            if how == "previous" and (attack is attacks[0] or not attack.supports_start):
+                why = "the first attack has no attack before it" if attack is attacks[0] else \
+                    f"{type(attack).__name__} does not begin from a plan"
+                raise ValueError(f"starts: {label} cannot start from the previous attack's plan: {why}")
         self.name, self.version, self.attacks, self.labels, self.order = name, version, attacks, labels, order
-        self.targets = targets
+        self.targets, self.starts = targets, starts
 
     def __repr__(self) -> str:
         extra = f", targets={self.targets}" if any(self.targets) else ""
+        extra += f", starts={self.starts}" if "previous" in self.starts else ""
         return (f"Suite(name={self.name!r}, version={self.version}, attacks={self.labels}, "
                 f"order={self.order!r}{extra})")
 
@@ -350,6 +374,7 @@ class Suite:
         start = time.perf_counter()
         for r in radii if self.order == "ascending" else radii[::-1]:
             attacked = torch.zeros(b, dtype=torch.bool)
+            walk.has_plan[:] = False  # plans of another radius belong to another ball
             for j, label in enumerate(self.labels):
                 todo = walk.robust_at(r) & ~walk.resisted
                 attacked |= todo
@@ -378,10 +403,15 @@ class Suite:
         # An untargeted attack runs once; a targeted one once per target rank (1 = the runner-up class).
         runs = list(range(1, self.targets[j] + 1)) if self.targets[j] else [None]
         broken, seconds = torch.zeros(idx.numel(), dtype=torch.bool), 0.0
+        start = {}
+        if self.starts[j] == "previous" and bool(walk.has_plan[idx].all()):
+            start = {"start": walk.last_plan[dev_idx]}
         for rank in runs:
             targets = None if rank is None else _target_classes(logits[dev_idx], labels[dev_idx], rank)
             res = attack(model, x[dev_idx], labels[dev_idx], threat=ball, targets=targets, seed=seed,
-                         indices=indices[idx], **extra)
+                         indices=indices[idx], **extra, **start)
+            if "previous" in self.starts:
+                walk.keep_plan(idx, res.plan)
             seconds += res.seconds
             cost = res.cost.cpu().double()
             # A targeted success is misclassified too; keep it only where it is cheaper than what we have.
@@ -424,7 +454,8 @@ def suite_from_config(cfg) -> Suite:
 
     ``cfg.attacks`` maps a label to an attack config (``_target_`` plus the constructor's keyword
     arguments), in run order; optional ``cfg.targets`` maps labels to their number of targeted runs
-    (``Suite``'s ``targets``), ``cfg.order`` is the walk. Raises ``ValueError`` naming the failing field.
+    (``Suite``'s ``targets``), optional ``cfg.starts`` maps labels to ``previous`` (``Suite``'s ``starts``),
+    ``cfg.order`` is the walk. Raises ``ValueError`` naming the failing field.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -455,8 +486,13 @@ def suite_from_config(cfg) -> Suite:
     if unknown:
         raise ValueError(f"suite.targets names attacks that are not in suite.attacks: {unknown}")
     counts = [targets.get(label, 0) for label in labels]
+    starts = dict(cfg.get("starts") or {})
+    unknown = sorted(set(map(str, starts)) - set(labels))
+    if unknown:
+        raise ValueError(f"suite.starts names attacks that are not in suite.attacks: {unknown}")
     try:
-        return Suite(str(cfg.name), int(cfg.version), attacks, labels=labels, order=order, targets=counts)
+        return Suite(str(cfg.name), int(cfg.version), attacks, labels=labels, order=order, targets=counts,
+                     starts=[str(starts.get(label, "identity")) for label in labels])
     except ValueError as exc:
         raise ValueError(f"suite: {exc}") from None
 

@@ -210,8 +210,9 @@ def build_suite(cfg: DictConfig, attack_label: str | None = None) -> tuple[Suite
         "version": suite.version,
         "order": suite.order,
         "attacks": [
-            {"name": label, "attack": a.name, "config": configs[label], **({"targets": t} if t else {})}
-            for label, a, t in zip(suite.labels, suite.attacks, suite.targets, strict=True)
+            {"name": label, "attack": a.name, "config": configs[label], **({"targets": t} if t else {}),
+             **({"start": how} if how != "identity" else {})}
+            for label, a, t, how in zip(suite.labels, suite.attacks, suite.targets, suite.starts, strict=True)
         ],
     }
     return suite, desc
