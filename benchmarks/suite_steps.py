@@ -10,12 +10,15 @@ converged on that model.
     python benchmarks/suite_steps.py --model mnist_robust --radius 0.5
     python benchmarks/suite_steps.py --model mnist_robust --radius 0.2 --suite standard-v4
     python benchmarks/suite_steps.py --model mnist_robust --radius 0.2 --suite standard-v5 --grid apgd
+    python benchmarks/suite_steps.py --model mnist_robust --radius 0.2 --suite standard-v5 --grid chain
 
 ``--grid apgd`` runs APGD settings instead (``APGD_GRID``): the suite's own runs again (other batch, other
 rounding), longer runs, random restarts, other step and price sizes, targeted runs, and short runs with
-restarts at the cost of one long run. Each run records which examples it breaks, and the JSON the union.
+restarts at the cost of one long run. ``--grid chain``: standard-v5's four runs from the clean image, then
+the same four chained (each begins where the one before ended). Each run records which examples it
+breaks, and the JSON the union (per group of runs too).
 
-Writes ``benchmarks/results/suite_steps-<suite>-<model>-<radius>[-apgd].json``.
+Writes ``benchmarks/results/suite_steps-<suite>-<model>-<radius>[-<grid>].json``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
-from suite_ablation import DUAL3, MODELS, _model  # noqa: E402
+from suite_ablation import DUAL3, ENTRIES, MODELS, _model  # noqa: E402
 
 from wasserstein_attacks import WassersteinBall  # noqa: E402
 from wasserstein_attacks.attacks import get  # noqa: E402
@@ -65,7 +68,17 @@ APGD_GRID = (
     ("margin", 60, {**MU3, "restarts": 5}), ("dlr", 100, {**MU3, "restarts": 3}),
     ("ce", 100, {"restarts": 3}),
 )
-GRIDS = {"fixed": GRID, "apgd": APGD_GRID}
+#: standard-v5's four runs from the clean image, then chained: each begins where the one before it ended
+#: (``start: previous``, Suite's ``starts``). ``group`` only labels the rows.
+V5 = (("margin", {}), ("margin", MU3), ("ce", {}), ("dlr", MU3))
+CHAIN_GRID = (
+    *((loss, 300, {**s, "group": "from the clean image"}) for loss, s in V5),
+    *((loss, 300, {**s, "group": "chained", **({"start": "previous"} if i else {})})
+      for i, (loss, s) in enumerate(V5)),
+)
+GRIDS = {"fixed": GRID, "apgd": APGD_GRID, "chain": CHAIN_GRID}
+#: Keys of a grid's settings that are not the attack's.
+NOT_SETTINGS = ("target_rank", "start", "group")
 
 
 def left_robust(ablation: dict, model: str, suite: str, radius: float) -> list[int]:
@@ -78,12 +91,13 @@ def left_robust(ablation: dict, model: str, suite: str, radius: float) -> list[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="mnist_robust", choices=MODELS)
+    parser.add_argument("--model", default="mnist_robust", choices=[*MODELS, *ENTRIES])
     parser.add_argument("--radius", type=float, default=0.5)
     parser.add_argument("--suite", default="standard-v3", help="whose left-robust examples to re-attack")
     parser.add_argument("--seed", type=int, default=0, help="the seed the ablation ran the suite with")
     parser.add_argument("--grid", default="fixed", choices=list(GRIDS),
-                        help="fixed: PGD with a fixed step (GRID); apgd: APGD settings (APGD_GRID)")
+                        help="fixed: PGD with a fixed step (GRID); apgd: APGD settings (APGD_GRID); chain: "
+                             "v5's runs from the clean image and chained (CHAIN_GRID)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     origin = provenance()
@@ -97,19 +111,22 @@ def main() -> None:
     x, y = data.images[sel], data.labels[sel]
     with torch.no_grad():
         logits = model(x)
-    rows, union = [], set()
+    rows, union, groups, last = [], set(), {}, None
     for loss, steps, settings in GRIDS[args.grid]:
         start = time.perf_counter()
-        kwargs = {k: v for k, v in settings.items() if k != "target_rank"}
-        if args.grid == "apgd":
+        kwargs = {k: v for k, v in settings.items() if k not in NOT_SETTINGS}
+        if args.grid in ("apgd", "chain"):
             kwargs = {"schedule": "apgd", "lr": 1.0, **kwargs}
         rank = settings.get("target_rank")
         targets = None if rank is None else _target_classes(logits, y, rank)
         attack = get("pgd_box", loss=loss, steps=steps, **kwargs)
+        warm = {"start": last.plan} if settings.get("start") == "previous" else {}
         res = attack(model, x, y, threat=WassersteinBall(eps=args.radius), seed=args.seed, indices=sel,
-                     targets=targets)
+                     targets=targets, **warm)
+        last = res
         broken = sel[res.success.cpu()].tolist()
         union |= set(broken)
+        groups.setdefault(settings.get("group", "all"), set()).update(broken)
         rows.append({"loss": loss, "steps": steps, "settings": settings, "broken": len(broken),
                      "broken_indices": broken, "seconds": time.perf_counter() - start})
         print(f"pgd_box {loss:6s} {steps:5d} steps {settings}: breaks {rows[-1]['broken']} of {len(idx)} "
@@ -118,6 +135,7 @@ def main() -> None:
     out = RESULTS / f"suite_steps-{args.suite}-{args.model}-{args.radius:g}{suffix}.json"
     write_json(out, {"model": args.model, "radius": args.radius, "suite": args.suite, "n": ablation["n"],
                      "grid": args.grid, "left_robust": idx, "runs": rows, "union_broken": sorted(union),
+                     "union_broken_per_group": {g: sorted(b) for g, b in groups.items()},
                      "machine": machine(), "provenance": origin})
     print(f"wrote {out}")
 
