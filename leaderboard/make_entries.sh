@@ -135,6 +135,11 @@ if want "${ALL[@]}"; then
   # (benchmarks/inner_attack.py --losses margin ce).
   adv_entry "$ID" 6 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, 20 steps, 6 epochs (this project)" ce 20
 fi
+ID=WattackAdvPGDCE40
+EXTRA_NOTE="; as WattackAdvPGDCE with 40 inner attack steps (defense.attack_steps=40)"
+if want "${ALL[@]}"; then
+  adv_entry "$ID" 6 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, 40 steps, 6 epochs (this project)" ce 40
+fi
 
 # Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each).
 for LABEL in lap-0.01 lap-0.02 lap-0.05 lap-0.1 uni-0.01 uni-0.02 uni-0.05 uni-0.1 lap-0.02-smoothadv; do
