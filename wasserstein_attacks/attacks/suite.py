@@ -291,9 +291,9 @@ class Suite:
         if len(starts) != len(attacks) or any(s not in ("identity", "previous") for s in starts):
             raise ValueError(f"starts must give 'identity' or 'previous' per attack ({len(attacks)}), "
                              f"got {starts}")
-        for label, attack, how in zip(labels, attacks, starts, strict=True):
-            if how == "previous" and (attack is attacks[0] or not attack.supports_start):
-                why = "the first attack has no attack before it" if attack is attacks[0] else \
+        for i, (label, attack, how) in enumerate(zip(labels, attacks, starts, strict=True)):
+            if how == "previous" and (i == 0 or not attack.supports_start):
+                why = "the first attack has no attack before it" if i == 0 else \
                     f"{type(attack).__name__} does not begin from a plan"
                 raise ValueError(f"starts: {label} cannot start from the previous attack's plan: {why}")
         self.name, self.version, self.attacks, self.labels, self.order = name, version, attacks, labels, order
