@@ -458,6 +458,14 @@ def test_a_plan_attack_begins_from_a_given_plan():
     again = PGDBox(steps=50, loss="margin")(model, x, y, threat=ball, start=first.plan)
     won = first.success
     assert again.success[won].all() and (again.iterations[won] == 0).all()
+    # A start far outside the ball (every row spread over its window, ten times the mass) still ends
+    # in a verified member of the ball, for a projected and a Frank-Wolfe attack alike.
+    wild = torch.rand_like(first.plan) * 10
+    for attack in (PGDBox(steps=5, loss="margin"), FrankWolfe(steps=5, loss="margin")):
+        res = attack(model, x, y, threat=ball, start=wild)
+        assert res.certified.all() and res.adversarial.min() >= 0 and res.adversarial.max() <= 1
+        exact = ball.distance(x, res.adversarial)
+        assert (exact <= ball.eps * (1 + ball.cost_tol)).all()
     with pytest.raises(ValueError, match=r"start must be a local plan tensor \[B, C, H\*W, k\*k\]"):
         PGDBox(steps=2)(model, x, y, threat=ball, start=first.plan[:2])
     with pytest.raises(ValueError, match="start must be finite"):
