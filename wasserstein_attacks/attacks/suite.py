@@ -410,7 +410,7 @@ class Suite:
             targets = None if rank is None else _target_classes(logits[dev_idx], labels[dev_idx], rank)
             res = attack(model, x[dev_idx], labels[dev_idx], threat=ball, targets=targets, seed=seed,
                          indices=indices[idx], **extra, **start)
-            if "previous" in self.starts:
+            if self.starts[j + 1:j + 2] == ["previous"]:  # only the next attack reads it
                 walk.keep_plan(idx, res.plan)
             seconds += res.seconds
             cost = res.cost.cpu().double()
