@@ -57,7 +57,23 @@ CONFIGS = {
         "train.method=smoothadv", "train.smoothadv.eps=0.1", "train.smoothadv.n=60000",
         "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
     ]),
+    # The trivial baseline: the class most frequent at the image's total mass, which neither flow noise nor
+    # any change of the threat model moves (all draws agree: certified up to the n-draws ceiling, 0.74 at
+    # sigma 0.2, beyond every grid radius).
+    "mass-only": ("laplace", 0.2, None, 0, 1e-3, ["train.mass_prior=only"]),
+    # The network plus that prior (models.MassPrior), trained under the noise from the standard model.
+    "lapm-0.02": ("laplace", 0.02, None, 10, 1e-3, ["train.mass_prior=true"]),
+    "lapm-0.05": ("laplace", 0.05, None, 10, 1e-3, ["train.mass_prior=true"]),
+    "lapm-0.1": ("laplace", 0.1, None, 10, 1e-3, ["train.mass_prior=true"]),
+    "unim-0.05": ("uniform", 0.05, None, 10, 1e-3, ["train.mass_prior=true"]),
+    "unim-0.07": ("uniform", 0.07, None, 10, 1e-3, ["train.mass_prior=true"]),
+    "unim-0.1": ("uniform", 0.1, None, 10, 1e-3, ["train.mass_prior=true"]),
 }
+
+
+def _mass_prior(label: str) -> bool:
+    """Whether the base model of ``label`` carries a mass prior (``models.MassPrior``)."""
+    return any(e.startswith("train.mass_prior=") and e != "train.mass_prior=false" for e in CONFIGS[label][5])
 
 
 def _runs(args) -> Path:
@@ -69,9 +85,12 @@ def command(label: str, args) -> list[str]:
     """The ``wattack-certify`` overrides of one configuration (run folder ``<runs>/<label>``)."""
     noise, sigma, init, epochs, lr, extra = CONFIGS[label]
     if args.reuse:  # certify the base model trained by the training run, without training again
-        model = ["model=mnist_convnet", f"model.checkpoint={RUNS / label / 'base_model.pt'}"]
+        arch = "mnist_convnet_massprior" if _mass_prior(label) else "mnist_convnet"
+        model = [f"model={arch}", f"model.checkpoint={RUNS / label / 'base_model.pt'}"]
         epochs, extra = 0, [e for e in extra if not e.startswith("train.")]
     else:
+        if init is not None and _mass_prior(init):
+            raise ValueError(f"{label}: an init with a mass prior is not supported (start from standard)")
         model = ["model=standard_mnist"] if init is None else [
             "model=mnist_convnet", f"model.checkpoint={RUNS / init / 'base_model.pt'}"]
     return [

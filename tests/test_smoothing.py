@@ -402,3 +402,92 @@ def test_empirical_robustness_attacks_only_what_stands_and_matches_the_full_atta
             first[i] = r if first[i] is None else first[i]
     assert out["broken_at"] == first and any(f is not None for f in first)  # something to compare
     assert out["clean_accuracy"] == float(res.clean_correct.double().mean())
+
+
+# ------------------------------------------------------------------------------------------ mass prior
+
+
+def test_mass_prior_is_the_class_frequency_per_mass_bin_and_ignores_any_flow():
+    from wasserstein_attacks.models import MassPrior
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 1, 6, 6, generator=g)
+    y = (x.sum((1, 2, 3)) > x.sum((1, 2, 3)).median()).long()  # class 1 = heavy images
+    net = build_model("tiny", num_classes=2, seed=0)
+    prior = MassPrior(net, num_classes=2, bins=4)
+    with torch.no_grad():
+        assert torch.equal(prior(x), net(x))  # unfitted: adds nothing
+        prior.fit(x, y)
+        expected = net(x) + prior.log_prior[torch.bucketize(x.sum((1, 2, 3)), prior.edges)]
+        assert torch.equal(prior(x), expected)
+    assert torch.all(prior.edges[1:] > prior.edges[:-1])
+    assert torch.allclose(prior.log_prior.exp().sum(1), torch.ones(4))
+    # The mass alone separates the classes here: the heaviest bin says class 1, the lightest class 0.
+    assert prior.log_prior[-1].argmax() == 1 and prior.log_prior[0].argmax() == 0
+    # Any flow keeps the mass, hence the bin: the prior term is the same before and after.
+    flow = 5.0 * torch.randn(60, 1, sm.num_edges(6, 6), generator=g)
+    moved = sm.apply_flow(x, flow)
+    assert torch.equal(prior.bin(moved), prior.bin(x))
+    with pytest.raises(ValueError, match=r"^labels must lie in \[0, 2\)"):
+        prior.fit(x, y + 1)
+    with pytest.raises(ValueError, match=r"^images must be \[N, C, H, W\] and labels \[N\]"):
+        prior.fit(x[:, 0], y)
+    with pytest.raises(ValueError, match=r"^bins must be an int >= 1"):
+        MassPrior(net, num_classes=2, bins=0)
+
+
+def test_mass_only_classifier_is_certified_to_the_ceiling_and_loads_as_a_leaderboard_model(tmp_path):
+    from wasserstein_attacks.leaderboard.verify import check_architecture, load_model
+    from wasserstein_attacks.models import MassPrior
+
+    data = load_dataset("mnist", "train", n=500)
+    net = build_model("mnist_convnet", seed=0)
+    with torch.no_grad():
+        net[-1].weight.zero_()
+        net[-1].bias.zero_()
+    model = MassPrior(net).fit(data.images, data.labels).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    loaded = load_model(check_architecture("mnist_convnet-massprior"), tmp_path / "w.pt")
+    x = load_dataset("mnist", "test", n=6).images
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    noise = sm.make_noise("laplace", sigma=0.2)
+    smoothed = sm.SmoothedClassifier(loaded, noise, num_classes=10, batch_size=200)
+    res = smoothed.certify(x, n0=20, n=200, alpha=0.05, seed=0, indices=torch.arange(6))
+    with torch.no_grad():
+        assert res.prediction.tolist() == model(x).argmax(1).tolist()  # every draw agrees with the prior
+    ceiling = sm.flow_radius_to_eps(noise.max_radius(200, 0.05), 1.0, relative=True)
+    assert np.allclose(res.radius, ceiling)
+    with pytest.raises(ValueError, match="^architecture must be a models.build_model name"):
+        check_architecture("mnist_convnet-prior")
+
+
+def test_cli_mass_prior_only_and_added(tmp_path, monkeypatch, capsys):
+    from wasserstein_attacks.cli import certify_main
+
+    base = ["dataset=synthetic", "model=tiny", "dataset.n=4", "n0=10", "n=40", "train.n=32",
+            "smoothing.sigma=0.5", "radii=[0.05]"]
+    monkeypatch.setattr(sys, "argv", ["wattack-certify", *base, "train.mass_prior=only",
+                                      f"hydra.run.dir={tmp_path / 'only'}"])
+    certify_main()
+    res = json.loads((tmp_path / "only" / "results.json").read_text())
+    assert res["base_training"]["mass_prior"] == {"mode": "only", "bins": 20, "n": 32}
+    assert res["model"]["checkpoint"] == "base_model.pt" and (tmp_path / "only" / "base_model.pt").is_file()
+    assert res["abstentions"] == 0  # the mass alone decides: all draws agree
+    monkeypatch.setattr(sys, "argv", ["wattack-certify", *base, "train.mass_prior=true", "train.epochs=1",
+                                      f"hydra.run.dir={tmp_path / 'add'}"])
+    certify_main()
+    res = json.loads((tmp_path / "add" / "results.json").read_text())
+    assert res["base_training"]["mass_prior"]["mode"] == "add" and res["base_training"]["epochs"] == 1
+    capsys.readouterr()
+    for bad, message in (
+        (["train.mass_prior=maybe"], "train.mass_prior must be false, true or only, got 'maybe'"),
+        (["train.mass_prior=only", "train.epochs=1"],
+         "train.mass_prior=only reads the mass alone: there is nothing to train (epochs=0)"),
+    ):
+        argv = ["wattack-certify", *base, *bad, f"hydra.run.dir={tmp_path / 'bad'}"]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exc:
+            certify_main()
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.strip() == f"wattack-certify: error: {message}"

@@ -172,8 +172,48 @@ def _certify_device(value):
     return device
 
 
-def _certify_train(cfg: DictConfig, model, noise, out: Path) -> dict | None:
-    """Train the base model when ``train.epochs > 0`` (noise augmentation, then SmoothAdv if asked)."""
+def _certify_mass_prior(cfg: DictConfig, model):
+    """``train.mass_prior``: wrap ``model`` in a ``MassPrior`` fitted on the first ``train.n`` train images.
+
+    ``true``: the network's logits plus the prior; ``only``: the network's last linear layer zeroed, so the
+    classifier reads the mass alone (the trivial baseline every certified defense must beat); ``false``:
+    ``model`` unchanged. Returns the model and a JSON record (``None`` when unchanged).
+    """
+    import torch
+    from hydra.utils import instantiate
+
+    from .models import MassPrior
+
+    mode = cfg.train.get("mass_prior", False)
+    mode = {False: None, True: "add", "only": "only"}.get(
+        mode if isinstance(mode, bool) else str(mode), "bad")
+    if mode == "bad":
+        raise ValueError(f"train.mass_prior must be false, true or only, got {cfg.train.mass_prior!r}")
+    if mode is None:
+        return model, None
+    if isinstance(model, MassPrior):
+        raise ValueError("train.mass_prior: the model already has a mass prior (a -massprior model config)")
+    data = instantiate(cfg.dataset, split="train", n=int(cfg.train.n))
+    with torch.no_grad():
+        num_classes = int(model(data.images[:1].to(next(model.parameters()).device)).shape[1])
+    if mode == "only":
+        linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        if not linear:
+            raise ValueError("train.mass_prior=only needs a model that ends in a linear layer")
+        with torch.no_grad():
+            linear[-1].weight.zero_()
+            if linear[-1].bias is not None:
+                linear[-1].bias.zero_()
+    wrapped = MassPrior(model, num_classes).to(next(model.parameters()).device).eval()
+    wrapped.fit(data.images, data.labels)
+    return wrapped, {"mode": mode, "bins": int(wrapped.log_prior.shape[0]), "n": len(data)}
+
+
+def _certify_train(cfg: DictConfig, model, noise, out: Path, prior: dict | None) -> dict | None:
+    """Train the base model when ``train.epochs > 0`` (noise augmentation, then SmoothAdv if asked).
+
+    The weights go to ``out/base_model.pt`` when they changed (trained, or given a mass prior).
+    """
     from hydra.utils import instantiate
 
     from .defenses.smoothing import train_under_noise
@@ -183,21 +223,28 @@ def _certify_train(cfg: DictConfig, model, noise, out: Path) -> dict | None:
     method = str(t.get("method", "noise"))
     if method not in ("noise", "smoothadv"):
         raise ValueError(f"train.method must be 'noise' or 'smoothadv', got {method!r}")
+    settings = OmegaConf.to_container(t, resolve=True)
     if int(t.epochs) == 0:
         if method == "smoothadv":
             raise ValueError("train.method=smoothadv needs train.epochs >= 1 (noise training comes first)")
-        return None
-    train_set = instantiate(cfg.dataset, split="train", n=int(t.n))
-    hist = train_under_noise(
-        model, train_set, noise, epochs=int(t.epochs), lr=float(t.lr), batch_size=int(t.batch_size),
-        seed=int(t.seed), progress=False,
-    )
-    settings = OmegaConf.to_container(t, resolve=True)
-    record = {**settings, "n": len(train_set), "epoch_loss": hist["epoch_loss"], "seconds": hist["seconds"]}
-    if method == "smoothadv":
-        record["smoothadv_history"] = _smoothadv(cfg, model, noise)
+        if prior is None:
+            return None
+        record = {"mass_prior": prior, "epochs": 0}
     else:
-        record.pop("smoothadv", None)  # settings of a step that did not run
+        if prior is not None and prior["mode"] == "only":
+            raise ValueError(
+                "train.mass_prior=only reads the mass alone: there is nothing to train (epochs=0)")
+        train_set = instantiate(cfg.dataset, split="train", n=int(t.n))
+        hist = train_under_noise(
+            model, train_set, noise, epochs=int(t.epochs), lr=float(t.lr), batch_size=int(t.batch_size),
+            seed=int(t.seed), progress=False,
+        )
+        record = {**settings, "n": len(train_set), "epoch_loss": hist["epoch_loss"],
+                  "seconds": hist["seconds"], "mass_prior": prior}
+        if method == "smoothadv":
+            record["smoothadv_history"] = _smoothadv(cfg, model, noise)
+        else:
+            record.pop("smoothadv", None)  # settings of a step that did not run
     save_checkpoint(model, out / "base_model.pt", meta={"noise": noise.describe(), "train": settings})
     return record
 
@@ -253,9 +300,9 @@ def _certify_app(cfg: DictConfig) -> None:
         images, labels, data_info = load_data(cfg)
         model, model_info = build_model(cfg)
         device = _certify_device(cfg.device)
-        model = model.to(device).eval()
-        trained = _certify_train(cfg, model, noise, out)
-        if trained is not None:  # the certified model is the noise-trained one: record its weights
+        model, prior = _certify_mass_prior(cfg, model.to(device).eval())
+        trained = _certify_train(cfg, model, noise, out, prior)
+        if trained is not None:  # the certified model is the trained one: record its weights
             from ._util import weights_sha256
 
             model_info = {**model_info, "weights_sha256": weights_sha256(model)}

@@ -31,19 +31,21 @@ from .schema import (
 
 __all__ = ["check_architecture", "load_model", "load_data", "load_entry_suite", "verify_entry"]
 
-_BINARIZE = "-binarize"
+#: Architecture suffixes ``verify`` knows: the wrapper each one adds around a ``build_model`` network.
+_SUFFIXES = {"-binarize": "binarize", "-massprior": "mass_prior"}
 
 
 # ------------------------------------------------------------------------------------------ default loaders
-def _split_architecture(architecture: str) -> tuple[str, bool]:
-    """``("mnist_convnet", True)`` for ``"mnist_convnet-binarize"``: the build name and the defense flag."""
-    if architecture.endswith(_BINARIZE):
-        return architecture[: -len(_BINARIZE)], True
-    return architecture, False
+def _split_architecture(architecture: str) -> tuple[str, str | None]:
+    """``("mnist_convnet", "binarize")`` for ``"mnist_convnet-binarize"``: the build name and its wrapper."""
+    for suffix, wrapper in _SUFFIXES.items():
+        if architecture.endswith(suffix):
+            return architecture[: -len(suffix)], wrapper
+    return architecture, None
 
 
 def check_architecture(architecture: str) -> str:
-    """``architecture`` if ``verify`` can build it (a ``models.build_model`` name, optional ``-binarize``).
+    """``architecture`` if ``verify`` can build it (a ``models.build_model`` name, optional suffix).
 
     Raises ``ValueError`` (naming ``--architecture``) otherwise.
     """
@@ -51,9 +53,9 @@ def check_architecture(architecture: str) -> str:
 
     if _split_architecture(architecture)[0] not in models.MODELS:
         raise ValueError(
-            f"architecture must be a models.build_model name (optionally with '-binarize'): one of "
-            f"{', '.join(models.MODELS)}, got the model config's name {architecture!r}; pass "
-            "--architecture (e.g. mnist_convnet)"
+            f"architecture must be a models.build_model name, optionally with one of "
+            f"{', '.join(map(repr, _SUFFIXES))}: one of {', '.join(models.MODELS)}, got the model config's "
+            f"name {architecture!r}; pass --architecture (e.g. mnist_convnet)"
         )
     return architecture
 
@@ -61,19 +63,26 @@ def check_architecture(architecture: str) -> str:
 def load_model(architecture: str, checkpoint: Path) -> torch.nn.Module:
     """Default model loader for ``verify``: ``models.build_model`` + ``models.load_weights``.
 
-    ``architecture`` is a ``build_model`` name; the suffix ``-binarize`` wraps the model in the
-    input-binarization defense (threshold 0.5 in the forward pass) with a straight-through backward pass
-    (BPDA): the forward pass, on which success is judged, is the defense itself, while the attacks get a
-    useful gradient, as in the benchmark run that made the entry (``conf/model/mnist_binarize.yaml``);
-    with the threshold's zero gradient no attack could reproduce anything. The checkpoint is read with
-    ``torch.load(weights_only=True)`` (any format ``load_weights`` knows; a one-line ``ValueError`` for
-    an unreadable file or refused pickles). Returns the model in eval mode.
+    ``architecture`` is a ``build_model`` name, optionally with a suffix naming a wrapper:
+
+    - ``-binarize``: the input-binarization defense (threshold 0.5 in the forward pass) with a
+      straight-through backward pass (BPDA): the forward pass, on which success is judged, is the defense
+      itself, while the attacks get a useful gradient, as in the benchmark run that made the entry
+      (``conf/model/mnist_binarize.yaml``); with the threshold's zero gradient no attack could reproduce
+      anything. The checkpoint may hold the bare network.
+    - ``-massprior``: ``models.MassPrior`` (a class prior read from the image's mass); the checkpoint holds
+      the wrapper's state dict, bins and prior included.
+
+    The checkpoint is read with ``torch.load(weights_only=True)`` (any format ``load_weights`` knows; a
+    one-line ``ValueError`` for an unreadable file or refused pickles). Returns the model in eval mode.
     """
     from .. import models
 
-    base, binarize = _split_architecture(architecture)
-    model = models.build_model(base, binarize=binarize, straight_through=binarize)
-    models.load_weights(model.model if binarize else model, checkpoint)
+    base, wrapper = _split_architecture(architecture)
+    binarize = wrapper == "binarize"
+    model = models.build_model(base, binarize=binarize, straight_through=binarize,
+                               mass_prior=wrapper == "mass_prior")
+    models.load_weights(model, checkpoint)
     return model.eval()
 
 
