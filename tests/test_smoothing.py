@@ -318,6 +318,35 @@ def test_training_under_noise_smoothadv_and_the_empirical_attack_run():
         sm.attack_smoothed(smoothed, attack, test.images, test.labels, threat=WassersteinBall(eps=0.1, p=2))
 
 
+def test_consistency_loss_matches_its_definition_and_trains_reproducibly():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(3 * 5, 4, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0])
+    ce = torch.nn.functional.cross_entropy(logits, y.repeat(3))
+    assert torch.equal(sm.consistency_loss(logits, y, m=3, consistency=0.0, entropy=0.5), ce)
+    p = logits.softmax(1).reshape(3, 5, 4)  # copy-major: row j * 5 + i is copy j of image i
+    mean = p.mean(0)
+    kl = sum((mean * (mean.log() - p[j].log())).sum(1).mean() for j in range(3)) / 3
+    ent = -(mean * mean.log()).sum(1).mean()
+    got = sm.consistency_loss(logits, y, m=3, consistency=2.0, entropy=0.25)
+    torch.testing.assert_close(got, ce + 2.0 * kl + 0.25 * ent)
+    # Identical copies: no inconsistency to pay for.
+    same = logits[:5].repeat(3, 1)
+    torch.testing.assert_close(sm.consistency_loss(same, y, m=3, consistency=5.0, entropy=0.0),
+                               torch.nn.functional.cross_entropy(same, y.repeat(3)))
+    data = load_dataset("synthetic", "train", n=16)
+    noise = sm.LaplaceNoise(sigma=0.05)
+    nets = [build_model("tiny", num_classes=4, seed=0) for _ in range(2)]
+    for net in nets:
+        hist = sm.train_under_noise(net, data, noise, m=2, consistency=1.0, epochs=1, batch_size=8, seed=3,
+                                    progress=False)
+        assert hist["steps"] == 2 and math.isfinite(hist["epoch_loss"][0])
+    torch.testing.assert_close(nets[0].state_dict(), nets[1].state_dict(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^m must be >= 2 with consistency > 0"):
+        sm.train_under_noise(nets[0], data, noise, m=1, consistency=1.0, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"^consistency must be a finite float >= 0"):
+        sm.train_under_noise(nets[0], data, noise, m=2, consistency=-1.0, epochs=1, progress=False)
+
+
 # ------------------------------------------------------------------------------------------- CLI
 
 

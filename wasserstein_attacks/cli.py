@@ -237,7 +237,8 @@ def _certify_train(cfg: DictConfig, model, noise, out: Path, prior: dict | None)
         train_set = instantiate(cfg.dataset, split="train", n=int(t.n))
         hist = train_under_noise(
             model, train_set, noise, epochs=int(t.epochs), lr=float(t.lr), batch_size=int(t.batch_size),
-            seed=int(t.seed), progress=False,
+            seed=int(t.seed), progress=False, m=int(t.get("m", 1)),
+            consistency=float(t.get("consistency", 0)), entropy=float(t.get("entropy", 0.5)),
         )
         record = {**settings, "n": len(train_set), "epoch_loss": hist["epoch_loss"],
                   "seconds": hist["seconds"], "mass_prior": prior}

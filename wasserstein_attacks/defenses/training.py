@@ -101,8 +101,9 @@ def _make_optimizer(model: nn.Module, optimizer: str, lr: float, momentum: float
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
 
 
-def _train_epoch(model, dataset, opt, sched, *, batch_size: int, seed: int, device, bar, step: int):
-    """One shuffled pass (shuffle seed ``seed``) of cross-entropy steps over ``dataset``.
+def _train_epoch(model, dataset, opt, sched, *, batch_size: int, seed: int, device, bar, step: int,
+                 loss_fn=F.cross_entropy):
+    """One shuffled pass (shuffle seed ``seed``) of ``loss_fn(model(x), y)`` steps over ``dataset``.
 
     ``step`` counts optimizer steps over the whole run (the progress bar shows the loss every 20).
     Returns ``(mean training loss over the pass's examples, step after the pass)``.
@@ -110,7 +111,7 @@ def _train_epoch(model, dataset, opt, sched, *, batch_size: int, seed: int, devi
     loss_sum, count = 0.0, 0
     for batch in dataset.batches(batch_size, shuffle=True, seed=seed):
         x, y = batch.images.to(device), batch.labels.to(device)
-        loss = F.cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -139,8 +140,9 @@ def train_model(
     schedule: str = "cosine",
     num_threads: int | None = None,
     progress: bool = True,
+    loss_fn=None,
 ) -> dict:
-    """Train ``model`` in place with cross-entropy; it is left in eval mode.
+    """Train ``model`` in place with cross-entropy (or ``loss_fn``); it is left in eval mode.
 
     Args:
         model: maps ``[B, C, H, W]`` in [0, 1] to logits ``[B, num_classes]``.
@@ -158,6 +160,8 @@ def train_model(
             keeps the current setting. Results are reproducible for a fixed thread count; on a busy
             machine one thread is often faster than two, whose workers wait on each other.
         progress: show a tqdm progress bar.
+        loss_fn: ``(model output, labels [B]) -> scalar loss``; default ``F.cross_entropy`` (the output
+            may then hold several rows per example, e.g. noised copies, if ``loss_fn`` knows it).
 
     Returns:
         ``{"epoch_loss": [mean training loss per epoch], "seconds": wall time, "steps": optimizer steps}``.
@@ -184,7 +188,7 @@ def train_model(
             epoch_seed = int(torch.randint(2**62, (1,), generator=shuffle_rng))
             mean_loss, step = _train_epoch(
                 model, dataset, opt, sched, batch_size=batch_size, seed=epoch_seed, device=device, bar=bar,
-                step=step,
+                step=step, loss_fn=loss_fn or F.cross_entropy,
             )
             history.append(mean_loss)
     model.eval()

@@ -20,7 +20,7 @@ from .certify import (
 from .flows import apply_flow, divergence, min_flow_l1, num_edges
 from .noise import NOISES, FlowNoise, LaplaceNoise, UniformNoise, make_noise
 from .report import certification_results, plot_certified_accuracy, write_certification
-from .train import NoisyInput, SmoothedSoft, smoothadv_train, train_under_noise
+from .train import NoisyInput, SmoothedSoft, consistency_loss, smoothadv_train, train_under_noise
 
 __all__ = [
     "ABSTAIN",
@@ -29,6 +29,7 @@ __all__ = [
     "LaplaceNoise",
     "NOISES",
     "NoisyInput",
+    "consistency_loss",
     "SmoothedAttackResult",
     "SmoothedClassifier",
     "SmoothedSoft",

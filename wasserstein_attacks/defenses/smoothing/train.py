@@ -2,7 +2,11 @@
 
 - ``train_under_noise``: Cohen et al.'s recipe (train on noised inputs, "Gaussian augmentation"),
   here with the flow noise of the smoothed classifier; the loop is ``defenses.training.train_model``
-  with the model wrapped in ``NoisyInput``.
+  with the model wrapped in ``NoisyInput``. With ``consistency > 0``, Jeong & Shin's consistency
+  regularization (NeurIPS 2020): ``m`` noised copies of each image, cross-entropy on each, plus
+  ``consistency`` times the mean KL divergence from the copies' mean prediction to each copy's, plus
+  ``entropy`` times that mean prediction's entropy. Certification needs the top class on nearly every
+  draw (``pA`` near 1), which plain cross-entropy on single draws does not ask for.
 - ``SmoothedSoft``: the soft smoothed classifier ``log E_delta[softmax f(x + div(s delta))]``,
   estimated with ``m`` fixed draws shared by all examples (so a batch gives the per-example result); it
   is an ``nn.Module`` the package's attacks can attack directly ("attack through the expectation").
@@ -30,7 +34,7 @@ from ..training import train_model
 from .flows import apply_flow, num_edges
 from .noise import FlowNoise
 
-__all__ = ["NoisyInput", "SmoothedSoft", "train_under_noise", "smoothadv_train"]
+__all__ = ["NoisyInput", "SmoothedSoft", "consistency_loss", "train_under_noise", "smoothadv_train"]
 
 
 def _derive_seed(*parts) -> int:
@@ -47,17 +51,20 @@ def _scale(x: torch.Tensor, noise: FlowNoise) -> torch.Tensor:
 class NoisyInput(nn.Module):
     """``model(x + div(s delta))`` with fresh noise in training mode; ``model(x)`` in eval mode.
 
-    Draws come from the global RNG of ``x``'s device, which ``train_model`` seeds from its ``seed``.
+    In training mode every image is noised ``m`` times: ``x [B, C, H, W]`` -> logits ``[m * B, K]``,
+    copy-major (rows ``j * B .. (j + 1) * B - 1`` hold copy ``j``). Draws come from the global RNG of
+    ``x``'s device, which ``train_model`` seeds from its ``seed``.
     """
 
-    def __init__(self, model: nn.Module, noise: FlowNoise):
+    def __init__(self, model: nn.Module, noise: FlowNoise, m: int = 1):
         super().__init__()
-        self.model, self.noise = model, noise
+        self.model, self.noise, self.m = model, noise, check_int(m, "m")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, C, H, W]`` -> logits ``[B, num_classes]``."""
+        """``x [B, C, H, W]`` -> logits ``[B, num_classes]`` (eval) or ``[m * B, num_classes]`` (training)."""
         if not self.training:
             return self.model(x)
+        x = x.repeat(self.m, 1, 1, 1)
         b, c, h, w = x.shape
         u = torch.rand(b, c, num_edges(h, w), device=x.device, dtype=torch.float64)
         delta = self.noise._from_uniform(u).to(x.dtype)
@@ -109,15 +116,58 @@ class SmoothedSoft(nn.Module):
         return torch.logsumexp(logp.reshape(x.shape[0], self.m, -1), dim=1) - math.log(self.m)
 
 
-def train_under_noise(model: nn.Module, dataset: ImageDataset, noise: FlowNoise, **train_kwargs) -> dict:
+def consistency_loss(logits: torch.Tensor, labels: torch.Tensor, *, m: int, consistency: float,
+                     entropy: float) -> torch.Tensor:
+    """Jeong & Shin (2020)'s loss on ``m`` noised copies per image: a scalar.
+
+    Args:
+        logits: ``[m * B, K]``, copy-major (``NoisyInput`` with ``m`` copies).
+        labels: ``[B]`` class indices.
+        m: copies per image.
+        consistency: weight of ``mean_j KL(p_mean || p_j)`` (0: cross-entropy on every copy only).
+        entropy: weight of the entropy of ``p_mean`` (used only with ``consistency > 0``).
+
+    """
+    ce = F.cross_entropy(logits, labels.repeat(m))
+    if consistency == 0:
+        return ce
+    logp = F.log_softmax(logits, dim=1).reshape(m, labels.shape[0], -1)
+    log_mean = torch.logsumexp(logp, dim=0) - math.log(m)
+    p_mean = log_mean.exp()
+    kl = (p_mean * (log_mean - logp)).sum(-1).mean()
+    return ce + consistency * kl - entropy * (p_mean * log_mean).sum(-1).mean()
+
+
+def train_under_noise(
+    model: nn.Module, dataset: ImageDataset, noise: FlowNoise, *, m: int = 1, consistency: float = 0.0,
+    entropy: float = 0.5, **train_kwargs,
+) -> dict:
     """Train ``model`` in place on flow-noised inputs (Cohen et al. 2019's augmentation, flow noise).
 
-    ``train_kwargs`` go to ``defenses.training.train_model`` (epochs, lr, batch_size, seed, ...);
-    returns its history.
+    Args:
+        model: the base classifier, ``[B, C, H, W] -> [B, K]``.
+        dataset: the training set.
+        noise: the flow noise.
+        m: noised copies per image and step (a batch of ``b`` images is ``m * b`` forward passes).
+        consistency: Jeong & Shin's weight ``lambda`` of the consistency term (``> 0`` needs ``m >= 2``).
+        entropy: their weight ``eta`` of the mean prediction's entropy.
+        **train_kwargs: to ``defenses.training.train_model`` (epochs, lr, batch_size, seed, ...).
+
+    Returns ``train_model``'s history.
+
     """
     if not isinstance(noise, FlowNoise):
         raise ValueError(f"noise must be a FlowNoise (laplace or uniform), got {type(noise).__name__}")
-    return train_model(NoisyInput(model, noise), dataset, **train_kwargs)
+    m = check_int(m, "m")
+    consistency = check_float(consistency, "consistency", allow_zero=True)
+    entropy = check_float(entropy, "entropy", allow_zero=True)
+    if consistency > 0 and m < 2:
+        raise ValueError(f"m must be >= 2 with consistency > 0 (the term compares copies), got m={m}")
+
+    def loss_fn(logits, labels):
+        return consistency_loss(logits, labels, m=m, consistency=consistency, entropy=entropy)
+
+    return train_model(NoisyInput(model, noise, m), dataset, loss_fn=loss_fn, **train_kwargs)
 
 
 def smoothadv_train(
