@@ -430,3 +430,15 @@ def test_cli_round_trip(tmp_path, honest, monkeypatch, capsys):
     write(entry, recompute_claims(d))
     assert lb.main(["verify", str(entry), "--examples", "4"]) == 1
     assert read(entry)["verification"]["max_count_delta"] == 5
+
+
+def test_the_method_follows_the_run_s_training():
+    from wasserstein_attacks.leaderboard.certified_add import _method
+
+    assert _method(None, {"method": "noise", "epochs": 3}) == "noise"
+    assert _method(None, {"method": "noise", "epochs": 3, "consistency": 10.0}) == "consistency"
+    assert _method(None, {"method": "smoothadv", "epochs": 3, "consistency": 10.0}) == "smoothadv"
+    assert _method(None, {"mass_prior": {"mode": "only"}, "epochs": 0}) == "none"  # nothing was trained
+    assert _method("smoothadv", {"method": "noise", "epochs": 0}) == "smoothadv"  # said explicitly
+    with pytest.raises(ValueError, match=r"^method must be given \('noise', 'consistency', 'smoothadv'"):
+        _method(None, None)

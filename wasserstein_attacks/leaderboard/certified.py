@@ -60,7 +60,7 @@ CERTIFIED_DIR = "certified"
 THREAT_FOLDER = "W1"
 #: Radii of the rendered table (units of eps); an entry may claim others, shown only in its file.
 CERTIFIED_RADII = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
-METHODS = ("noise", "smoothadv")
+METHODS = ("noise", "consistency", "smoothadv", "none")
 # Per-example columns in JSON (about 60 bytes per example): up to 10000 examples fit.
 MAX_CERTIFIED_BYTES = 2 * 1024 * 1024
 MAX_CHECKPOINT_BYTES = 512 * 1024 * 1024

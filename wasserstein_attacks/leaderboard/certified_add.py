@@ -101,9 +101,13 @@ def _summary(block) -> dict | None:
 def _method(method: str | None, training) -> str:
     if method is None:
         if not isinstance(training, dict):
-            raise ValueError("method must be given ('noise' or 'smoothadv', --method): the run did not train "
-                             "its base model (base_training is null)")
+            raise ValueError(f"method must be given ({', '.join(map(repr, METHODS))}, --method): the run did "
+                             "not train its base model (base_training is null)")
         method = training.get("method", "noise")  # runs before SmoothAdv existed trained with noise only
+        if int(training.get("epochs", 1)) == 0:  # a mass prior fitted, nothing trained
+            method = "none"
+        elif method == "noise" and float(training.get("consistency", 0)) > 0:
+            method = "consistency"
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     return method
@@ -155,8 +159,11 @@ def add_certified(run_dir: Path, entry_id: str, *, root: Path, authors: str, sou
         root: leaderboard folder.
         authors: who made the model.
         source: http(s) link to the paper or code.
-        architecture: ``models.build_model`` name; the weights must load into it (as ``verify`` will).
-        method: ``"noise"`` or ``"smoothadv"`` (default: the run's ``base_training.method``).
+        architecture: ``models.build_model`` name (suffix ``-massprior`` for a ``models.MassPrior``
+            model); the weights must load into it (as ``verify`` will).
+        method: ``"noise"``, ``"consistency"``, ``"smoothadv"`` or ``"none"`` (default: from the run's
+            ``base_training``: ``none`` when it trained nothing, ``consistency`` for noise training with a
+            consistency term).
         checkpoint: the certified model's weights when the run did not train it (default:
             ``run_dir/base_model.pt``); its weights sha256 must be the run's ``model.weights_sha256``.
         name: display name (default: the id).

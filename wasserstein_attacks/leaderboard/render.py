@@ -170,7 +170,11 @@ _CERTIFIED_INTRO = (
     "that preserves each channel's mass exactly, with any window size, at confidence 1 - alpha per "
     "example; n is the number of noise draws per example. Ranked by certified accuracy at 0.1, then 0.05; "
     "never ranked with the empirical tables. \"verified\" means verify re-ran CERTIFY with the committed "
-    "checkpoint, reproduced the counts and the certified accuracy, and its record binds to the entry."
+    "checkpoint, reproduced the counts and the certified accuracy, and its record binds to the entry. "
+    "Read every row against the mass-only classifier (architecture mnist_convnet-massprior with a zeroed "
+    "network): the threat model never changes an image's total mass, so the class most frequent at that "
+    "mass is certified at every radius the draws allow; a certified accuracy below it owes nothing to "
+    "the image's content."
 )
 _MD_CERTIFIED_HOWTO = """
 ### Certified entries
