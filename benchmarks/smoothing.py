@@ -33,6 +33,8 @@ from _attack_setup import REPO, RESULTS, machine, provenance, write_json  # noqa
 
 OUT = RESULTS / "smoothing.json"
 RUNS = REPO / "runs" / "smoothing"
+#: Consistency regularization (Jeong & Shin 2020): two copies per image, lambda 10, eta 0.5.
+CR = ["train.m=2", "train.consistency=10", "train.entropy=0.5"]
 #: label -> (noise, sigma, init label or None for the standard model, noise epochs, lr, extra overrides).
 CONFIGS = {
     "lap-0.01": ("laplace", 0.01, None, 10, 1e-3, []),
@@ -69,6 +71,13 @@ CONFIGS = {
     "unim-0.05": ("uniform", 0.05, None, 10, 1e-3, ["train.mass_prior=true"]),
     "unim-0.07": ("uniform", 0.07, None, 10, 1e-3, ["train.mass_prior=true"]),
     "unim-0.1": ("uniform", 0.1, None, 10, 1e-3, ["train.mass_prior=true"]),
+    # Jeong & Shin (2020)'s consistency regularization (2 noised copies per image, lambda 10, eta 0.5),
+    # each level starting from the noise-trained model below it; "m": with the mass prior.
+    "lap-0.02-cr": ("laplace", 0.02, "lap-0.01", 10, 1e-3, CR),
+    "uni-0.02-cr": ("uniform", 0.02, "uni-0.01", 10, 1e-3, CR),
+    "lap-0.05-cr": ("laplace", 0.05, "lap-0.02", 10, 1e-3, CR),
+    "uni-0.07-cr": ("uniform", 0.07, "uni-0.05", 10, 1e-3, CR),
+    "unim-0.07-cr": ("uniform", 0.07, "uni-0.05", 10, 1e-3, [*CR, "train.mass_prior=true"]),
 }
 
 
