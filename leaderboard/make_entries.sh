@@ -152,13 +152,18 @@ if want "${ALL[@]}"; then
 fi
 
 # Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each).
-for LABEL in lap-0.01 lap-0.02 lap-0.05 lap-0.1 uni-0.01 uni-0.02 uni-0.05 uni-0.1 lap-0.02-smoothadv; do
+# mass-only: the trivial baseline (the class most frequent at the image's mass); *-cr: consistency training.
+for LABEL in lap-0.01 lap-0.02 lap-0.05 lap-0.1 uni-0.01 uni-0.02 uni-0.05 uni-0.1 lap-0.02-smoothadv \
+    mass-only uni-0.07-cr; do
   ID=WattackSmooth-$LABEL
+  ARCH=mnist_convnet NAME="Flow-space smoothing, $LABEL (this project)"
+  case $LABEL in mass-only | lapm-* | unim-*) ARCH=mnist_convnet-massprior ;; esac
+  [ "$LABEL" = mass-only ] && NAME="Mass-only classifier: the class most frequent at the image's total mass (baseline)"
   if want "${ALL[@]}"; then
     "$BIN/python" benchmarks/smoothing.py --only "$LABEL" --allow-dirty  # entries above change the tree
     "$BIN/wattack-leaderboard" add-certified "runs/smoothing/$LABEL" --id "$ID" --force \
-      --name "Flow-space smoothing, $LABEL (this project)" --authors "wasserstein_attacks" \
-      --source "https://arxiv.org/abs/1910.10783" --architecture mnist_convnet \
+      --name "$NAME" --authors "wasserstein_attacks" \
+      --source "https://arxiv.org/abs/1910.10783" --architecture "$ARCH" \
       --note "first 100 MNIST test images; benchmarks/smoothing.py --only $LABEL"
     "$BIN/wattack-leaderboard" verify --id "$ID" --examples "${VERIFY_CERTIFIED_N:-10}" \
       --by "leaderboard/make_entries.sh (CPU)"
