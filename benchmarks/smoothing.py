@@ -78,6 +78,11 @@ CONFIGS = {
     "lap-0.05-cr": ("laplace", 0.05, "lap-0.02", 10, 1e-3, CR),
     "uni-0.07-cr": ("uniform", 0.07, "uni-0.05", 10, 1e-3, CR),
     "unim-0.07-cr": ("uniform", 0.07, "uni-0.05", 10, 1e-3, [*CR, "train.mass_prior=true"]),
+    # ... one level up, from the consistency models; and a twice larger lambda.
+    "lap-0.1-cr": ("laplace", 0.1, "lap-0.05-cr", 10, 1e-3, CR),
+    "uni-0.1-cr": ("uniform", 0.1, "uni-0.07-cr", 10, 1e-3, CR),
+    "uni-0.07-cr20": ("uniform", 0.07, "uni-0.05", 10, 1e-3, ["train.m=2", "train.consistency=20",
+                                                            "train.entropy=0.5"]),
 }
 
 
