@@ -189,7 +189,8 @@ def table(report: dict) -> str:
 
 def plot(labels: list[str], path: Path) -> Path:
     """Certified accuracy against radius for ``labels`` (from their run folders), Laplace solid, uniform
-    dashed, one colour per sigma; returns the PNG's path."""
+    dashed, one colour per sigma, consistency training (``-cr``) thick, the mass-only classifier black
+    and dotted; returns the PNG's path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,8 +209,11 @@ def plot(labels: list[str], path: Path) -> Path:
         xs = [0.0, *radii]
         ys = [len(radii) / total, *[(len(radii) - i - 1) / total for i in range(len(radii))]]
         colour = plt.cm.viridis(sigmas.index(CONFIGS[label][1]) / max(len(sigmas) - 1, 1))
-        ax.step(xs, [100 * y for y in ys], where="post", color=colour,
-                ls="-" if res["noise"]["name"] == "laplace" else "--", label=label)
+        style = {"color": colour, "ls": "-" if res["noise"]["name"] == "laplace" else "--",
+                 "lw": 2.4 if "-cr" in label else 1.1}
+        if label == "mass-only":
+            style = {"color": "black", "ls": ":", "lw": 2.0}
+        ax.step(xs, [100 * y for y in ys], where="post", label=label, **style)
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlim(0, 0.5)
     ax.set_xlabel("radius eps (W1, p = 1)")
@@ -245,7 +249,9 @@ def main() -> None:
         print(table(json.loads(OUT.read_text())))
         return
     if args.plot:
-        labels = [k for k in CONFIGS if (RUNS / k / "results.json").is_file() and "smoothadv" not in k]
+        # Not drawn: SmoothAdv, the longer schedule, and the mass-prior runs (all on the mass-only curve).
+        labels = [k for k in CONFIGS if (RUNS / k / "results.json").is_file()
+                  and not any(s in k for s in ("smoothadv", "-e40", "lapm-", "unim-"))]
         print(f"wrote {plot(labels, RESULTS / 'smoothing.png')}")
         return
     if args.mass_only:

@@ -148,7 +148,7 @@ fi
 ID=WattackAdvTRADES
 EXTRA_NOTE="; as WattackAdvPGDCE with the TRADES loss, beta 1 (defense.training.loss=trades defense.training.beta=1.0 defense.training.clean_fraction=0.0)"
 if want "${ALL[@]}"; then
-  adv_entry "$ID" 6 1.0 "Wasserstein adversarial training with TRADES (beta 1), cross-entropy pgd_box inner attack, 20 steps, 6 epochs (this project)" ce 20 trades
+  adv_entry "$ID" 6 1.0 "Wasserstein adversarial training, TRADES (beta 1), cross-entropy pgd_box inner attack, 6 epochs (this project)" ce 20 trades
 fi
 
 # Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each).
