@@ -154,7 +154,7 @@ fi
 # Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each).
 # mass-only: the trivial baseline (the class most frequent at the image's mass); *-cr: consistency training.
 for LABEL in lap-0.01 lap-0.02 lap-0.05 lap-0.1 uni-0.01 uni-0.02 uni-0.05 uni-0.1 lap-0.02-smoothadv \
-    mass-only uni-0.07-cr; do
+    mass-only uni-0.07-cr uni-0.1-cr lap-0.1-cr; do
   ID=WattackSmooth-$LABEL
   ARCH=mnist_convnet NAME="Flow-space smoothing, $LABEL (this project)"
   case $LABEL in mass-only | lapm-* | unim-*) ARCH=mnist_convnet-massprior ;; esac
