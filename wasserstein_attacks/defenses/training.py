@@ -20,6 +20,7 @@ import math
 import pickle
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -140,7 +141,7 @@ def train_model(
     schedule: str = "cosine",
     num_threads: int | None = None,
     progress: bool = True,
-    loss_fn=None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Train ``model`` in place with cross-entropy (or ``loss_fn``); it is left in eval mode.
 

@@ -140,7 +140,7 @@ def consistency_loss(logits: torch.Tensor, labels: torch.Tensor, *, m: int, cons
 
 def train_under_noise(
     model: nn.Module, dataset: ImageDataset, noise: FlowNoise, *, m: int = 1, consistency: float = 0.0,
-    entropy: float = 0.5, **train_kwargs,
+    entropy: float = 0.5, **train_kwargs: object,
 ) -> dict:
     """Train ``model`` in place on flow-noised inputs (Cohen et al. 2019's augmentation, flow noise).
 
