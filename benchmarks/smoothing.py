@@ -83,6 +83,9 @@ CONFIGS = {
     "uni-0.1-cr": ("uniform", 0.1, "uni-0.07-cr", 10, 1e-3, CR),
     "uni-0.07-cr20": ("uniform", 0.07, "uni-0.05", 10, 1e-3, ["train.m=2", "train.consistency=20",
                                                             "train.entropy=0.5"]),
+    # Three times longer, and a level between 0.07 and 0.1.
+    "uni-0.07-cr-e30": ("uniform", 0.07, "uni-0.05", 30, 1e-3, CR),
+    "uni-0.085-cr": ("uniform", 0.085, "uni-0.07-cr", 10, 1e-3, CR),
 }
 
 
