@@ -201,6 +201,25 @@ def test_registry_names_sources_and_descriptions():
 ZOO_CONFIGS = sorted(p for p in MODEL_CONF.glob("mnist_*.yaml") if not p.stem.startswith("mnist_convnet"))
 
 
+def test_the_mass_prior_config_builds_the_wrapper_its_checkpoints_load_into(tmp_path):
+    from hydra.utils import instantiate
+
+    from wasserstein_attacks.models import MassPrior, build_model, load_weights
+
+    cfg = OmegaConf.load(MODEL_CONF / "mnist_convnet_massprior.yaml")
+    assert cfg.name == "mnist_convnet_massprior" and OmegaConf.is_missing(cfg, "checkpoint")
+    model = instantiate(cfg.build)
+    assert isinstance(model, MassPrior) and tuple(model.log_prior.shape) == (20, 10)
+    saved = build_model("mnist_convnet", mass_prior=True, seed=1)
+    saved.log_prior.fill_(-2.0)
+    torch.save(saved.state_dict(), tmp_path / "w.pt")
+    load_weights(model, tmp_path / "w.pt")
+    assert torch.equal(model.log_prior, saved.log_prior)
+    torch.save(build_model("mnist_convnet").state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(ValueError):  # a bare network is not a mass-prior checkpoint: no bins, no prior
+        load_weights(model, tmp_path / "bare.pt")
+
+
 @pytest.mark.parametrize("path", ZOO_CONFIGS, ids=lambda p: p.stem)
 def test_zoo_configs_build_through_the_zoo(path):
     text = path.read_text()
