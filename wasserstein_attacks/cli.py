@@ -194,8 +194,9 @@ def _certify_mass_prior(cfg: DictConfig, model):
     if isinstance(model, MassPrior):
         raise ValueError("train.mass_prior: the model already has a mass prior (a -massprior model config)")
     data = instantiate(cfg.dataset, split="train", n=int(cfg.train.n))
+    device = next(model.parameters()).device
     with torch.no_grad():
-        num_classes = int(model(data.images[:1].to(next(model.parameters()).device)).shape[1])
+        num_classes = int(model(data.images[:1].to(device)).shape[1])
     if mode == "only":
         linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         if not linear:
@@ -204,7 +205,7 @@ def _certify_mass_prior(cfg: DictConfig, model):
             linear[-1].weight.zero_()
             if linear[-1].bias is not None:
                 linear[-1].bias.zero_()
-    wrapped = MassPrior(model, num_classes).to(next(model.parameters()).device).eval()
+    wrapped = MassPrior(model, num_classes).to(device).eval()
     wrapped.fit(data.images, data.labels)
     return wrapped, {"mode": mode, "bins": int(wrapped.log_prior.shape[0]), "n": len(data)}
 

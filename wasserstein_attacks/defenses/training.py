@@ -102,8 +102,7 @@ def _make_optimizer(model: nn.Module, optimizer: str, lr: float, momentum: float
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
 
 
-def _train_epoch(model, dataset, opt, sched, *, batch_size: int, seed: int, device, bar, step: int,
-                 loss_fn=F.cross_entropy):
+def _train_epoch(model, dataset, opt, sched, *, batch_size: int, seed: int, device, bar, step: int, loss_fn):
     """One shuffled pass (shuffle seed ``seed``) of ``loss_fn(model(x), y)`` steps over ``dataset``.
 
     ``step`` counts optimizer steps over the whole run (the progress bar shows the loss every 20).
