@@ -331,7 +331,8 @@ def markdown(table: dict, n: int) -> str:
     v = DEFAULT.rsplit("-", 1)[1]
     lines += ["", f"| model | {v} minus worst case, largest over radii (points) | {v} with its re-run "
               f"(batches of {RERUN_BATCH}) minus worst case | {v} time / v2 time | runs tried "
-              f"| their time / {v} time | examples behind the largest gap: broken by 1 / 2-3 / 4+ other runs |",
+              f"| their time / {v} time "
+              "| examples behind the largest gap: broken by 1 / 2-3 / 4+ other runs |",
               "|---|---|---|---|---|---|---|"]
     for model_name, t in table.items():
         if DEFAULT not in t["seconds"]:
@@ -342,8 +343,8 @@ def markdown(table: dict, n: int) -> str:
                  else f"{max(row['rerun_union'] - row['worst_case'] for row in rows):.1f}")
         seconds = t["seconds"][DEFAULT]
         rare = next((row["rarity"] for row in rows if "rarity" in row), [])
-        split = (f"{sum(k == 1 for k in rare)} / {sum(2 <= k <= 3 for k in rare)} / {sum(k >= 4 for k in rare)}"
-                 if rare else "")
+        bins = (sum(k == 1 for k in rare), sum(2 <= k <= 3 for k in rare), sum(k >= 4 for k in rare))
+        split = " / ".join(map(str, bins)) if rare else ""
         lines.append(f"| {model_name} | {gap:.1f} | {rerun} | {seconds / t['seconds']['standard-v2']:.2f} | "
                      f"{len(t['configs_tried'])} | {t['seconds_tried'] / seconds:.1f} | {split} |")
     return "\n".join(lines) + f"\n\n(first {n} MNIST test images)"
