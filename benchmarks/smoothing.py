@@ -64,11 +64,13 @@ CONFIGS = {
     # a 10x larger step, after the noise training of lap-0.02 / uni-0.02.
     "lap-0.02-smoothadv-e2": ("laplace", 0.02, "lap-0.01", 10, 1e-3, [
         "train.method=smoothadv", "train.smoothadv.eps=0.02", "train.smoothadv.n=60000",
-        "train.smoothadv.epochs=2", "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=1e-3",
+        "train.smoothadv.epochs=2", "train.smoothadv.steps=10", "train.smoothadv.m=4",
+        "train.smoothadv.lr=1e-3",
     ]),
     "uni-0.02-smoothadv-e2": ("uniform", 0.02, "uni-0.01", 10, 1e-3, [
         "train.method=smoothadv", "train.smoothadv.eps=0.02", "train.smoothadv.n=60000",
-        "train.smoothadv.epochs=2", "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=1e-3",
+        "train.smoothadv.epochs=2", "train.smoothadv.steps=10", "train.smoothadv.m=4",
+        "train.smoothadv.lr=1e-3",
     ]),
     # The trivial baseline: the class most frequent at the image's total mass, which neither flow noise nor
     # any change of the threat model moves (all draws agree: certified up to the n-draws ceiling, 0.74 at
