@@ -33,6 +33,7 @@ from _attack_setup import REPO, RESULTS, machine, provenance, write_json  # noqa
 
 OUT = RESULTS / "smoothing.json"
 RUNS = REPO / "runs" / "smoothing"
+CERTIFIED = REPO / "leaderboard" / "certified" / "mnist" / "W1"
 #: Consistency regularization (Jeong & Shin 2020): two copies per image, lambda 10, eta 0.5.
 CR = ["train.m=2", "train.consistency=10", "train.entropy=0.5"]
 #: label -> (noise, sigma, init label or None for the standard model, noise epochs, lr, extra overrides).
@@ -111,12 +112,24 @@ def _runs(args) -> Path:
     return RUNS.with_name(f"smoothing-n{args.n}") if args.reuse else RUNS
 
 
+def base_model(label: str) -> Path | None:
+    """The trained base model of ``label``: its training run's, else the one committed with its certified
+    leaderboard entry (the same weights: ``make_entries.sh`` copies them), else None."""
+    for path in (RUNS / label / "base_model.pt", CERTIFIED / f"WattackSmooth-{label}.pt"):
+        if path.is_file():
+            return path
+    return None
+
+
 def command(label: str, args) -> list[str]:
     """The ``wattack-certify`` overrides of one configuration (run folder ``<runs>/<label>``)."""
     noise, sigma, init, epochs, lr, extra = CONFIGS[label]
     if args.reuse:  # certify the base model trained by the training run, without training again
         arch = "mnist_convnet_massprior" if _mass_prior(label) else "mnist_convnet"
-        model = [f"model={arch}", f"model.checkpoint={RUNS / label / 'base_model.pt'}"]
+        path = base_model(label)
+        if path is None:
+            raise SystemExit(f"--reuse: {RUNS / label} holds no base model; run without --reuse first")
+        model = [f"model={arch}", f"model.checkpoint={path}"]
         epochs, extra = 0, [e for e in extra if not e.startswith("train.")]
     else:
         if init is not None and _mass_prior(init):
@@ -133,10 +146,8 @@ def command(label: str, args) -> list[str]:
 
 def run(label: str, args) -> dict:
     """Run one configuration (its init first, if missing) and return its JSON summary."""
-    init = label if args.reuse else CONFIGS[label][2]
+    init = None if args.reuse else CONFIGS[label][2]
     if init is not None and not (RUNS / init / "base_model.pt").is_file():
-        if args.reuse:
-            raise SystemExit(f"--reuse: {RUNS / label} holds no base model; run without --reuse first")
         run(init, args)
     overrides = command(label, args)
     done = _runs(args) / label / "results.json"
@@ -169,6 +180,40 @@ def mass_only_exact(mass_tol: float = 1e-5) -> dict:
     on the whole MNIST test set, exactly: accuracy on the first 100 / 1000 / 10,000 images, and how many
     of its correct examples lie within the threat model's mass tolerance of a bin edge (only those could
     an attack move to another bin)."""
+    prior, test, correct, n_train = _mass_only()
+    mass = test.images.sum((1, 2, 3))
+    near = ((mass[:, None] - prior.edges[None]).abs() <= mass_tol * mass[:, None]).any(1)
+    return {
+        "accuracy": {str(n): float(correct[:n].float().mean()) for n in (100, 1000, len(correct))},
+        "bins": int(prior.log_prior.shape[0]), "train_images": n_train, "mass_tol": mass_tol,
+        "correct_within_mass_tol_of_an_edge": int((correct & near).sum()),
+    }
+
+
+def mass_overlap(results: dict, mass_correct) -> dict:
+    """How much of a smoothed classifier's certified accuracy the mass-only classifier has too.
+
+    ``results``: a ``wattack-certify`` results.json; ``mass_correct``: bool tensor [N] over the test set
+    (the mass-only classifier right on image i). Per radius r: the examples certified correct beyond r,
+    and how many of them the mass-only classifier gets right (its prediction never changes, so it
+    certifies them all). Far above the mass-only accuracy, the share says the base model reads the mass.
+    """
+    ex = results["examples"]
+    out = {}
+    for r in results["certified_accuracy"]:
+        rows = zip(ex["index"], ex["label"], ex["prediction"], ex["radius"], strict=True)
+        cert = [i for i, y, p, rad in rows if p == y and rad is not None and rad > float(r)]
+        both = sum(bool(mass_correct[i]) for i in cert)
+        out[r] = {"certified": len(cert), "mass_only_correct_too": int(both)}
+    indices = ex["index"]
+    out["mass_only_accuracy"] = float(sum(bool(mass_correct[i]) for i in indices) / len(indices))
+    return out
+
+
+def _mass_only():
+    """The mass-only classifier (``models.MassPrior`` fitted on all training images, as ``mass-only``), the
+    MNIST test set, a bool tensor [10000] (the classifier right on each test image), and the number of
+    training images."""
     import torch
 
     from wasserstein_attacks.data import load_dataset
@@ -176,14 +221,7 @@ def mass_only_exact(mass_tol: float = 1e-5) -> dict:
 
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     prior = MassPrior(torch.nn.Identity()).fit(train.images, train.labels)
-    mass = test.images.sum((1, 2, 3))
-    correct = prior.log_prior[prior.bin(test.images)].argmax(1) == test.labels
-    near = ((mass[:, None] - prior.edges[None]).abs() <= mass_tol * mass[:, None]).any(1)
-    return {
-        "accuracy": {str(n): float(correct[:n].float().mean()) for n in (100, 1000, len(correct))},
-        "bins": int(prior.log_prior.shape[0]), "train_images": len(train), "mass_tol": mass_tol,
-        "correct_within_mass_tol_of_an_edge": int((correct & near).sum()),
-    }
+    return prior, test, prior.log_prior[prior.bin(test.images)].argmax(1) == test.labels, len(train)
 
 
 def table(report: dict) -> str:
@@ -255,6 +293,9 @@ def main() -> None:
                         help="the mass-only classifier's exact accuracy on all test images, into the JSON")
     parser.add_argument("--allow-dirty", action="store_true",
                         help="run on uncommitted code (leaderboard/make_entries.sh, which rewrites entries)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="for each run folder of the JSON: how many certified examples the mass-only "
+                             "classifier gets right too (into the JSON; no new runs)")
     parser.add_argument("--plot", action="store_true",
                         help="benchmarks/results/smoothing.png from the run folders (no new runs)")
     args = parser.parse_args()
@@ -268,6 +309,16 @@ def main() -> None:
         labels = [k for k in CONFIGS if (RUNS / k / "results.json").is_file()
                   and not any(s in k for s in ("smoothadv", "-e40", "lapm-", "unim-"))]
         print(f"wrote {plot(labels, RESULTS / 'smoothing.png')}")
+        return
+    if args.overlap:
+        report, correct = json.loads(OUT.read_text()), _mass_only()[2]
+        for label, rec in report["runs"].items():
+            path = _runs(args) / label / "results.json"
+            if path.is_file() and json.loads(path.read_text())["model"].get("weights_sha256") == \
+                    rec["weights_sha256"]:  # only the run the record describes
+                rec["mass_overlap"] = mass_overlap(json.loads(path.read_text()), correct)
+                print(label, json.dumps(rec["mass_overlap"]))
+        write_json(OUT, report)
         return
     if args.mass_only:
         report = json.loads(OUT.read_text())

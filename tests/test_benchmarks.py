@@ -102,10 +102,14 @@ def test_defense_curve_accumulates_training_time(tmp_path):
         defense_curve.curve(train, {7: ev})
 
 
-def test_smoothing_commands_chain_levels_and_reuse_trained_models():
+def test_smoothing_commands_chain_levels_and_reuse_trained_models(tmp_path, monkeypatch):
     import argparse
 
     import smoothing
+
+    monkeypatch.setattr(smoothing, "RUNS", tmp_path / "runs" / "smoothing")
+    (tmp_path / "runs" / "smoothing" / "lap-0.02-smoothadv").mkdir(parents=True)
+    (tmp_path / "runs" / "smoothing" / "lap-0.02-smoothadv" / "base_model.pt").write_bytes(b"")
 
     args = argparse.Namespace(n=100, n0=1000, draws=10000, alpha=0.05, empirical=100, empirical_steps=100,
                               reuse=False)
@@ -118,6 +122,26 @@ def test_smoothing_commands_chain_levels_and_reuse_trained_models():
     assert "train.epochs=0" in reuse and not any(c.startswith("train.method") for c in reuse)
     assert any(c.endswith("smoothing/lap-0.02-smoothadv/base_model.pt") for c in reuse)
     assert any("smoothing-n100/lap-0.02-smoothadv" in c for c in reuse)
+    # without a training run: the weights committed with the certified entry, else a one-line refusal
+    reuse = argparse.Namespace(**{**vars(args), "reuse": True})
+    assert any(c.endswith("certified/mnist/W1/WattackSmooth-uni-0.1-cr.pt") for c in
+               smoothing.command("uni-0.1-cr", reuse))
+    with pytest.raises(SystemExit, match="holds no base model"):
+        smoothing.command("lap-0.05", reuse)
+
+
+def test_smoothing_mass_overlap_counts_certified_examples_the_mass_alone_gets_right():
+    import smoothing
+
+    results = {"certified_accuracy": {"0.05": 0.5, "0.1": 0.25},
+               "examples": {"index": [0, 1, 2, 3], "label": [1, 2, 3, 4], "prediction": [1, 2, 3, -1],
+                            "radius": [0.2, 0.07, 0.05, None]}}
+    mass_correct = [True, False, True, True]
+    out = smoothing.mass_overlap(results, mass_correct)
+    # radius strictly above r counts; example 2 (radius exactly 0.05) and the abstention do not
+    assert out["0.05"] == {"certified": 2, "mass_only_correct_too": 1}
+    assert out["0.1"] == {"certified": 1, "mass_only_correct_too": 1}
+    assert out["mass_only_accuracy"] == 0.75
 
 
 def test_suite_steps_takes_what_the_suite_left_robust():
