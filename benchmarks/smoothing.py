@@ -230,14 +230,16 @@ def table(report: dict) -> str:
     head = "| config | noise | sigma | smoothed acc. | " + " | ".join(radii) + " | empirical at 0.02 / 0.1 |"
     lines = [head,
              "|" + "---|" * (len(radii) + 5)]
+    n = {r["n_examples"] for r in report["runs"].values()}
+    d = 0 if max(n) <= 100 else 1  # a tenth of a point is one example of 1000
     for label, r in report["runs"].items():
-        cells = " | ".join(f"{100 * r['certified_accuracy'][k]:.0f}" for k in radii)
+        cells = " | ".join(f"{100 * r['certified_accuracy'][k]:.{d}f}" for k in radii)
         emp = r.get("empirical")
         e = "" if not emp else " / ".join(f"{100 * emp['robust_accuracy'][k]:.0f}" for k in ("0.02", "0.1"))
         lines.append(f"| {label} | {r['noise']['name']} | {r['noise']['sigma']} | "
-                     f"{100 * r['smoothed_accuracy']:.0f} | {cells} | {e} |")
-    n = {r["n_examples"] for r in report["runs"].values()}
-    return "\n".join(lines) + f"\n\n(certified accuracy %, first {sorted(n)} MNIST test images)"
+                     f"{100 * r['smoothed_accuracy']:.{d}f} | {cells} | {e} |")
+    first = " / ".join(map(str, sorted(n)))
+    return "\n".join(lines) + f"\n\n(certified accuracy %, first {first} MNIST test images)"
 
 
 def plot(labels: list[str], path: Path) -> Path:
