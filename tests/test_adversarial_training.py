@@ -84,6 +84,8 @@ def test_shards_cover_the_batch_once():
         ({"optimizer": "lbfgs"}, "optimizer"),
         ({"checkpoint_every": -1}, "checkpoint_every"),
         ({"beta": float("nan")}, "beta"),
+        ({"ema": 1.0}, "ema"),
+        ({"ema": -0.5}, "ema"),
     ],
 )
 def test_bad_values_give_one_line_errors(kwargs, named):
@@ -121,6 +123,43 @@ def test_trades_with_clean_mixing_writes_every_output(tmp_path):
         torch.testing.assert_close(v, plain[k], rtol=0, atol=0)
 
 
+def test_weight_average_follows_its_definition():
+    from wasserstein_attacks.defenses.train_state import TrainRun
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    info = type("Info", (), {"device": torch.device("cpu"), "world": 1})()
+    run = TrainRun.start(trainer(ema=0.5), net, info, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    run.ema["weight"].fill_(0.0)
+    expected = 0.0
+    for t, w in enumerate([1.0, 2.0, 3.0, 4.0]):
+        with torch.no_grad():
+            net.weight.fill_(w)
+        run.update_ema()
+        d = min(0.5, (1 + t) / (10 + t))  # warm-up: the start fades fast
+        expected = d * expected + (1 - d) * w
+        assert run.ema["weight"].item() == pytest.approx(expected)
+    assert run.final_state()["weight"].item() == pytest.approx(expected) != net.weight.item()
+
+
+def test_weight_average_is_the_model_delivered(tmp_path):
+    plain_net, ema_net = model(), model()
+    trainer(epochs=1)(plain_net, data(), tmp_path / "plain")
+    log = trainer(epochs=1, ema=0.9)(ema_net, data(), tmp_path / "ema")
+    assert log["config"]["ema"] == 0.9 and "ema" not in trainer().describe()  # old configs unchanged
+    exported = weights(tmp_path / "ema" / "model_state_dict.pt")
+    from_ckpt = model()
+    load_checkpoint(from_ckpt, tmp_path / "ema" / "checkpoint.pt")
+    for k, v in ema_net.state_dict().items():
+        assert torch.equal(v, exported[k]) and torch.equal(v, from_ckpt.state_dict()[k]), k
+    # the same steps were taken (the attacks see the live weights): only the delivered weights differ
+    plain = json.loads((tmp_path / "plain" / "train_log.json").read_text())["epochs"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(plain) == strip(log["epochs"])
+    assert any(not torch.equal(v, plain_net.state_dict()[k]) for k, v in exported.items())
+
+
 def test_a_suite_as_inner_maximisation(tmp_path):
     suite = load_suite("debug-v1")
     suite.attacks[0].steps = 2
@@ -141,15 +180,16 @@ sys.path.insert(0, {tests!r})
 import test_adversarial_training as t
 net = t.model()
 net.register_forward_pre_hook(lambda m, i: time.sleep(0.05))  # slow enough to be killed mid-run
-t.trainer(epochs=3, checkpoint_every=1)(net, t.data(), {out!r})
+t.trainer(epochs=3, checkpoint_every=1, ema={ema!r})(net, t.data(), {out!r})
 """
 
 
-def test_kill_9_then_rerun_gives_the_same_weights(tmp_path):
-    ref = trainer(epochs=3, checkpoint_every=1)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_kill_9_then_rerun_gives_the_same_weights(tmp_path, ema):
+    ref = trainer(epochs=3, checkpoint_every=1, ema=ema)
     ref(model(), data(), tmp_path / "ref")
     out = tmp_path / "killed"
-    code = _KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out))
+    code = _KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out), ema=ema)
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -160,7 +200,7 @@ def test_kill_9_then_rerun_gives_the_same_weights(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert (state["epoch"], state["step"]) < (3, 0) and not (out / "model_state_dict.pt").exists()
-    trainer(epochs=3, checkpoint_every=1)(model(), data(), out)
+    trainer(epochs=3, checkpoint_every=1, ema=ema)(model(), data(), out)
     a, b = weights(tmp_path / "ref" / "model_state_dict.pt"), weights(out / "model_state_dict.pt")
     assert a.keys() == b.keys()
     for k in a:

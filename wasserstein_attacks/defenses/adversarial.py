@@ -27,6 +27,7 @@ with the same weights, bit for bit on CPU, as one that never stopped.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import math
@@ -95,6 +96,9 @@ class AdversarialTraining:
         schedule: ``"cosine"`` (per step, to 0 at the end) or ``"constant"``.
         seed: seeds the shuffles, the attacks (per example and epoch) and the global RNG of the run.
         checkpoint_every: also save the resumable state every this many steps (0: after epochs only).
+        ema: decay of an exponential moving average of the weights, in ``[0, 1)``; 0 (default) keeps
+            none. With ``ema`` > 0 the checkpoints, the exported state dict and the model left in place
+            hold the average (the attacks and the logged training accuracies use the live weights).
         num_threads: CPU threads (restored afterwards); ``None`` keeps the setting. Bitwise
             reproducibility needs the same count.
         progress: tqdm bar on the main rank.
@@ -122,6 +126,7 @@ class AdversarialTraining:
         schedule: str = "cosine",
         seed: int = 0,
         checkpoint_every: int = 0,
+        ema: float = 0.0,
         num_threads: int | None = 1,
         progress: bool = True,
     ):
@@ -145,6 +150,9 @@ class AdversarialTraining:
         self.schedule = check_choice(schedule, "schedule", ("cosine", "constant"))
         self.seed = check_int(seed, "seed", low=0)
         self.checkpoint_every = check_int(checkpoint_every, "checkpoint_every", low=0)
+        self.ema = check_float(ema, "ema", allow_zero=True)
+        if self.ema >= 1:
+            raise ValueError(f"ema must be in [0, 1) (the weight average's decay per step), got {ema!r}")
         self.num_threads = None if num_threads is None else check_int(num_threads, "num_threads")
         self.progress = check_bool(progress, "progress")
 
@@ -185,6 +193,8 @@ class AdversarialTraining:
             "ramp": self.ramp.kind,
             "ramp_epochs": self.ramp.epochs,
             **{n: getattr(self, n) for n in names},
+            # only when used: states and logs written before the option existed keep their config
+            **({"ema": self.ema} if self.ema > 0 else {}),
         }
 
     # ------------------------------------------------------------------------------ one step
@@ -240,6 +250,7 @@ class AdversarialTraining:
         run.opt.step()
         if run.sched is not None:
             run.sched.step()
+        run.update_ema()
         adv_ok = (adv_logits.argmax(1) == y[adv]).sum()
         stats = torch.stack(
             [
@@ -266,6 +277,8 @@ class AdversarialTraining:
         meta: dict | None = None,
     ) -> dict:
         """Train ``model`` in place on ``dataset``; files go to ``out_dir``; returns the log.
+
+        With ``ema`` the model ends with the weight average (the weights delivered).
 
         Args:
             model: maps ``[B, C, H, W]`` in [0, 1] to logits ``[B, classes]``; left in eval mode on its
@@ -317,6 +330,8 @@ class AdversarialTraining:
             rows = self._loop(run, dataset, out, config, pos, log)
         if info.main:
             self._export(run, out, config, rows)
+        if run.ema is not None:  # the model left in place is the one delivered
+            model.load_state_dict(run.ema)
         log.close({"final": rows[-1]} if rows else None)
         model.eval()
         return {"config": config, "epochs": rows}
@@ -352,7 +367,7 @@ class AdversarialTraining:
                 run.save(out / STATE_FILE, config, pos)
                 if run.info.main:
                     save_checkpoint(
-                        run.net,
+                        _delivered(run),
                         out / CHECKPOINT_FILE,
                         {"config": config, "epoch": epoch + 1, "log": pos.rows},
                     )
@@ -362,9 +377,19 @@ class AdversarialTraining:
 
     def _export(self, run: TrainRun, out: Path, config: dict, rows: list[dict]) -> None:
         """Write the final model: ``checkpoint.pt`` (``save_checkpoint``) and a plain state dict."""
-        state = {k: v.detach().cpu().clone() for k, v in run.net.state_dict().items()}
-        save_checkpoint(run.net, out / CHECKPOINT_FILE, {"config": config, "epoch": len(rows), "log": rows})
+        state = run.final_state()
+        meta = {"config": config, "epoch": len(rows), "log": rows}
+        save_checkpoint(_delivered(run), out / CHECKPOINT_FILE, meta)
         atomic_write(out / EXPORT_FILE, lambda f: torch.save(state, f))
+
+
+def _delivered(run: TrainRun) -> nn.Module:
+    """``run.net`` itself, or with a weight average a copy of it that holds the average."""
+    if run.ema is None:
+        return run.net
+    net = copy.deepcopy(run.net)
+    net.load_state_dict(run.ema)
+    return net
 
 
 def _row(epoch: int, eps: float, stats: torch.Tensor, run: TrainRun, seconds: float, steps: int) -> dict:

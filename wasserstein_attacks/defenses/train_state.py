@@ -38,13 +38,44 @@ class Position:
 
 @dataclass
 class TrainRun:
-    """What a step updates: ``net``, ``model`` (its DDP wrapper, or ``net``), ``opt``, ``sched``."""
+    """What a step updates: ``net``, ``model`` (its DDP wrapper, or ``net``), ``opt``, ``sched``.
+
+    With ``ema_decay`` > 0 also an exponential moving average of ``net``'s state (``ema``, after
+    ``ema_updates`` optimiser steps).
+    """
 
     net: nn.Module
     model: nn.Module
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler | None
     info: DistInfo
+    ema_decay: float = 0.0
+    ema: dict[str, torch.Tensor] | None = None
+    ema_updates: int = 0
+
+    def update_ema(self) -> None:
+        """Fold ``net``'s state into the average after an optimiser step.
+
+        The decay is ``min(ema_decay, (1 + t) / (10 + t))`` at update t, so the starting weights (for a
+        fine-tuning run, another model's) fade within the first steps instead of weighing
+        ``ema_decay ** steps``. Non-float buffers are copied.
+        """
+        if self.ema is None:
+            return
+        t = self.ema_updates
+        d = min(self.ema_decay, (1 + t) / (10 + t))
+        with torch.no_grad():
+            for k, v in self.net.state_dict().items():
+                if v.is_floating_point():
+                    self.ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    self.ema[k].copy_(v)
+        self.ema_updates += 1
+
+    def final_state(self) -> dict[str, torch.Tensor]:
+        """Return the delivered weights (CPU copies): the average with ``ema_decay`` > 0, else ``net``'s."""
+        src = self.ema if self.ema is not None else self.net.state_dict()
+        return {k: v.detach().cpu().clone() for k, v in src.items()}
 
     @classmethod
     def start(cls, trainer, net: nn.Module, info: DistInfo, total_steps: int) -> TrainRun:
@@ -68,7 +99,9 @@ class TrainRun:
             # DDP broadcasts rank 0's weights now; a resumed state is then loaded identically on every rank.
             ids = [info.device.index] if info.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        return cls(net, model, opt, sched, info)
+        decay = getattr(t, "ema", 0.0)
+        ema = {k: v.detach().clone() for k, v in net.state_dict().items()} if decay > 0 else None
+        return cls(net, model, opt, sched, info, decay, ema)
 
     def save(self, path: Path, config: dict, pos: Position) -> None:
         """Write the state atomically (main rank only)."""
@@ -85,6 +118,7 @@ class TrainRun:
             "model": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict() if self.sched is not None else None,
+            **({"ema": self.final_state(), "ema_updates": self.ema_updates} if self.ema is not None else {}),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.info.device)
             if self.info.device.type == "cuda"
@@ -102,6 +136,12 @@ class TrainRun:
                 f"{path} was written by another config or dataset: use a new run folder or resume=False"
             )
         self.net.load_state_dict(state["model"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError(f"{path} holds no weight average: use a new run folder or resume=False")
+            for k, v in state["ema"].items():
+                self.ema[k].copy_(v)
+            self.ema_updates = int(state["ema_updates"])
         self.opt.load_state_dict(state["optimizer"])
         if self.sched is not None:
             self.sched.load_state_dict(state["scheduler"])
