@@ -96,9 +96,10 @@ if want "${ALL[@]}"; then
     --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" --architecture mnist_convnet \
     --training "adversarial fine-tuning of the standard model, frank_wolfe_box inner attack, eps to 0.3"
 fi
-adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss]]: pgd_box adversarial fine-tuning of the
-  # standard model; outer-loss "trades" trains with TRADES (beta 1, no clean share), default cross-entropy
-  local id=$1 epochs=$2 attack_lr=$3 loss=${5:-margin} steps=${6:-10} outer=${7:-ce}
+adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss [eps]]]: pgd_box adversarial fine-tuning of
+  # the standard model; outer-loss "trades" trains with TRADES (beta 1, no clean share), default cross-entropy;
+  # eps: the training radius (default 0.5)
+  local id=$1 epochs=$2 attack_lr=$3 loss=${5:-margin} steps=${6:-10} outer=${7:-ce} eps=${8:-0.5}
   local train=runs/leaderboard/$id-train outer_args=(defense.training.clean_fraction=0.2) outer_text=""
   if [ "$outer" = trades ]; then
     outer_args=(defense.training.loss=trades defense.training.beta=1.0 defense.training.clean_fraction=0.0)
@@ -106,7 +107,7 @@ adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss]]: pgd_box adv
   fi
   if [ -z "${REUSE_WEIGHTS:-}" ] || [ ! -f "$ENTRIES/$id.pt" ]; then
     WANDB_MODE=disabled "$BIN/wattack-train" defense=adversarial attack=pgd_box attack.loss="$loss" \
-      attack.lr="$attack_lr" defense.attack_steps="$steps" defense.init=standard defense.training.eps=0.5 \
+      attack.lr="$attack_lr" defense.attack_steps="$steps" defense.init=standard defense.training.eps="$eps" \
       defense.training.eps_start=0.01 \
       defense.training.ramp_epochs=1.0 defense.training.epochs="$epochs" defense.training.lr=0.05 \
       "${outer_args[@]}" defense.training.progress=false logger=none hydra.run.dir="$train"
@@ -115,7 +116,7 @@ adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss]]: pgd_box adv
   BENCH_ARGS="${BENCH_ARGS:-} model.checkpoint=$ENTRIES/$id.pt" evaluate "$id" mnist_convnet "$ENTRIES/$id.pt" \
     --name "$4" --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" \
     --architecture mnist_convnet --training "adversarial fine-tuning of the standard model, pgd_box ($loss, \
-lr $attack_lr, $steps steps) inner attack, eps to 0.5, $epochs epochs$outer_text"
+lr $attack_lr, $steps steps) inner attack, eps to $eps, $epochs epochs$outer_text"
 }
 ID=WattackAdvPGD
 EXTRA_NOTE="; wattack-train defense=adversarial attack=pgd_box attack.loss=margin defense.init=standard, eps 0.01->0.5, 3 epochs"
@@ -150,6 +151,11 @@ ID=WattackAdvTRADES
 EXTRA_NOTE="; as WattackAdvPGDCE with the TRADES loss, beta 1 (defense.training.loss=trades defense.training.beta=1.0 defense.training.clean_fraction=0.0)"
 if want "${ALL[@]}"; then
   adv_entry "$ID" 6 1.0 "Wasserstein adversarial training, TRADES (beta 1), cross-entropy pgd_box inner attack, 6 epochs (this project)" ce 20 trades
+fi
+ID=WattackAdvPGDCE-eps0.3
+EXTRA_NOTE="; as WattackAdvPGDCE with the training radius 0.3 instead of 0.5 (defense.training.eps=0.3)"
+if want "${ALL[@]}"; then
+  adv_entry "$ID" 6 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, eps 0.3, 6 epochs (this project)" ce 20 ce 0.3
 fi
 
 # Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each) train
