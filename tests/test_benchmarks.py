@@ -239,3 +239,29 @@ def test_suite_ablation_rerun_runs_the_default_suite_in_small_batches(monkeypatc
     calls.clear()
     suite_ablation._run("standard-v5", model, x, y)  # any other label: one batch of all examples
     assert calls == [list(range(7))]
+
+
+def test_defense_summary_keeps_every_evaluation_of_the_trained_weights(tmp_path):
+    import defense_summary
+
+    from wasserstein_attacks._util import sha256_file
+
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "model_state_dict.pt").write_bytes(b"weights")
+    (train / "train_log.json").write_text(json.dumps({"config": {"eps": 0.3}, "epochs": [{"seconds": 2.0}]}))
+
+    def evaluation(name, checkpoint, n):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({
+            "suite": {"version": 5}, "n_examples": n, "clean_accuracy": 0.99, "robust_accuracy": {"0.1": 0.9},
+            "exact_check": {}, "model": {"checkpoint_sha256": checkpoint}, "git_commit": "abc"}))
+        return folder
+
+    own = sha256_file(train / "model_state_dict.pt")
+    out = defense_summary.summary(train, evaluation("a", own, 1000), evaluation("b", own, 200))
+    assert out["evaluation"]["n_examples"] == 1000 and out["other_evaluations"][0]["n_examples"] == 200
+    assert out["training"]["seconds"] == 2.0
+    with pytest.raises(SystemExit, match="another checkpoint"):
+        defense_summary.summary(train, evaluation("c", "0" * 64, 1000))
