@@ -99,9 +99,8 @@ class TrainRun:
             # DDP broadcasts rank 0's weights now; a resumed state is then loaded identically on every rank.
             ids = [info.device.index] if info.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        decay = getattr(t, "ema", 0.0)
-        ema = {k: v.detach().clone() for k, v in net.state_dict().items()} if decay > 0 else None
-        return cls(net, model, opt, sched, info, decay, ema)
+        ema = {k: v.detach().clone() for k, v in net.state_dict().items()} if t.ema > 0 else None
+        return cls(net, model, opt, sched, info, t.ema, ema)
 
     def save(self, path: Path, config: dict, pos: Position) -> None:
         """Write the state atomically (main rank only)."""
