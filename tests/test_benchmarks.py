@@ -128,6 +128,10 @@ def test_smoothing_commands_chain_levels_and_reuse_trained_models(tmp_path, monk
                smoothing.command("uni-0.1-cr", reuse))
     with pytest.raises(SystemExit, match="holds no base model"):
         smoothing.command("lap-0.05", reuse)
+    # training from a level whose run is not on this machine starts from that level's committed weights
+    fs = smoothing.command("lap-0.02-smoothadv-fs", args)
+    assert any(c.endswith("certified/mnist/W1/WattackSmooth-lap-0.01.pt") for c in fs)
+    assert "train.epochs=1" in fs and "train.smoothadv.epochs=8" in fs
 
 
 def test_smoothing_mass_overlap_counts_certified_examples_the_mass_alone_gets_right():
