@@ -96,26 +96,35 @@ if want "${ALL[@]}"; then
     --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" --architecture mnist_convnet \
     --training "adversarial fine-tuning of the standard model, frank_wolfe_box inner attack, eps to 0.3"
 fi
-adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss [eps]]]: pgd_box adversarial fine-tuning of
-  # the standard model; outer-loss "trades" trains with TRADES (beta 1, no clean share), default cross-entropy;
-  # eps: the training radius (default 0.5)
-  local id=$1 epochs=$2 attack_lr=$3 loss=${5:-margin} steps=${6:-10} outer=${7:-ce} eps=${8:-0.5}
+adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss [eps [init eps-start]]]]: pgd_box adversarial
+  # fine-tuning of the standard model; outer-loss "trades" trains with TRADES (beta 1, no clean share), default
+  # cross-entropy; eps: the training radius (default 0.5); init: an entry whose committed weights training
+  # continues from (its radius eps-start growing linearly to eps over half an epoch, lr 0.02; default: the
+  # standard model, eps from 0.01 over one epoch, lr 0.05)
+  local id=$1 epochs=$2 attack_lr=$3 loss=${5:-margin} steps=${6:-10} outer=${7:-ce} eps=${8:-0.5} init=${9:-}
   local train=runs/leaderboard/$id-train outer_args=(defense.training.clean_fraction=0.2) outer_text=""
+  local start_args=(defense.init=standard defense.training.eps_start=0.01 defense.training.ramp_epochs=1.0
+    defense.training.lr=0.05) start_text="the standard model"
   if [ "$outer" = trades ]; then
     outer_args=(defense.training.loss=trades defense.training.beta=1.0 defense.training.clean_fraction=0.0)
     outer_text=", TRADES (beta 1)"
   fi
+  if [ -n "$init" ]; then
+    [ -f "$ENTRIES/$init.pt" ] || { echo "make_entries: $id continues $init: make that entry first" >&2; exit 2; }
+    start_args=(defense.init="$ENTRIES/$init.pt" defense.training.eps_start="${10}" defense.training.ramp=linear
+      defense.training.ramp_epochs=0.5 defense.training.lr=0.02)
+    start_text="$init (eps ${10})"
+  fi
   if [ -z "${REUSE_WEIGHTS:-}" ] || [ ! -f "$ENTRIES/$id.pt" ]; then
     WANDB_MODE=disabled "$BIN/wattack-train" defense=adversarial attack=pgd_box attack.loss="$loss" \
-      attack.lr="$attack_lr" defense.attack_steps="$steps" defense.init=standard defense.training.eps="$eps" \
-      defense.training.eps_start=0.01 \
-      defense.training.ramp_epochs=1.0 defense.training.epochs="$epochs" defense.training.lr=0.05 \
+      attack.lr="$attack_lr" defense.attack_steps="$steps" defense.training.eps="$eps" "${start_args[@]}" \
+      defense.training.epochs="$epochs" \
       "${outer_args[@]}" defense.training.progress=false logger=none hydra.run.dir="$train"
     cp "$train/model_state_dict.pt" "$ENTRIES/$id.pt"
   fi
   BENCH_ARGS="${BENCH_ARGS:-} model.checkpoint=$ENTRIES/$id.pt" evaluate "$id" mnist_convnet "$ENTRIES/$id.pt" \
     --name "$4" --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" \
-    --architecture mnist_convnet --training "adversarial fine-tuning of the standard model, pgd_box ($loss, \
+    --architecture mnist_convnet --training "adversarial fine-tuning of $start_text, pgd_box ($loss, \
 lr $attack_lr, $steps steps) inner attack, eps to $eps, $epochs epochs$outer_text"
 }
 ID=WattackAdvPGD
@@ -156,6 +165,11 @@ ID=WattackAdvPGDCE-eps0.3
 EXTRA_NOTE="; as WattackAdvPGDCE with the training radius 0.3 instead of 0.5 (defense.training.eps=0.3)"
 if want "${ALL[@]}"; then
   adv_entry "$ID" 6 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, eps 0.3, 6 epochs (this project)" ce 20 ce 0.3
+fi
+ID=WattackAdvPGDCE-eps0.3-0.4
+EXTRA_NOTE="; WattackAdvPGDCE-eps0.3 trained 4 more epochs at eps 0.4 (defense.init=<its weights> defense.training.eps=0.4 defense.training.eps_start=0.3 defense.training.ramp=linear defense.training.ramp_epochs=0.5 defense.training.lr=0.02)"
+if want "${ALL[@]}"; then
+  adv_entry "$ID" 4 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, eps 0.3 then 0.4, 10 epochs (this project)" ce 20 ce 0.4 WattackAdvPGDCE-eps0.3 0.3
 fi
 
 # Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each) train
