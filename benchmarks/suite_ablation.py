@@ -76,7 +76,8 @@ CONFIGS = {
 MODELS = ("standard", "mnist_vanilla", "mnist_adv_training", "mnist_robust", "mnist_binarize")
 #: The project's own trained models: leaderboard entries whose weights are committed beside them.
 ENTRIES = ("WattackAdvFWB", "WattackAdvPGD", "WattackAdvPGDLong", "WattackAdvPGDLr1", "WattackAdvPGDCE",
-           "WattackAdvPGDCE40", "WattackAdvTRADES", "WattackAdvPGDCE-eps0.3", "WattackAdvPGDCE-eps0.3-0.4")
+           "WattackAdvPGDCE40", "WattackAdvTRADES", "WattackAdvPGDCE-eps0.3", "WattackAdvPGDCE-eps0.3-0.4",
+           "WattackAdvPGDCE-eps0.5-0.3")
 ENTRY_DIR = Path(__file__).resolve().parent.parent / "leaderboard" / "entries" / "mnist" / "W1-k5-box01"
 
 

@@ -171,6 +171,11 @@ EXTRA_NOTE="; WattackAdvPGDCE-eps0.3 trained 4 more epochs at eps 0.4 (defense.i
 if want "${ALL[@]}"; then
   adv_entry "$ID" 4 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, eps 0.3 then 0.4, 10 epochs (this project)" ce 20 ce 0.4 WattackAdvPGDCE-eps0.3 0.3
 fi
+ID=WattackAdvPGDCE-eps0.5-0.3
+EXTRA_NOTE="; WattackAdvPGDCE trained 4 more epochs at eps 0.3 (defense.init=<its weights> defense.training.eps=0.3 defense.training.eps_start=0.3 defense.training.ramp=linear defense.training.ramp_epochs=0.5 defense.training.lr=0.02)"
+if want "${ALL[@]}"; then
+  adv_entry "$ID" 4 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, eps 0.5 then 0.3, 10 epochs (this project)" ce 20 ce 0.3 WattackAdvPGDCE 0.3
+fi
 
 # Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each) train
 # the base models and certify the first 100 test images (the published models' protocol); the entries
