@@ -150,7 +150,7 @@ def command(label: str, args) -> list[str]:
 def run(label: str, args) -> dict:
     """Run one configuration (its init first, if missing) and return its JSON summary."""
     init = None if args.reuse else CONFIGS[label][2]
-    if init is not None and base_model(init) is None:  # train the init first (committed weights do too)
+    if init is not None and base_model(init) is None:  # neither trained here nor committed: train it first
         run(init, args)
     overrides = command(label, args)
     done = _runs(args) / label / "results.json"

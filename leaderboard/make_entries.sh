@@ -111,6 +111,7 @@ adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss [eps [init eps
   fi
   if [ -n "$init" ]; then
     [ -f "$ENTRIES/$init.pt" ] || { echo "make_entries: $id continues $init: make that entry first" >&2; exit 2; }
+    [ -n "${10:-}" ] || { echo "make_entries: $id continues $init: give its starting radius (eps-start)" >&2; exit 2; }
     start_args=(defense.init="$ENTRIES/$init.pt" defense.training.eps_start="${10}" defense.training.ramp=linear
       defense.training.ramp_epochs=0.5 defense.training.lr=0.02)
     start_text="$init (eps ${10})"

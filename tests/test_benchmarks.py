@@ -269,3 +269,25 @@ def test_defense_summary_keeps_every_evaluation_of_the_trained_weights(tmp_path)
     assert out["training"]["seconds"] == 2.0
     with pytest.raises(SystemExit, match="another checkpoint"):
         defense_summary.summary(train, evaluation("c", "0" * 64, 1000))
+
+
+def test_every_smoothing_configuration_composes_with_the_certify_config(tmp_path, monkeypatch):
+    import argparse
+
+    import smoothing
+    from hydra import compose, initialize_config_dir
+
+    from wasserstein_attacks.cli import CONF_DIR
+
+    monkeypatch.setattr(smoothing, "RUNS", tmp_path / "runs" / "smoothing")
+    args = argparse.Namespace(n=100, n0=1000, draws=10000, alpha=0.05, empirical=0, empirical_steps=100,
+                              reuse=False)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for label, (noise, sigma, _, epochs, _, extra) in smoothing.CONFIGS.items():
+            overrides = [o for o in smoothing.command(label, args) if not o.startswith("hydra.")]
+            cfg = compose("certify", overrides=overrides)
+            assert cfg.smoothing.sigma == sigma and cfg.train.epochs == epochs, label
+            assert cfg.smoothing.name == noise, label
+            assert (cfg.train.method == "smoothadv") == ("train.method=smoothadv" in extra), label
+            if label == "lap-0.02-smoothadv-fs":  # SmoothAdv in place of the noise epochs
+                assert cfg.train.smoothadv.epochs == 8 and cfg.train.smoothadv.n == 60000
