@@ -271,6 +271,39 @@ def test_defense_summary_keeps_every_evaluation_of_the_trained_weights(tmp_path)
         defense_summary.summary(train, evaluation("c", "0" * 64, 1000))
 
 
+def test_defense_front_groups_every_evaluation_by_protocol_and_plots(tmp_path):
+    import defense_summary
+
+    def ev(version, n, r2, r5, clean=0.98):
+        return {"suite": {"version": version}, "n_examples": n, "clean_accuracy": clean,
+                "robust_accuracy": {"0.2": r2, "0.5": r5}}
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "defense-adv-a.json").write_text(json.dumps({
+        "evaluation": ev(5, 1000, 0.79, 0.30),
+        "other_evaluations": [ev(2, 200, 0.83, 0.36), ev(5, 200, 0.82, 0.34)]}))
+    (results / "defense-adv-b.json").write_text(json.dumps(
+        {"evaluation": ev(2, 200, 0.78, 0.42, clean=0.95)}))
+    (results / "defense-curve-x.json").write_text("{}")  # curves are not summaries: skipped
+    entries = tmp_path / "entries"
+    entries.mkdir()
+    (entries / "WattackAdvA.json").write_text(json.dumps(
+        {"claimed": {"clean_accuracy": 0.975, "robust_accuracy": {"0.2": 0.796, "0.5": 0.297}}}))
+    (entries / "WongVanilla.json").write_text(json.dumps({"claimed": {}}))  # not one of ours: skipped
+
+    reports = {p.stem.removeprefix("defense-adv-"): json.loads(p.read_text())
+               for p in sorted(results.glob("defense-adv-*.json"))}
+    points = defense_summary.front_points(reports)
+    assert points[(2, 200)] == [("a", 0.98, 0.83, 0.36), ("b", 0.95, 0.78, 0.42)]
+    assert points[(5, 200)] == [("a", 0.98, 0.82, 0.34)] and points[(5, 1000)] == [("a", 0.98, 0.79, 0.30)]
+    assert defense_summary.entry_points(entries) == [("WattackAdvA", 0.975, 0.796, 0.297)]
+    png = defense_summary.front(results, entries)
+    assert png == results / "defense-front.png" and png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="no defense"):
+        defense_summary.front(tmp_path / "entries", entries)
+
+
 def test_every_smoothing_configuration_composes_with_the_certify_config(tmp_path, monkeypatch):
     import argparse
 
