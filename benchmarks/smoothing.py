@@ -13,6 +13,7 @@ empirical attack through the expectation judged by PREDICT.
     python benchmarks/smoothing.py --mass-only     # the mass-only classifier, exactly, on all test images
     python benchmarks/smoothing.py --reuse --n 1000 --empirical 0 --only uni-0.01   # certify the trained
                                                    # base model again on more images (smoothing-n1000.json)
+    python benchmarks/smoothing.py --reuse --n 1000 --paired lap-0.02-smoothadv:lap-0.02   # paired test
 
 Writes ``benchmarks/results/smoothing.json`` after each configuration (machine, commit, per label: the
 command, the certification parameters, certified accuracy per radius, abstentions, the empirical robust
@@ -213,6 +214,35 @@ def mass_overlap(results: dict, mass_correct) -> dict:
     return out
 
 
+def paired(results_a: dict, results_b: dict) -> dict:
+    """Paired comparison of two ``wattack-certify`` results.json on the same examples (same indices, and
+    with the same seed the same noise draws per example): per radius of the grid, how many examples each
+    certifies correct beyond it, how many only one of them does, and the exact two-sided McNemar test
+    (a sign test on those discordant examples) of "equally good"."""
+    from scipy.stats import binomtest
+
+    ex_a, ex_b = results_a["examples"], results_b["examples"]
+    if ex_a["index"] != ex_b["index"] or ex_a["label"] != ex_b["label"]:
+        raise ValueError("paired: the two runs certified different examples")
+    for key in ("n0", "n", "alpha", "seed"):
+        if results_a.get(key) != results_b.get(key):
+            raise ValueError(f"paired: the two runs differ in {key} ({results_a.get(key)} against "
+                             f"{results_b.get(key)})")
+
+    def certified(ex, r):
+        rows = zip(ex["label"], ex["prediction"], ex["radius"], strict=True)
+        return [p == y and rad is not None and rad > r for y, p, rad in rows]
+
+    out = {"n_examples": len(ex_a["index"])}
+    for r in results_a["certified_accuracy"]:
+        ca, cb = certified(ex_a, float(r)), certified(ex_b, float(r))
+        only_a = sum(a and not b for a, b in zip(ca, cb, strict=True))
+        only_b = sum(b and not a for a, b in zip(ca, cb, strict=True))
+        p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        out[r] = {"a": sum(ca), "b": sum(cb), "only_a": only_a, "only_b": only_b, "p_value": float(p)}
+    return out
+
+
 def _mass_only():
     """The mass-only classifier (``models.MassPrior`` fitted on all training images, as ``mass-only``), the
     MNIST test set, a bool tensor [10000] (the classifier right on each test image), and the number of
@@ -301,6 +331,9 @@ def main() -> None:
     parser.add_argument("--overlap", action="store_true",
                         help="for each run folder of the JSON: how many certified examples the mass-only "
                              "classifier gets right too (into the JSON; no new runs)")
+    parser.add_argument("--paired", nargs="+", metavar="A:B", default=[],
+                        help="paired comparison of the run folders of A and B (same examples), per radius "
+                             "(into the JSON under 'paired'; no new runs)")
     parser.add_argument("--plot", action="store_true",
                         help="benchmarks/results/smoothing.png from the run folders (no new runs)")
     args = parser.parse_args()
@@ -323,6 +356,22 @@ def main() -> None:
             if results and results["model"].get("weights_sha256") == rec["weights_sha256"]:  # that run
                 rec["mass_overlap"] = mass_overlap(results, correct)
                 print(label, json.dumps(rec["mass_overlap"]))
+        write_json(OUT, report)
+        return
+    if args.paired:
+        report = json.loads(OUT.read_text())
+        for pair in args.paired:
+            a, sep, b = pair.partition(":")
+            if not sep or a not in report["runs"] or b not in report["runs"]:
+                raise SystemExit(f"--paired: expected A:B with both labels in {OUT.name}, got {pair!r}")
+            res = []
+            for label in (a, b):
+                results = json.loads((_runs(args) / label / "results.json").read_text())
+                if results["model"].get("weights_sha256") != report["runs"][label]["weights_sha256"]:
+                    raise SystemExit(f"--paired: {_runs(args) / label} is not the run recorded for {label}")
+                res.append(results)
+            report.setdefault("paired", {})[f"{a} vs {b}"] = paired(*res)
+            print(f"{a} vs {b}: " + json.dumps(report["paired"][f"{a} vs {b}"]))
         write_json(OUT, report)
         return
     if args.mass_only:

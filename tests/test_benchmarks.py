@@ -304,6 +304,34 @@ def test_defense_front_groups_every_evaluation_by_protocol_and_plots(tmp_path):
         defense_summary.front(tmp_path / "entries", entries)
 
 
+def test_smoothing_paired_counts_discordant_examples_and_refuses_unpaired_runs():
+    import smoothing
+
+    def results(preds, radii, seed=0):
+        return {"n0": 100, "n": 1000, "alpha": 0.05, "seed": seed,
+                "certified_accuracy": {"0.01": None, "0.05": None},
+                "examples": {"index": [0, 1, 2, 3], "label": [1, 2, 3, 4], "prediction": preds,
+                             "radius": radii}}
+
+    a = results([1, 2, 3, 0], [0.06, 0.06, 0.02, 0.3])   # the last one is wrong: never counts
+    b = results([1, 2, -1, 4], [0.02, 0.06, None, 0.06])  # -1: abstained (radius None)
+    out = smoothing.paired(a, b)
+    assert out["n_examples"] == 4
+    assert out["0.01"] == {"a": 3, "b": 3, "only_a": 1, "only_b": 1, "p_value": 1.0}
+    assert (out["0.05"]["a"], out["0.05"]["b"], out["0.05"]["only_a"], out["0.05"]["only_b"]) == (2, 2, 1, 1)
+    many_a = results([1] * 4, [0.1] * 4)
+    many_a["examples"]["label"] = [1] * 4
+    none_b = results([2] * 4, [0.1] * 4)
+    none_b["examples"]["label"] = [1] * 4
+    assert smoothing.paired(many_a, none_b)["0.05"]["p_value"] == pytest.approx(0.125)  # 4 of 4: 2 / 2**4
+    with pytest.raises(ValueError, match="seed"):
+        smoothing.paired(a, results([1, 2, 3, 4], [0.1] * 4, seed=1))
+    c = results([1, 2, 3, 4], [0.1] * 4)
+    c["examples"]["index"] = [0, 1, 2, 5]
+    with pytest.raises(ValueError, match="different examples"):
+        smoothing.paired(a, c)
+
+
 def test_every_smoothing_configuration_composes_with_the_certify_config(tmp_path, monkeypatch):
     import argparse
 
