@@ -370,7 +370,9 @@ def main() -> None:
                 if results["model"].get("weights_sha256") != report["runs"][label]["weights_sha256"]:
                     raise SystemExit(f"--paired: {_runs(args) / label} is not the run recorded for {label}")
                 res.append(results)
-            report.setdefault("paired", {})[f"{a} vs {b}"] = paired(*res)
+            origin = provenance()
+            report.setdefault("paired", {})[f"{a} vs {b}"] = {
+                **paired(*res), "git_commit": origin["git_commit"], "git_dirty": origin["git_dirty"]}
             print(f"{a} vs {b}: " + json.dumps(report["paired"][f"{a} vs {b}"]))
         write_json(OUT, report)
         return
