@@ -366,7 +366,10 @@ def main() -> None:
                 raise SystemExit(f"--paired: expected A:B with both labels in {OUT.name}, got {pair!r}")
             res = []
             for label in (a, b):
-                results = json.loads((_runs(args) / label / "results.json").read_text())
+                path = _runs(args) / label / "results.json"
+                if not path.is_file():
+                    raise SystemExit(f"--paired: {path} is missing (certify {label} with these flags first)")
+                results = json.loads(path.read_text())
                 if results["model"].get("weights_sha256") != report["runs"][label]["weights_sha256"]:
                     raise SystemExit(f"--paired: {_runs(args) / label} is not the run recorded for {label}")
                 res.append(results)
