@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
+from _attack_setup import ENTRY_DIR, RESULTS, machine, provenance, write_json  # noqa: E402
 
 from wasserstein_attacks._util import sha256_file  # noqa: E402
 
@@ -69,8 +69,6 @@ def summary(train: Path, evaluation: Path, *others: Path) -> dict:
 PUBLISHED = {"published A": (0.975, 0.81, 0.355), "published B": (0.945, 0.74, 0.44)}
 #: The 200-image protocols of the summaries, as (suite version, test images); the published models' first.
 PROTOCOLS = ((2, 200), (5, 200))
-#: The leaderboard's empirical entries of the threat model the defenses are trained for.
-ENTRIES = RESULTS.parent.parent / "leaderboard" / "entries" / "mnist" / "W1-k5-box01"
 
 Point = tuple[str, float, float, float]  # name, clean accuracy, robust accuracy at 0.2 and at 0.5
 
@@ -153,7 +151,7 @@ def plot_front(panels: list[tuple[str, list[Point]]], path: Path) -> Path:
     return save_png(fig, path)
 
 
-def front(results: Path = RESULTS, entries: Path = ENTRIES) -> Path:
+def front(results: Path = RESULTS, entries: Path = ENTRY_DIR) -> Path:
     """``plot_front`` of every ``defense-*.json`` summary in ``results`` (the 200-image protocols) and of
     the leaderboard's ``WattackAdv*`` entries in ``entries``, to ``results/defense-front.png``."""
     files = sorted(p for p in results.glob("defense-*.json") if not p.name.startswith("defense-curve"))

@@ -194,6 +194,21 @@ def mass_only_exact(mass_tol: float = 1e-5) -> dict:
     }
 
 
+def certified_correct(examples: dict, radius: float) -> list[bool]:
+    """Per example of a results.json's ``examples``: certified with the right class beyond ``radius``."""
+    rows = zip(examples["label"], examples["prediction"], examples["radius"], strict=True)
+    return [p == y and rad is not None and rad > radius for y, p, rad in rows]
+
+
+def recorded_run(args, report: dict, label: str) -> dict | None:
+    """The results.json of ``label``'s run folder if it is the run the JSON records (same weights)."""
+    path = _runs(args) / label / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else None
+    if results and results["model"].get("weights_sha256") == report["runs"][label]["weights_sha256"]:
+        return results
+    return None
+
+
 def mass_overlap(results: dict, mass_correct) -> dict:
     """How much of a smoothed classifier's certified accuracy the mass-only classifier has too.
 
@@ -205,8 +220,7 @@ def mass_overlap(results: dict, mass_correct) -> dict:
     ex = results["examples"]
     out = {}
     for r in results["certified_accuracy"]:
-        rows = zip(ex["index"], ex["label"], ex["prediction"], ex["radius"], strict=True)
-        cert = [i for i, y, p, rad in rows if p == y and rad is not None and rad > float(r)]
+        cert = [i for i, ok in zip(ex["index"], certified_correct(ex, float(r)), strict=True) if ok]
         both = sum(bool(mass_correct[i]) for i in cert)
         out[r] = {"certified": len(cert), "mass_only_correct_too": int(both)}
     indices = ex["index"]
@@ -229,13 +243,9 @@ def paired(results_a: dict, results_b: dict) -> dict:
             raise ValueError(f"paired: the two runs differ in {key} ({results_a.get(key)} against "
                              f"{results_b.get(key)})")
 
-    def certified(ex, r):
-        rows = zip(ex["label"], ex["prediction"], ex["radius"], strict=True)
-        return [p == y and rad is not None and rad > r for y, p, rad in rows]
-
     out = {"n_examples": len(ex_a["index"])}
     for r in results_a["certified_accuracy"]:
-        ca, cb = certified(ex_a, float(r)), certified(ex_b, float(r))
+        ca, cb = certified_correct(ex_a, float(r)), certified_correct(ex_b, float(r))
         only_a = sum(a and not b for a, b in zip(ca, cb, strict=True))
         only_b = sum(b and not a for a, b in zip(ca, cb, strict=True))
         p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
@@ -351,9 +361,8 @@ def main() -> None:
     if args.overlap:
         report, correct = json.loads(OUT.read_text()), _mass_only()[2]
         for label, rec in report["runs"].items():
-            path = _runs(args) / label / "results.json"
-            results = json.loads(path.read_text()) if path.is_file() else None
-            if results and results["model"].get("weights_sha256") == rec["weights_sha256"]:  # that run
+            results = recorded_run(args, report, label)
+            if results:
                 rec["mass_overlap"] = mass_overlap(results, correct)
                 print(label, json.dumps(rec["mass_overlap"]))
         write_json(OUT, report)
@@ -364,15 +373,11 @@ def main() -> None:
             a, sep, b = pair.partition(":")
             if not sep or a not in report["runs"] or b not in report["runs"]:
                 raise SystemExit(f"--paired: expected A:B with both labels in {OUT.name}, got {pair!r}")
-            res = []
-            for label in (a, b):
-                path = _runs(args) / label / "results.json"
-                if not path.is_file():
-                    raise SystemExit(f"--paired: {path} is missing (certify {label} with these flags first)")
-                results = json.loads(path.read_text())
-                if results["model"].get("weights_sha256") != report["runs"][label]["weights_sha256"]:
-                    raise SystemExit(f"--paired: {_runs(args) / label} is not the run recorded for {label}")
-                res.append(results)
+            res = [recorded_run(args, report, label) for label in (a, b)]
+            for label, results in zip((a, b), res, strict=True):
+                if results is None:
+                    raise SystemExit(f"--paired: {_runs(args) / label} holds no run of the weights recorded "
+                                     f"for {label} (certify it with these flags first)")
             origin = provenance()
             report.setdefault("paired", {})[f"{a} vs {b}"] = {
                 **paired(*res), "git_commit": origin["git_commit"], "git_dirty": origin["git_dirty"]}

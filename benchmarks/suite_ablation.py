@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
+from _attack_setup import ENTRY_DIR, RESULTS, machine, provenance, write_json  # noqa: E402
 
 from wasserstein_attacks import WassersteinBall  # noqa: E402
 from wasserstein_attacks.attacks import Suite, get, load_suite  # noqa: E402
@@ -78,7 +78,6 @@ MODELS = ("standard", "mnist_vanilla", "mnist_adv_training", "mnist_robust", "mn
 ENTRIES = ("WattackAdvFWB", "WattackAdvPGD", "WattackAdvPGDLong", "WattackAdvPGDLr1", "WattackAdvPGDCE",
            "WattackAdvPGDCE40", "WattackAdvTRADES", "WattackAdvPGDCE-eps0.3", "WattackAdvPGDCE-eps0.3-0.4",
            "WattackAdvPGDCE-eps0.5-0.3")
-ENTRY_DIR = Path(__file__).resolve().parent.parent / "leaderboard" / "entries" / "mnist" / "W1-k5-box01"
 
 
 def _model(name: str) -> torch.nn.Module:
