@@ -70,6 +70,20 @@ CONFIGS = {
         "train.method=smoothadv", "train.smoothadv.eps=0.1", "train.smoothadv.n=60000",
         "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
     ]),
+    # The same with uniform noise (attacked at eps 0.05, inside uniform's ceiling 1.22 sigma = 0.061), and one
+    # level up for both noises (Laplace attacked at 2 sigma as above, uniform at sigma).
+    "uni-0.05-smoothadv": ("uniform", 0.05, "uni-0.02", 10, 1e-3, [
+        "train.method=smoothadv", "train.smoothadv.eps=0.05", "train.smoothadv.n=60000",
+        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
+    ]),
+    "uni-0.1-smoothadv": ("uniform", 0.1, "uni-0.05", 10, 1e-3, [
+        "train.method=smoothadv", "train.smoothadv.eps=0.1", "train.smoothadv.n=60000",
+        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
+    ]),
+    "lap-0.1-smoothadv": ("laplace", 0.1, "lap-0.05", 10, 1e-3, [
+        "train.method=smoothadv", "train.smoothadv.eps=0.2", "train.smoothadv.n=60000",
+        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
+    ]),
     # Longer SmoothAdv at the radius it is certified for, after the noise training of lap-0.02 / uni-0.02.
     "lap-0.02-smoothadv-e2": ("laplace", 0.02, "lap-0.01", 10, 1e-3, SMOOTHADV_E2),
     "uni-0.02-smoothadv-e2": ("uniform", 0.02, "uni-0.01", 10, 1e-3, SMOOTHADV_E2),
