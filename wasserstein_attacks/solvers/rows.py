@@ -56,6 +56,9 @@ class PlanRows:
     def _set(self, shape, index, mass, example, valid, target, cost, total):
         self.shape, self.index, self.mass, self.example = shape, index, mass, example
         self.valid, self.target, self.cost, self.total = valid, target, cost, total
+        # Flat index for index_select / scatter_add_: on CPU 3-4x faster than advanced indexing and
+        # index_add_ on [M*k*k] entries, with the same values (a gather; the same serial order of sums).
+        self._target_flat = target.reshape(-1)
         self.batch, self.kk = shape[0], cost.shape[0]
         # Float copies of the mask: multiplying by a bool tensor (type promotion) is ~6x slower on CPU.
         self.validf = valid.to(mass.dtype)
@@ -132,7 +135,7 @@ class PlanRows:
 
             return columns_rows_triton(self, rows)
         flat = (rows * self.validf).reshape(-1)
-        return rows.new_zeros(self.size).index_add_(0, self.target.reshape(-1), flat)
+        return rows.new_zeros(self.size).scatter_add_(0, self._target_flat, flat)
 
     def image(self, rows: torch.Tensor) -> torch.Tensor:
         """Return the image ``[B, C, H, W]`` that the plan given by ``rows`` produces."""
@@ -143,7 +146,7 @@ class PlanRows:
 
         With an image gradient this is the plan gradient (``column_sums``' adjoint) restricted to the rows.
         """
-        return pixels.reshape(-1)[self.target] * self.validf
+        return pixels.reshape(-1).index_select(0, self._target_flat).view(self.target.shape) * self.validf
 
     def identity(self) -> torch.Tensor:
         """Rows of the identity plan: all mass on "stay"."""

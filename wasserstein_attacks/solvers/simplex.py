@@ -24,7 +24,7 @@ __all__ = [
 
 
 def _simplex_support(
-    values: torch.Tensor, mass: torch.Tensor, validf: torch.Tensor | None
+    values: torch.Tensor, mass: torch.Tensor, validf: torch.Tensor | None, offwindow: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Threshold ``tau [..., 1]`` and support (float 0/1 ``[..., K]``) of the simplex projection.
 
@@ -32,19 +32,24 @@ def _simplex_support(
     sums to the mass, drop the entries at or below ``tau``, repeat until the support is stable (at most
     ``K`` rounds; ``tau`` only grows). Exact, and on CPU faster than sorting each row: rows of a plan are
     nearly one-hot, so a few rounds suffice. Sums use a matrix-vector product (a reduction over a short
-    last dimension is slow on CPU).
+    last dimension is slow on CPU). ``offwindow`` (optional, ``[..., K]``, 0 where valid and -inf
+    elsewhere, as ``PlanRows.offwindow``) saves building that mask from ``validf`` on every call.
     """
     k = values.shape[-1]
     ones = values.new_ones(k)
     # tau >= max(v) - mass (the largest entry alone cannot exceed the mass), so entries at or below that
     # are never in the support: starting from the rest saves rounds.
-    masked = values if validf is None else values.masked_fill(validf == 0, -math.inf)
-    support = (values - (masked.amax(-1) - mass)[..., None]).clamp_min(0).sign()
+    if offwindow is not None:
+        masked = values + offwindow
+    else:
+        masked = values if validf is None else values.masked_fill(validf == 0, -math.inf)
+    support = (values - (masked.amax(-1) - mass)[..., None]).clamp_min_(0).sign_()
     if validf is not None:
-        support = support * validf
+        support.mul_(validf)
     for _ in range(k + 1):
         tau = ((values * support) @ ones - mass) / (support @ ones).clamp_min(1)
-        new = support * (values - tau[..., None]).clamp_min(0).sign()  # faster than (v > tau).to(float)
+        # In place: each round allocates one temporary (allocation dominates on CPU at these sizes).
+        new = (values - tau[..., None]).clamp_min_(0).sign_().mul_(support)  # faster than (v > tau).float()
         if torch.equal(new, support):
             break
         support = new
@@ -84,12 +89,12 @@ def projection_family(rows: PlanRows, V: torch.Tensor, price: torch.Tensor | Non
         return project_simplex(W0 - lam[rows.example][:, None] * c, rows.mass, rows.validf)
 
     def measure(lam, on_rows=None):
-        ex, W, mass, valid = rows.example, W0, rows.mass, rows.validf
+        ex, W, mass, valid, off = rows.example, W0, rows.mass, rows.validf, rows.offwindow
         if on_rows is not None:
-            ex, W, mass, valid = ex[on_rows], W[on_rows], mass[on_rows], valid[on_rows]
+            ex, W, mass, valid, off = ex[on_rows], W[on_rows], mass[on_rows], valid[on_rows], off[on_rows]
         Wl = W - lam[ex][:, None] * c
-        tau, on = _simplex_support(Wl, mass, valid)
-        P = (Wl - tau).clamp_min(0) * on
+        tau, on = _simplex_support(Wl, mass, valid, off)
+        P = (Wl - tau).clamp_min_(0).mul_(on)
         s1 = P @ c
         s2 = cc @ on.T  # [2, M]: sum of c and of c^2 over the support
         # On a piece where the supports are fixed, d P_ij / d lambda = -c_j + mean_support(c).
