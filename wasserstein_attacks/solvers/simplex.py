@@ -24,7 +24,10 @@ __all__ = [
 
 
 def _simplex_support(
-    values: torch.Tensor, mass: torch.Tensor, validf: torch.Tensor | None, offwindow: torch.Tensor | None = None
+    values: torch.Tensor,
+    mass: torch.Tensor,
+    validf: torch.Tensor | None,
+    offwindow: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Threshold ``tau [..., 1]`` and support (float 0/1 ``[..., K]``) of the simplex projection.
 
