@@ -35,6 +35,7 @@ from wasserstein_attacks.solvers import (
     project_plan,
     project_simplex,
 )
+from wasserstein_attacks.solvers.simplex import _simplex_support
 
 REPO = Path(__file__).resolve().parent.parent
 DT = torch.float64
@@ -285,6 +286,26 @@ def test_rows_subset_matches_the_rows_of_the_subset():
     for name in ("index", "mass", "example", "valid", "target", "total"):
         torch.testing.assert_close(getattr(sub, name), getattr(ref, name))
     torch.testing.assert_close(rows.mass[sel], ref.mass)
+
+
+def test_rows_columns_and_at_targets_are_the_plain_scatter_and_gather_bit_for_bit():
+    # The fast CPU forms (scatter_add_, index_select) must not change a single bit of what the attacks
+    # compute: committed checkpoints of adversarial training are reproduced from their commands.
+    g = torch.Generator().manual_seed(17)
+    for dtype in (torch.float32, torch.float64):
+        x = images(6, 1, 9, 9, seed=16).to(dtype)
+        rows = PlanRows(x, 5, 1)
+        R = (torch.rand(rows.index.shape[0], 25, generator=g, dtype=torch.float64) ** 4).to(dtype)
+        flat = (R * rows.validf).reshape(-1)
+        ref = torch.zeros(rows.size, dtype=dtype).index_add_(0, rows.target.reshape(-1), flat)
+        assert torch.equal(rows.columns(R), ref)
+        pixels = torch.rand(x.shape, generator=g, dtype=torch.float64).to(dtype)
+        assert torch.equal(rows.at_targets(pixels), pixels.reshape(-1)[rows.target] * rows.validf)
+        # ... and the simplex support with the cached off-window mask is the one built from validf.
+        V = torch.randn(rows.index.shape[0], 25, generator=g, dtype=torch.float64).to(dtype)
+        fast = _simplex_support(V, rows.mass, rows.validf, rows.offwindow)
+        plain = _simplex_support(V, rows.mass, rows.validf)
+        assert all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
 
 
 # ------------------------------------------------------------------------------ attacks
