@@ -37,14 +37,22 @@ RUNS = REPO / "runs" / "smoothing"
 CERTIFIED = REPO / "leaderboard" / "certified" / "mnist" / "W1"
 #: Consistency regularization (Jeong & Shin 2020): two copies per image, lambda 10, eta 0.5.
 CR = ["train.m=2", "train.consistency=10", "train.entropy=0.5"]
+
+
+def smoothadv(eps: float, *, n: int = 60000, epochs: int | None = None, steps: int = 10, m: int = 4,
+              lr: str = "3e-4") -> list[str]:
+    """The ``wattack-certify`` overrides of SmoothAdv after the noise epochs: attack radius ``eps``, the
+    first ``n`` training images, ``epochs`` (the config's default when None), attack ``steps``, ``m`` draws
+    per step, learning rate ``lr`` (as written in the recorded commands)."""
+    return ["train.method=smoothadv", f"train.smoothadv.eps={eps}", f"train.smoothadv.n={n}",
+            *([] if epochs is None else [f"train.smoothadv.epochs={epochs}"]),
+            f"train.smoothadv.steps={steps}", f"train.smoothadv.m={m}", f"train.smoothadv.lr={lr}"]
+
+
 #: SmoothAdv for two epochs on the whole training set at eps 0.02, a 10x larger step than lap-0.02-smoothadv.
-SMOOTHADV_E2 = ["train.method=smoothadv", "train.smoothadv.eps=0.02", "train.smoothadv.n=60000",
-                "train.smoothadv.epochs=2", "train.smoothadv.steps=10", "train.smoothadv.m=4",
-                "train.smoothadv.lr=1e-3"]
+SMOOTHADV_E2 = smoothadv(0.02, epochs=2, lr="1e-3")
 #: SmoothAdv in place of most of the noise training: eight epochs at eps 0.05 (2.5 sigma), 2 draws, 4 steps.
-SMOOTHADV_FS = ["train.method=smoothadv", "train.smoothadv.eps=0.05", "train.smoothadv.n=60000",
-                "train.smoothadv.epochs=8", "train.smoothadv.steps=4", "train.smoothadv.m=2",
-                "train.smoothadv.lr=1e-3"]
+SMOOTHADV_FS = smoothadv(0.05, epochs=8, steps=4, m=2, lr="1e-3")
 #: label -> (noise, sigma, init label or None for the standard model, noise epochs, lr, extra overrides).
 CONFIGS = {
     "lap-0.01": ("laplace", 0.01, None, 10, 1e-3, []),
@@ -61,29 +69,14 @@ CONFIGS = {
     "lap-0.07-e40": ("laplace", 0.07, "lap-0.05-e40", 40, 1e-3, []),
     # SmoothAdv (Salman et al. 2019) at the level of lap-0.02: the same start and noise epochs as lap-0.02,
     # then one SmoothAdv epoch on half the training set.
-    "lap-0.02-smoothadv": ("laplace", 0.02, "lap-0.01", 10, 1e-3, [
-        "train.method=smoothadv", "train.smoothadv.eps=0.05", "train.smoothadv.n=30000",
-        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=1e-4",
-    ]),
+    "lap-0.02-smoothadv": ("laplace", 0.02, "lap-0.01", 10, 1e-3, smoothadv(0.05, n=30000, lr="1e-4")),
     # ... and at the level of lap-0.05, against the larger radius, on the whole training set.
-    "lap-0.05-smoothadv": ("laplace", 0.05, "lap-0.02", 10, 1e-3, [
-        "train.method=smoothadv", "train.smoothadv.eps=0.1", "train.smoothadv.n=60000",
-        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
-    ]),
+    "lap-0.05-smoothadv": ("laplace", 0.05, "lap-0.02", 10, 1e-3, smoothadv(0.1)),
     # The same with uniform noise (attacked at eps 0.05, inside uniform's ceiling 1.22 sigma = 0.061), and one
     # level up for both noises (Laplace attacked at 2 sigma as above, uniform at sigma).
-    "uni-0.05-smoothadv": ("uniform", 0.05, "uni-0.02", 10, 1e-3, [
-        "train.method=smoothadv", "train.smoothadv.eps=0.05", "train.smoothadv.n=60000",
-        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
-    ]),
-    "uni-0.1-smoothadv": ("uniform", 0.1, "uni-0.05", 10, 1e-3, [
-        "train.method=smoothadv", "train.smoothadv.eps=0.1", "train.smoothadv.n=60000",
-        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
-    ]),
-    "lap-0.1-smoothadv": ("laplace", 0.1, "lap-0.05", 10, 1e-3, [
-        "train.method=smoothadv", "train.smoothadv.eps=0.2", "train.smoothadv.n=60000",
-        "train.smoothadv.steps=10", "train.smoothadv.m=4", "train.smoothadv.lr=3e-4",
-    ]),
+    "uni-0.05-smoothadv": ("uniform", 0.05, "uni-0.02", 10, 1e-3, smoothadv(0.05)),
+    "uni-0.1-smoothadv": ("uniform", 0.1, "uni-0.05", 10, 1e-3, smoothadv(0.1)),
+    "lap-0.1-smoothadv": ("laplace", 0.1, "lap-0.05", 10, 1e-3, smoothadv(0.2)),
     # Longer SmoothAdv at the radius it is certified for, after the noise training of lap-0.02 / uni-0.02.
     "lap-0.02-smoothadv-e2": ("laplace", 0.02, "lap-0.01", 10, 1e-3, SMOOTHADV_E2),
     "uni-0.02-smoothadv-e2": ("uniform", 0.02, "uni-0.01", 10, 1e-3, SMOOTHADV_E2),
