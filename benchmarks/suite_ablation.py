@@ -17,9 +17,10 @@ do the rejected candidates (``CANDIDATES``); every run counts in the worst case.
     python benchmarks/suite_ablation.py --merge /tmp/a.json /tmp/b.json
     python benchmarks/suite_ablation.py --n 1000 --device cuda --configs standard-v2 standard-v4 union-all \
         --out benchmarks/results/suite_ablation-1000.json             # v2, v4 and the worst case, on a GPU
-    python benchmarks/suite_ablation.py --n 1000 --models mnist_adv_training --configs standard-v2 \
-        standard-v5 fwb-ce --out /tmp/c.json     # on a CPU: one model, a few runs per job; then --merge
-        # /tmp/c.json /tmp/d.json --out benchmarks/results/suite_ablation-1000.json
+    python benchmarks/suite_ablation.py --n 1000 --models mnist_adv_training \
+        --configs standard-v2 standard-v5 fwb-ce --out /tmp/c.json     # on a CPU: a few runs per job, ...
+    python benchmarks/suite_ablation.py --merge /tmp/c.json /tmp/d.json \
+        --out benchmarks/results/suite_ablation-1000.json             # ... then merged
 
 Writes ``benchmarks/results/suite_ablation.json``.
 """
