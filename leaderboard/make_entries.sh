@@ -184,8 +184,8 @@ fi
 # weights are certified and nothing is trained.
 # mass-only: the trivial baseline (the class most frequent at the image's mass); *-cr: consistency training.
 CERT_N=${CERT_N:-1000}
-for LABEL in lap-0.01 lap-0.02 lap-0.05 lap-0.1 uni-0.01 uni-0.02 uni-0.05 uni-0.1 lap-0.02-smoothadv uni-0.1-smoothadv \
-    mass-only uni-0.07-cr uni-0.1-cr lap-0.1-cr; do
+for LABEL in lap-0.01 lap-0.02 lap-0.05 lap-0.1 uni-0.01 uni-0.02 uni-0.05 uni-0.1 lap-0.02-smoothadv \
+    uni-0.1-smoothadv mass-only uni-0.07-cr uni-0.1-cr lap-0.1-cr; do
   ID=WattackSmooth-$LABEL
   ARCH=mnist_convnet NAME="Flow-space smoothing, $LABEL (this project)"
   case $LABEL in mass-only | lapm-* | unim-*) ARCH=mnist_convnet-massprior ;; esac
