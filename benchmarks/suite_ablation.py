@@ -21,6 +21,12 @@ do the rejected candidates (``CANDIDATES``); every run counts in the worst case.
         --configs standard-v2 standard-v5 fwb-ce --out /tmp/c.json     # on a CPU: a few runs per job, ...
     python benchmarks/suite_ablation.py --merge /tmp/c.json /tmp/d.json \
         --out benchmarks/results/suite_ablation-1000.json             # ... then merged
+    python benchmarks/suite_ablation.py --checkpoint mine=model.pt --n 1000 \
+        --configs standard-v2 standard-v5 apgdb-ce apgdb-margin pgdb-ce fwb-ce --out /tmp/mine.json
+                                                  # a held-out model (weights of the reference network)
+
+The plain output ends each model with the issue's three bars: the default suite within 0.5 points of the
+worst case at every radius, at most 3x v2's time, and the other runs at least 3x its time in all.
 
 Writes ``benchmarks/results/suite_ablation.json``.
 """
@@ -38,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attack_setup import ENTRY_DIR, RESULTS, machine, provenance, write_json  # noqa: E402
 
 from wasserstein_attacks import WassersteinBall  # noqa: E402
+from wasserstein_attacks._util import sha256_file  # noqa: E402
 from wasserstein_attacks.attacks import Suite, get, load_suite  # noqa: E402
 from wasserstein_attacks.data import load_dataset  # noqa: E402
 from wasserstein_attacks.models import load_model  # noqa: E402
@@ -84,7 +91,14 @@ ENTRIES = ("WattackAdvFWB", "WattackAdvPGD", "WattackAdvPGDLong", "WattackAdvPGD
            "WattackAdvPGDCE-eps0.5-0.3")
 
 
-def _model(name: str) -> torch.nn.Module:
+def _model(name: str, checkpoints: dict[str, Path] | None = None, architecture: str = "mnist_convnet"
+           ) -> torch.nn.Module:
+    """The model ``name``: a zoo model, a project entry, or one of ``checkpoints`` (name -> weights file,
+    loaded with ``weights_only=True`` into a fresh ``architecture``)."""
+    if checkpoints and name in checkpoints:
+        from wasserstein_attacks.models import build_model, load_weights
+
+        return load_weights(build_model(architecture, num_classes=10), checkpoints[name]).eval()
     if name in ENTRIES:
         from wasserstein_attacks.models import build_model, load_weights
 
@@ -219,15 +233,23 @@ def measure(args) -> dict:
         raise SystemExit(f"--n {args.n}: {OUT} holds n={report['n']}; move it away to start over")
     data = load_dataset("mnist", "test", n=args.n)
     images, labels = data.images.to(args.device), data.labels.to(args.device)
-    for model_name in args.models:
-        model = _model(model_name).to(args.device)
+    checkpoints = args.checkpoint or {}
+    for model_name in [*args.models, *checkpoints]:
+        model = _model(model_name, checkpoints, args.architecture).to(args.device)
+        # A held-out model's runs name its weights, so that a JSON cannot mix two files under one name.
+        weights = {}
+        if model_name in checkpoints:
+            weights["checkpoint_sha256"] = sha256_file(checkpoints[model_name])
         runs = report["runs"].setdefault(model_name, {})
         for label in args.configs or [*SUITES, *CONFIGS]:
             if label in runs and not args.rerun:
+                if runs[label].get("checkpoint_sha256") != weights.get("checkpoint_sha256"):
+                    raise SystemExit(f"--checkpoint {model_name}: {OUT} holds runs of other weights under "
+                                     "that name; choose another name or --out")
                 continue
             # Each run names its commit: a resumed measurement may span several commits.
             runs[label] = {**_run(label, model, images, labels), "git_commit": origin["git_commit"],
-                           "device": str(args.device)}
+                           "device": str(args.device), **weights}
             print(f"{model_name:20s} {label:16s} {runs[label]['seconds']:7.1f} s  "
                   + " ".join(f"{v:.3f}" for v in runs[label]["robust_accuracy"].values()), flush=True)
             report.update(machine=machine(), provenance=provenance())
@@ -319,6 +341,26 @@ def analyse(report: dict, candidate: list[str]) -> dict:
     return out
 
 
+#: The issue's bars for the default suite: largest gap to the worst case (points), its time over v2's,
+#: and the time of every other run over its own (at least).
+BARS = {"gap_points": 0.5, "time_vs_v2": 3.0, "others_vs_default": 3.0}
+
+
+def verdict(t: dict) -> dict | None:
+    """The default suite against ``BARS`` for one model of ``analyse``'s table; None without its runs."""
+    if DEFAULT not in t["seconds"] or "standard-v2" not in t["seconds"]:
+        return None
+    seconds = t["seconds"][DEFAULT]
+    out = {"gap_points": max(row[DEFAULT] - row["worst_case"] for row in t["radii"].values()),
+           "time_vs_v2": seconds / t["seconds"]["standard-v2"],
+           "others_vs_default": t["seconds_tried"] / seconds}
+    slack = 1e-9  # percentages of whole examples: 30.0 - 29.5 must count as 0.5
+    out["meets"] = {"gap_points": out["gap_points"] <= BARS["gap_points"] + slack,
+                    "time_vs_v2": out["time_vs_v2"] <= BARS["time_vs_v2"],
+                    "others_vs_default": out["others_vs_default"] >= BARS["others_vs_default"]}
+    return out
+
+
 def markdown(table: dict, n: int) -> str:
     """README tables: robust accuracy (%) of each standard suite and of the worst case over every run;
     then the default suite's largest gap to the worst case and its time against v2's."""
@@ -339,26 +381,43 @@ def markdown(table: dict, n: int) -> str:
               "| examples behind the largest gap: broken by 1 / 2-3 / 4+ other runs |",
               "|---|---|---|---|---|---|---|"]
     for model_name, t in table.items():
-        if DEFAULT not in t["seconds"]:
+        bars = verdict(t)
+        if bars is None:
             continue
         rows = t["radii"].values()
-        gap = max(row[DEFAULT] - row["worst_case"] for row in rows)
         rerun = ("" if any(row["rerun_union"] is None for row in rows)
                  else f"{max(row['rerun_union'] - row['worst_case'] for row in rows):.1f}")
-        seconds = t["seconds"][DEFAULT]
         rare = next((row["rarity"] for row in rows if "rarity" in row), [])
         bins = (sum(k == 1 for k in rare), sum(2 <= k <= 3 for k in rare), sum(k >= 4 for k in rare))
         split = " / ".join(map(str, bins)) if rare else ""
-        lines.append(f"| {model_name} | {gap:.1f} | {rerun} | {seconds / t['seconds']['standard-v2']:.2f} | "
-                     f"{len(t['configs_tried'])} | {t['seconds_tried'] / seconds:.1f} | {split} |")
+        lines.append(f"| {model_name} | {bars['gap_points']:.1f} | {rerun} | {bars['time_vs_v2']:.2f} | "
+                     f"{len(t['configs_tried'])} | {bars['others_vs_default']:.1f} | {split} |")
     return "\n".join(lines) + f"\n\n(first {n} MNIST test images)"
+
+
+def _checkpoint_arg(text: str) -> tuple[str, Path]:
+    """``NAME=PATH`` of ``--checkpoint``: a new model name and an existing file."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. mine=model.pt), got {text!r}")
+    if name in (*MODELS, *ENTRIES):
+        raise argparse.ArgumentTypeError(f"NAME {name!r} is a model of --models; choose another name")
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"PATH {path!r} is not a file")
+    return name, Path(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="first n MNIST test images")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *ENTRIES])
+    parser.add_argument("--models", nargs="*", default=None, choices=[*MODELS, *ENTRIES],
+                        help="named models (default: the zoo's and the standard model, unless --checkpoint)")
+    parser.add_argument("--checkpoint", nargs="+", type=_checkpoint_arg, metavar="NAME=PATH",
+                        help="held-out models: weights files (state_dict or checkpoint, read with "
+                             "weights_only=True) of --architecture, measured under NAME")
+    parser.add_argument("--architecture", default="mnist_convnet", choices=["mnist_convnet", "tiny"],
+                        help="the network --checkpoint files hold (default: the reference architecture)")
     parser.add_argument("--analyse", action="store_true", help="only print the tables from the JSON")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (all runs of one JSON on one device)")
     parser.add_argument("--configs", nargs="+", choices=[*SUITES, *CONFIGS, *CANDIDATES, UNION, RERUN],
@@ -373,6 +432,9 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="copy the runs of these files (written with --out by parallel jobs) into --out")
     args = parser.parse_args()
+    args.checkpoint = dict(args.checkpoint or [])
+    if args.models is None:
+        args.models = [] if args.checkpoint else list(MODELS)
     globals()["OUT"] = args.out
     if args.merge:
         report = merge(args.merge)
@@ -392,6 +454,14 @@ def main() -> None:
             suites = "  ".join(f"{s[-2:]} {row[s]:5.1f}" for s in SUITES if s in row)
             cand = "" if row["candidate"] is None else f"  candidate {row['candidate']:5.1f}"
             print(f"  eps {r:>5}: {suites}{cand}  worst case {row['worst_case']:5.1f}")
+        bars = verdict(t)
+        if bars is not None:
+            ok = bars["meets"]
+            print(f"  {DEFAULT}: gap {bars['gap_points']:.1f} points (bar {BARS['gap_points']}) "
+                  f"{'met' if ok['gap_points'] else 'MISSED'}; {bars['time_vs_v2']:.2f}x v2's time "
+                  f"(bar {BARS['time_vs_v2']:g}) {'met' if ok['time_vs_v2'] else 'MISSED'}; other runs "
+                  f"{bars['others_vs_default']:.1f}x its time (bar {BARS['others_vs_default']:g}) "
+                  f"{'met' if ok['others_vs_default'] else 'MISSED'}")
 
 
 if __name__ == "__main__":

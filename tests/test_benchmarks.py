@@ -213,6 +213,45 @@ def test_suite_ablation_measures_the_default_suite_against_the_worst_case():
     assert "| m | 25.0 | 0.0 | 2.50 | 4 | 3.2 |" in suite_ablation.markdown(table, 4)
 
 
+def test_suite_ablation_verdict_reads_the_three_bars():
+    import suite_ablation
+
+    def table(v5, worst, v5_s, v2_s, tried_s):
+        radii = {"0.1": {suite_ablation.DEFAULT: v5, "worst_case": worst}}
+        return {"radii": radii, "seconds": {"standard-v2": v2_s, suite_ablation.DEFAULT: v5_s},
+                "seconds_tried": tried_s}
+
+    # 30.0 - 29.5 is 0.5000000000000036 in floats: a gap of one example in 200 meets the bar
+    bars = suite_ablation.verdict(table(30.0, 29.5, 30.0, 10.0, 90.0))
+    assert bars["meets"] == {"gap_points": True, "time_vs_v2": True, "others_vs_default": True}
+    bars = suite_ablation.verdict(table(30.0, 29.4, 31.0, 10.0, 89.0))
+    assert bars["meets"] == {"gap_points": False, "time_vs_v2": False, "others_vs_default": False}
+    assert bars["time_vs_v2"] == pytest.approx(3.1) and bars["others_vs_default"] == pytest.approx(89 / 31)
+    assert suite_ablation.verdict({**table(1, 1, 1, 1, 1), "seconds": {"standard-v2": 1.0}}) is None
+
+
+def test_suite_ablation_takes_held_out_checkpoints(tmp_path):
+    """``--checkpoint NAME=PATH``: a weights file of the reference network under a new name; bad forms
+    are one-line argument errors."""
+    import argparse
+
+    import suite_ablation
+
+    from wasserstein_attacks.models import build_model
+
+    path = tmp_path / "mine.pt"
+    torch.save(build_model("mnist_convnet", seed=3).state_dict(), path)
+    assert suite_ablation._checkpoint_arg(f"mine={path}") == ("mine", path)
+    model = suite_ablation._model("mine", {"mine": path})
+    reference = build_model("mnist_convnet", seed=3).state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+    assert not model.training
+    for text, message in [("mine", "NAME=PATH"), ("standard=" + str(path), "is a model of --models"),
+                          (f"mine={tmp_path / 'missing.pt'}", "is not a file")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            suite_ablation._checkpoint_arg(text)
+
+
 def test_suite_ablation_rerun_runs_the_default_suite_in_small_batches(monkeypatch):
     """The re-run covers every example once, in order, and weighs each batch's accuracy by its size."""
     import _leaderboard_fixtures as F
