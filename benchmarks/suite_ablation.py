@@ -282,7 +282,11 @@ def merge(parts: list[Path]) -> dict:
             raise SystemExit(f"--merge: {path} has n={part['n']} radii={part['radii']}, {OUT} has "
                              f"n={report['n']} radii={report['radii']}")
         for model_name, runs in part["runs"].items():
-            report["runs"].setdefault(model_name, {}).update(runs)
+            merged = report["runs"].setdefault(model_name, {})
+            merged.update(runs)
+            if len({run.get("checkpoint_sha256") for run in merged.values()}) > 1:
+                raise SystemExit(f"--merge: {path} holds runs of {model_name} with other weights than "
+                                 f"{OUT} or a file before it")
         report.update(machine=part["machine"], provenance=part["provenance"])
     write_json(OUT, report)
     return report

@@ -175,6 +175,10 @@ def test_suite_ablation_merge_joins_parallel_runs_and_refuses_other_grids(tmp_pa
     assert json.loads(out.read_text())["runs"] == report["runs"]
     with pytest.raises(SystemExit, match="n=5"):
         suite_ablation.merge([part("c.json", {}, n=5)])
+    # held-out models name their weights: runs of two files under one name do not mix
+    part("d.json", {"m3": {"x": {"seconds": 1, "checkpoint_sha256": "a"}}})
+    with pytest.raises(SystemExit, match="other weights"):
+        suite_ablation.merge([tmp_path / "d.json", part("e.json", {"m3": {"y": {"checkpoint_sha256": "b"}}})])
 
 
 def test_suite_ablation_candidates_are_made_of_configs():
