@@ -395,3 +395,29 @@ def test_every_smoothing_configuration_composes_with_the_certify_config(tmp_path
             assert (cfg.train.method == "smoothadv") == ("train.method=smoothadv" in extra), label
             if label == "lap-0.02-smoothadv-fs":  # SmoothAdv in place of the noise epochs
                 assert cfg.train.smoothadv.epochs == 8 and cfg.train.smoothadv.n == 60000
+
+
+def test_the_attack_docs_speed_table_is_the_committed_json():
+    """docs/attacks/index.md's speed table reads ``attack_speed.json`` (CPU) and the H200 file: a re-run
+    of the benchmark that is not copied into the docs fails here."""
+    import re
+
+    docs = (BENCH.parent / "docs" / "attacks" / "index.md").read_text()
+
+    def per_iteration(path: str) -> dict[tuple[str, str], tuple[float, float]]:
+        data = json.loads((BENCH / "results" / path).read_text())
+        return {(a["name"], a["kwargs"].get("solver", "")): (1000 * a["seconds_per_iteration"],
+                                                            a["ratio_to_model_pass"])
+                for a in data["attacks"]}
+
+    cpu, gpu = per_iteration("attack_speed.json"), per_iteration("attack_speed-nvidia_h200.json")
+    number = r" \| ([\d.]+)"
+    rows = re.findall(r"^\| `(\w+)`(?:, `solver=\"(\w+)\"`)?[^|]*" + 3 * number + r" \|$", docs, re.M)
+    assert len(rows) == len(cpu) == 9
+    for name, solver, cpu_ms, passes, gpu_ms in rows:
+        ms, ratio = cpu[(name, solver)]
+        for shown, measured in [(cpu_ms, ms), (passes, ratio), (gpu_ms, gpu[(name, solver)][0])]:
+            digits = len(shown.split(".")[1]) if "." in shown else 0
+            assert float(shown) == pytest.approx(measured, abs=0.51 * 10 ** -digits), (name, solver, shown)
+    model_pass = json.loads((BENCH / "results" / "attack_speed.json").read_text())["model_forward_backward"]
+    assert f"pass takes {1000 * model_pass['min_s']:.1f} ms there" in docs
