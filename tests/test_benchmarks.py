@@ -209,12 +209,12 @@ def test_suite_ablation_measures_the_default_suite_against_the_worst_case():
     text = suite_ablation.markdown(table, 4)
     assert "| m | 25.0 |  | 2.50 | 3 | 2.0 |" in text  # no re-run of the default suite: its column is empty
     # the gap is example 2, which one other run (pgdb-margin) breaks and v2 does not
-    assert row["rarity"] == [1] and text.splitlines()[-3].endswith("| 2.0 | 1 / 0 / 0 |")
+    assert row["rarity"] == [1] and text.splitlines()[-3].endswith("| 2.0 | 1 / 0 / 0 | gap, runs tried |")
     # the default suite re-run in small batches breaks example 2 too: with it, no gap is left
     runs[suite_ablation.RERUN] = run([0.05, 0.09, 0.1, "inf"], 30.0)
     table = suite_ablation.analyse({"radii": [0.1], "runs": {"m": runs}}, ["pgdb-margin"])
     assert table["m"]["radii"]["0.1"]["rerun_union"] == 25.0
-    assert "| m | 25.0 | 0.0 | 2.50 | 4 | 3.2 |" in suite_ablation.markdown(table, 4)
+    assert "| m | 25.0 | 0.0 | 2.50 | 4 | 3.2 | 0 / 1 / 0 | gap |" in suite_ablation.markdown(table, 4)
 
 
 def test_suite_ablation_verdict_reads_the_three_bars():
