@@ -421,3 +421,23 @@ def test_the_attack_docs_speed_table_is_the_committed_json():
             assert float(shown) == pytest.approx(measured, abs=0.51 * 10 ** -digits), (name, solver, shown)
     model_pass = json.loads((BENCH / "results" / "attack_speed.json").read_text())["model_forward_backward"]
     assert f"pass takes {1000 * model_pass['min_s']:.1f} ms there" in docs
+
+
+def test_lowpass_features_see_flow_noise_at_its_predicted_scale():
+    """Flow noise has covariance sigma^2 N^2 L: on the cosine modes of x / N it has standard deviation
+    sigma sqrt(l_a + l_b), which ``LowModes`` divides out, and none on the mass."""
+    import smoothing_lowpass
+
+    from wasserstein_attacks.defenses.smoothing.flows import apply_flow, num_edges
+    from wasserstein_attacks.defenses.smoothing.noise import make_noise
+
+    model = smoothing_lowpass.LowModes(4)
+    x = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    noise = make_noise("uniform", sigma=0.5)
+    draws = noise.sample((4000, 1, num_edges(28, 28)), torch.Generator().manual_seed(1))
+    noised = apply_flow(x.expand(4000, -1, -1, -1), draws * x.sum())
+    f = model.features(noised)
+    assert f.shape == (4000, 4 * 4 - 1 + 1)
+    assert torch.allclose(f[:, -1], torch.log(x.sum()).expand(4000), atol=1e-5)  # the mass: no noise
+    assert torch.allclose(f[:, :-1].std(0), torch.full((15,), 0.5), rtol=0.06)
+    assert smoothing_lowpass.LowModes(0).features(noised).shape == (4000, 1)
