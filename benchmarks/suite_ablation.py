@@ -98,7 +98,10 @@ def _model(name: str, checkpoints: dict[str, Path] | None = None, architecture: 
     if checkpoints and name in checkpoints:
         from wasserstein_attacks.models import build_model, load_weights
 
-        return load_weights(build_model(architecture, num_classes=10), checkpoints[name]).eval()
+        try:
+            return load_weights(build_model(architecture, num_classes=10), checkpoints[name]).eval()
+        except (OSError, ValueError, RuntimeError) as exc:  # a refused pickle, other weights, a bad file
+            raise SystemExit(f"--checkpoint {name}={checkpoints[name]}: {exc}") from None
     if name in ENTRIES:
         from wasserstein_attacks.models import build_model, load_weights
 

@@ -250,6 +250,10 @@ def test_suite_ablation_takes_held_out_checkpoints(tmp_path):
     reference = build_model("mnist_convnet", seed=3).state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
     assert not model.training
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="--checkpoint bad="):
+        suite_ablation._model("bad", {"bad": bad})
     for text, message in [("mine", "NAME=PATH"), ("standard=" + str(path), "is a model of --models"),
                           (f"mine={tmp_path / 'missing.pt'}", "is not a file")]:
         with pytest.raises(argparse.ArgumentTypeError, match=message):
