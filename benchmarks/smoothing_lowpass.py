@@ -165,7 +165,7 @@ def main() -> None:
         cells = " ".join(f"{100 * v:5.1f}" for v in run["certified_accuracy"].values())
         print(f"seed {seed} {noise_name:8s} sigma {sigma:<5} k {k}: smoothed correct "
               f"{100 * run['smoothed_correct']:5.1f} certified {cells}", flush=True)
-        report.update(machine=machine(), provenance=provenance())
+        report.update(machine=machine(), provenance=origin)  # the code that ran, not the JSON it writes
         write_json(args.out, report)
 
 
