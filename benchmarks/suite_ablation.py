@@ -95,6 +95,8 @@ def _model(name: str, checkpoints: dict[str, Path] | None = None, architecture: 
            ) -> torch.nn.Module:
     """The model ``name``: a zoo model, a project entry, or one of ``checkpoints`` (name -> weights file,
     loaded with ``weights_only=True`` into a fresh ``architecture``)."""
+    if name in ENTRIES:  # the project's own weights: a checkpoint of the reference network in the repository
+        checkpoints, architecture = {name: ENTRY_DIR / f"{name}.pt"}, "mnist_convnet"
     if checkpoints and name in checkpoints:
         from wasserstein_attacks.models import build_model, load_weights
 
@@ -102,12 +104,6 @@ def _model(name: str, checkpoints: dict[str, Path] | None = None, architecture: 
             return load_weights(build_model(architecture, num_classes=10), checkpoints[name]).eval()
         except (OSError, ValueError, RuntimeError) as exc:  # a refused pickle, other weights, a bad file
             raise SystemExit(f"--checkpoint {name}={checkpoints[name]}: {exc}") from None
-    if name in ENTRIES:
-        from wasserstein_attacks.models import build_model, load_weights
-
-        model = build_model("mnist_convnet", num_classes=10)
-        load_weights(model, ENTRY_DIR / f"{name}.pt")
-        return model.eval()
     if name == "standard":
         from wasserstein_attacks.defenses import standard_mnist_model
 
