@@ -464,3 +464,32 @@ def test_lowpass_measure_is_reproducible(monkeypatch):
         run = smoothing_lowpass.measure("uniform", 0.1, 2, args, seed=3)
         runs.append({k: v for k, v in run.items() if not k.endswith("seconds")})
     assert runs[0] == runs[1] and runs[0]["seed"] == 3
+
+
+def test_gap_rounding_takes_the_default_suites_misses_and_its_batch(monkeypatch):
+    """The gap: examples one configuration breaks within the radius and the default suite does not; the
+    companions: what the default suite attacked there (broken by it at a larger radius only)."""
+    import _leaderboard_fixtures as F
+    import gap_rounding
+
+    from wasserstein_attacks.attacks import load_suite
+
+    default = gap_rounding.DEFAULT
+    runs = {default: {"cost_tol": 1e-4, "broken_cost": [0.0, 0.15, 0.4, "inf", 0.3001, 0.3, 0.45]},
+            "apgdb-ce": {"cost_tol": 1e-4, "broken_cost": [0.0, 0.1, 0.3, 0.29, "inf", 0.4, 0.30002]}}
+    gap, companions = gap_rounding.gap_and_companions(runs, "apgdb-ce", 0.3)
+    # 2 and 3 are missed by the default suite; a break within the tolerance of 0.3 counts at 0.3 (6)
+    assert gap == [2, 3, 6]
+    # 4 (just outside the tolerance) is a companion: the default suite attacked it at 0.3 and failed
+    assert companions == [4]
+    # the re-attack names dataset positions, and finds what a direct run of the suite finds
+    monkeypatch.setattr(gap_rounding, "_suite", lambda label: load_suite("debug-v1"))
+    x, y = F.synthetic_data(6)
+    model = F.tiny_model()
+    idx = [1, 3, 4]
+    ball = gap_rounding.WassersteinBall(eps=0.0)
+    res = load_suite("debug-v1").run(model, x[idx], y[idx], [0.5], threat=ball, seed=0,
+                                     indices=torch.tensor(idx), progress=False)
+    within = 0.5 * (1 + res.cost_tol)
+    expected = [i for i, c in zip(idx, res.broken_cost.tolist(), strict=True) if c <= within]
+    assert gap_rounding.broken("apgdb-ce", model, x, y, idx, 0.5) == expected
