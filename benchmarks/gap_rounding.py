@@ -12,7 +12,9 @@ and not in others is a break that a run finds by chance, not one a missing attac
     python benchmarks/gap_rounding.py --model mnist_robust --radius 0.2 --config apgdb-margin-mu3 \
         --ablation benchmarks/results/suite_ablation-1000.json
 
-Writes ``benchmarks/results/gap_rounding-<model>-<radius>-<config>.json`` (``--out`` replaces it).
+Writes ``benchmarks/results/gap_rounding-<model>-<radius>-<config>.json`` (``--out`` replaces it): per make-up
+the examples broken, ``broken_in_every_setting`` (in all make-ups) and ``broken_in_some_setting`` (in at
+least one).
 """
 
 from __future__ import annotations
@@ -113,8 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
            "gap": gap, "companions_pool": len(companions), "settings": rows,
            "broken_in_every_setting": every, "broken_in_some_setting": some,
            "machine": machine(), "provenance": origin}
-    print(f"of the {len(gap)} examples {args.config} alone broke and {DEFAULT} missed: broken again in every "
-          f"batch make-up {len(every)}, in some {len(some)}, in none {len(gap) - len(some)}")
+    print(f"of the {len(gap)} examples {args.config} alone broke and {DEFAULT} missed, broken again in all "
+          f"{len(rows)} batch make-ups: {len(every)}, in some and not in others: {len(some) - len(every)}, "
+          f"in none: {len(gap) - len(some)}")
     path = args.out or RESULTS / f"gap_rounding-{args.model}-{args.radius}-{args.config}.json"
     write_json(path, out)
     return out
