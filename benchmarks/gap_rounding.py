@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
                          f"({', '.join(runs[DEFAULT]['robust_accuracy'])})")
     torch.set_num_threads(args.threads)
     gap, companions = gap_and_companions(runs, args.config, args.radius)
+    if not gap:
+        raise SystemExit(f"{args.config} breaks nothing at {args.radius} on {args.model} that {DEFAULT} "
+                         "does not: no gap to re-attack")
     data = load_dataset("mnist", "test", n=report["n"])
     model = _model(args.model)
     settings = {"each alone": None, "together": gap}
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             hits = [i for i in broken(args.config, model, data.images, data.labels, idx, args.radius)
                     if i in in_gap]
-        rows[name] = {"batch": len(gap) if idx is None else len(idx), "broken": hits}
+        rows[name] = {"batch": 1 if idx is None else len(idx), "broken": hits}
         print(f"{name:20s} breaks {len(hits):3d} of the {len(gap)}", flush=True)
     every = [i for i in gap if all(i in r["broken"] for r in rows.values())]
     some = [i for i in gap if any(i in r["broken"] for r in rows.values())]
