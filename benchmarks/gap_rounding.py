@@ -20,6 +20,7 @@ least one).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,15 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
-from suite_ablation import CONFIGS, DEFAULT, ENTRIES, MODELS, _model, _suite  # noqa: E402
+from suite_ablation import CONFIGS, DEFAULT, ENTRIES, MODELS, _model, _suite, costs_of  # noqa: E402
 
 from wasserstein_attacks import WassersteinBall  # noqa: E402
 from wasserstein_attacks._util import sha256_file  # noqa: E402
 from wasserstein_attacks.data import load_dataset  # noqa: E402
-
-
-def _costs(runs: dict, label: str) -> list[float]:
-    return [float(c) for c in runs[label]["broken_cost"]]  # "inf" is stored as a string
 
 
 def gap_and_companions(runs: dict, config: str, radius: float) -> tuple[list[int], list[int]]:
@@ -47,7 +44,7 @@ def gap_and_companions(runs: dict, config: str, radius: float) -> tuple[list[int
     """
     tol = runs[DEFAULT]["cost_tol"]
     within = radius * (1 + tol)
-    own, other = _costs(runs, DEFAULT), _costs(runs, config)
+    own, other = costs_of(runs[DEFAULT]), costs_of(runs[config])
     gap = [i for i, (a, b) in enumerate(zip(own, other, strict=True)) if not a <= within and b <= within]
     in_gap = set(gap)
     companions = [i for i, a in enumerate(own) if within < a < float("inf") and i not in in_gap]
@@ -81,8 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("the checkout has uncommitted changes: commit first")
     if not args.ablation.is_file():
         raise SystemExit(f"--ablation {args.ablation}: no such file (run suite_ablation.py first)")
-    import json
-
     report = json.loads(args.ablation.read_text())
     runs = report["runs"].get(args.model, {})
     missing = [label for label in (DEFAULT, args.config) if label not in runs]

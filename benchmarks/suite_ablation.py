@@ -291,9 +291,15 @@ def merge(parts: list[Path]) -> dict:
     return report
 
 
+def costs_of(run: dict) -> list[float]:
+    """A run's per-example cheapest verified break (units of eps; ``inf``: not broken) as floats: the JSON
+    stores ``inf`` as a string."""
+    return [float(c) for c in run["broken_cost"]]
+
+
 def robust_of(runs: dict, members: list[str], r: float, tol: float) -> float:
     """Robust accuracy at ``r`` of a suite made of ``members``: the union of their per-example breaks."""
-    costs = [[float(c) for c in runs[m]["broken_cost"]] for m in members]  # "inf" is stored as a string
+    costs = [costs_of(runs[m]) for m in members]
     cheapest = [min(cs) for cs in zip(*costs, strict=True)]
     return sum(not c <= r * (1 + tol) for c in cheapest) / len(cheapest)
 
@@ -302,7 +308,7 @@ def rarity(runs: dict, members: list[str], r: float, tol: float) -> list[int]:
     """Examples the default suite leaves robust at ``r`` that another run breaks: for each, how many of
     ``members`` (the default suite excluded) break it. Many 1s say the gap is made of rare breaks that a
     single run of 20-30 finds, not of examples a stronger attack would break every time."""
-    cost = {m: [float(c) for c in runs[m]["broken_cost"]] for m in [DEFAULT, *members]}
+    cost = {m: costs_of(runs[m]) for m in [DEFAULT, *members]}
     others = [m for m in members if m != DEFAULT]
     counts = []
     for i, own in enumerate(cost[DEFAULT]):

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attack_setup import RESULTS, machine, provenance, write_json  # noqa: E402
-from suite_ablation import DUAL3, ENTRIES, MODELS, _model  # noqa: E402
+from suite_ablation import DUAL3, ENTRIES, MODELS, _model, costs_of  # noqa: E402
 
 from wasserstein_attacks import WassersteinBall  # noqa: E402
 from wasserstein_attacks.attacks import get  # noqa: E402
@@ -85,7 +85,7 @@ def left_robust(ablation: dict, model: str, suite: str, radius: float) -> list[i
     """Indices (into the first n test images) that ``suite`` counts robust at ``radius`` on ``model``."""
     run = ablation["runs"][model][suite]
     tol = run["cost_tol"]
-    costs = [float(c) for c in run["broken_cost"]]  # "inf" is stored as a string
+    costs = costs_of(run)
     return [i for i, c in enumerate(costs) if c != 0 and not c <= radius * (1 + tol)]
 
 
