@@ -133,11 +133,16 @@ def clean_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int =
         return check_logits(torch.cat([model(images[i : i + batch_size]) for i in chunks]))
 
 
-def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted classes ``[B]`` (no grad), in chunks of ``batch_size``; ``ValueError`` on NaN/inf logits."""
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Logits ``[B, classes]`` (no grad), in chunks of ``batch_size``; ``ValueError`` on NaN/inf logits."""
     with torch.no_grad():
         chunks = range(0, images.shape[0], batch_size)
-        return torch.cat([check_logits(model(images[i : i + batch_size])).argmax(1) for i in chunks])
+        return torch.cat([check_logits(model(images[i : i + batch_size])) for i in chunks])
+
+
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes ``[B]`` (no grad), in chunks of ``batch_size``; ``ValueError`` on NaN/inf logits."""
+    return predict_logits(model, images, batch_size).argmax(1)
 
 
 def loss_per_example(
@@ -167,6 +172,16 @@ def loss_per_example(
     if loss == "dlr":
         return loss_per_example(logits, labels, "margin", targets) / _dlr_scale(logits, targets is not None)
     raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+
+
+def closeness(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How near each prediction is to a wrong class, ``[B]``: the untargeted DLR value.
+
+    Best other logit minus the true one, over the spread ``z_(1) - z_(3)`` of the logits: > 0 exactly
+    when the example is misclassified, and unchanged when the logits are scaled, so examples of one
+    model (and of different models) compare. What a suite's near-miss runs select on.
+    """
+    return loss_per_example(logits, labels, "dlr")
 
 
 def _dlr_scale(logits: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -251,6 +266,7 @@ def iterate(
     image: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     step: Callable[[dict[str, torch.Tensor], torch.Tensor, int, torch.Tensor], dict[str, torch.Tensor]],
     stop_on_success: bool = True,
+    closest: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run the one iterative loop shared by every gradient attack (PGD, Frank-Wolfe, Sinkhorn PGD).
 
@@ -277,6 +293,8 @@ def iterate(
             the loss (to maximise) w.r.t. ``sub_state["var"]``.
         stop_on_success: freeze an example at the first iterate that fools the model (misclassified,
             or classified as its target); otherwise every example runs all ``steps``.
+        closest: optional float ``[B]``, raised in place to the largest ``closeness`` (untargeted DLR
+            value) of any iterate evaluated: how near the run came to a misclassification.
 
     Returns:
         long ``[B]``: iterations run per example.
@@ -305,6 +323,9 @@ def iterate(
         with torch.no_grad():
             if "objective" in sub:  # a step that adapts to the loss it reached (APGD's schedule) reads it
                 sub["objective"] = obj.detach().to(sub["objective"].dtype)
+            if closest is not None:
+                near = closeness(logits.detach(), labels[idx]).to(closest.dtype)
+                closest[idx] = torch.maximum(closest[idx], near)
             pred = logits.argmax(1)
             fooled = (pred == targets[idx]) if targets is not None else (pred != labels[idx])
             if stop_on_success:
@@ -332,6 +353,8 @@ class RunOutput:
             an exact plan to it (each channel's mass rescaled to ``x``'s).
         iterations: long ``[B]`` iterations used per example.
         info: anything else worth reporting (JSON-ready values).
+        closest: optional float ``[B]``, the largest ``closeness`` any iterate reached (see
+            ``AttackResult.closest``).
 
     """
 
@@ -339,6 +362,7 @@ class RunOutput:
     adversarial: torch.Tensor | None
     iterations: torch.Tensor
     info: dict = field(default_factory=dict)
+    closest: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -361,6 +385,9 @@ class AttackResult:
         attack: registry name.
         seconds: wall time of the call.
         info: attack-specific diagnostics (e.g. gradient-masking checks).
+        closest: float ``[B]``, how near the attack came to fooling the model: the largest ``closeness``
+            (untargeted DLR value, > 0 when misclassified) of any iterate it evaluated, or of the returned
+            example where larger; ``None`` for attacks that do not track it (``tracks_closest``).
 
     """
 
@@ -376,6 +403,7 @@ class AttackResult:
     attack: str
     seconds: float
     info: dict = field(default_factory=dict)
+    closest: torch.Tensor | None = None
 
     @property
     def robust(self) -> torch.Tensor:
@@ -404,6 +432,8 @@ class Attack:
     name: ClassVar[str] = "attack"
     #: Whether the attack can begin from a given plan (``start``) instead of the clean image.
     supports_start: ClassVar[bool] = False
+    #: Whether its results report ``closest`` (how near each example came to a misclassification).
+    tracks_closest: ClassVar[bool] = False
 
     def __call__(
         self,
@@ -509,10 +539,13 @@ class Attack:
             m = certified[:, None, None, None]
             plan_out = torch.where(m, plan_out, ident)
             adv = torch.where(m, adv, x)
-        with torch.no_grad():
-            pred = predict(model, adv)
+        logits = predict_logits(model, adv)
+        pred = logits.argmax(1)
         fooled = (pred == targets) if targets is not None else (pred != labels)
         success = fooled & certified
+        closest = None
+        if out.closest is not None:
+            closest = torch.maximum(out.closest.to(x.device).double(), closeness(logits, labels).double())
         return dict(
             adversarial=adv,
             success=success,
@@ -523,6 +556,7 @@ class Attack:
             repair=s.to(x.device),
             clean_correct=(clean_pred == labels),
             info=dict(out.info),
+            closest=closest,
         )
 
     def _run(

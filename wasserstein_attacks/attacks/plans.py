@@ -45,6 +45,7 @@ class _PlanAttack(Attack):
     #: Whether every iterate stays in the box (then the random starts are made to fit it too).
     keeps_box = False
     supports_start = True
+    tracks_closest = True
     #: Whether the authors' attack returns the clamped image (their claimed success is judged on it).
     clamp_output = True
 
@@ -97,6 +98,7 @@ class _PlanAttack(Attack):
         iters = torch.zeros(b, dtype=torch.long, device=x.device)
         broken = torch.zeros(b, dtype=torch.bool, device=x.device)
         claimed = torch.zeros(b, dtype=torch.bool, device=x.device)
+        closest = torch.full((b,), -torch.inf, dtype=torch.float64, device=x.device)
         gens = example_generators(seeds)
         self._evaluations = 0
 
@@ -126,11 +128,13 @@ class _PlanAttack(Attack):
                     buf[rsel] = new.pop(name)
                 return {"var": active.image(P), **new}
 
+            near = closest[todo]
             iters[todo] += iterate(
                 model, x[todo], labels[todo], None if targets is None else targets[todo], steps=self.steps,
                 loss=self.loss, state=state, image=lambda s: s["var"].clamp(0, 1), step=step,
-                stop_on_success=self.stop_on_success,
+                stop_on_success=self.stop_on_success, closest=near,
             )
+            closest[todo] = near
             with torch.no_grad():
                 plan[sel] = P = self._finalise(sub, plan[sel], cost_budget(sub, eps[todo]))
                 out = sub.image(P)
@@ -142,7 +146,7 @@ class _PlanAttack(Attack):
                     adv = T.column_sums(fixed, *x.shape[2:]).clamp(0, 1).to(x.dtype)
                     broken[todo] = fooled(predict(model, adv), todo)
         info = {"claimed_success": claimed.tolist(), "multiplier_evaluations": int(self._evaluations)}
-        return RunOutput(plan=rows.scatter(plan), adversarial=None, iterations=iters, info=info)
+        return RunOutput(plan=rows.scatter(plan), adversarial=None, iterations=iters, info=info, closest=closest)
 
 
 @register("pgd_wu")

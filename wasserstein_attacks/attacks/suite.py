@@ -198,6 +198,8 @@ class _Walk:
         self.resisted = torch.zeros(b, dtype=torch.bool)  # descending walk: resisted a larger ball
         self.last_plan: torch.Tensor | None = None  # [B, C, H*W, k*k]: where the last attack ended
         self.has_plan = torch.zeros(b, dtype=torch.bool)
+        # Float64 [B]: the nearest any attack came to fooling the model at this radius (closeness).
+        self.closest = torch.full((b,), -torch.inf, dtype=torch.float64)
 
     def robust_at(self, r: float) -> torch.Tensor:
         """Bool ``[B]``: clean-correct and not yet broken within ``r`` (with the cost tolerance)."""
@@ -256,6 +258,13 @@ class Suite:
             radius, each example begins from the plan at which the attack before it ended there (a warm
             start: a run that came close hands its plan on). Only attacks with ``supports_start``; the
             first attack starts from the identity.
+        near_miss: per attack, ``None`` (the default: it attacks every example still robust) or a
+            threshold ``tau`` (a float, usually a little below 0): at each radius it attacks only the
+            examples still robust that an attack before it there came near to fooling, those whose
+            ``closest`` (the untargeted DLR value of the nearest iterate: best other logit minus the
+            true one over ``z_(1) - z_(3)``, > 0 when fooled) is above ``tau``. Restarts spent where they
+            pay: on examples no run came near, further runs rarely succeed. Not for the first attack;
+            an attack before it must report ``closest`` (``tracks_closest``: the plan attacks).
 
     """
 
@@ -269,6 +278,7 @@ class Suite:
         order: str = "ascending",
         targets: list[int] | None = None,
         starts: list[str] | None = None,
+        near_miss: list[float | None] | None = None,
     ):
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -296,12 +306,30 @@ class Suite:
                 why = "the first attack has no attack before it" if i == 0 else \
                     f"{type(attack).__name__} does not begin from a plan"
                 raise ValueError(f"starts: {label} cannot start from the previous attack's plan: {why}")
+        near_miss = [None] * len(attacks) if near_miss is None else list(near_miss)
+        self._check_near_miss(near_miss, attacks, labels)
         self.name, self.version, self.attacks, self.labels, self.order = name, version, attacks, labels, order
         self.targets, self.starts = targets, starts
+        self.near_miss = [None if t is None else float(t) for t in near_miss]
+
+    @staticmethod
+    def _check_near_miss(near_miss: list, attacks: list[Attack], labels: list[str]) -> None:
+        if len(near_miss) != len(attacks):
+            raise ValueError(f"near_miss must give None or a float threshold per attack ({len(attacks)}), "
+                             f"got {near_miss}")
+        for i, (label, tau) in enumerate(zip(labels, near_miss, strict=True)):
+            if tau is None:
+                continue
+            if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not np.isfinite(tau):
+                raise ValueError(f"near_miss: {label} needs None or a finite float threshold, got {tau!r}")
+            if not any(a.tracks_closest for a in attacks[:i]):
+                why = "it is the first attack" if i == 0 else "no attack before it reports how near it came"
+                raise ValueError(f"near_miss: {label} cannot select near misses: {why} (plan attacks do)")
 
     def __repr__(self) -> str:
         extra = f", targets={self.targets}" if any(self.targets) else ""
         extra += f", starts={self.starts}" if "previous" in self.starts else ""
+        extra += f", near_miss={self.near_miss}" if any(t is not None for t in self.near_miss) else ""
         return (f"Suite(name={self.name!r}, version={self.version}, attacks={self.labels}, "
                 f"order={self.order!r}{extra})")
 
@@ -375,8 +403,11 @@ class Suite:
         for r in radii if self.order == "ascending" else radii[::-1]:
             attacked = torch.zeros(b, dtype=torch.bool)
             walk.has_plan[:] = False  # plans of another radius belong to another ball
+            walk.closest[:] = -torch.inf  # so do near misses
             for j, label in enumerate(self.labels):
                 todo = walk.robust_at(r) & ~walk.resisted
+                if self.near_miss[j] is not None:
+                    todo &= walk.closest > self.near_miss[j]
                 attacked |= todo
                 n = int(todo.sum())
                 if n == 0:
@@ -413,6 +444,8 @@ class Suite:
             if self.starts[j + 1:j + 2] == ["previous"]:  # only the next attack reads it
                 walk.keep_plan(idx, res.plan)
             seconds += res.seconds
+            if res.closest is not None:
+                walk.closest[idx] = torch.maximum(walk.closest[idx], res.closest.cpu().double())
             cost = res.cost.cpu().double()
             # A targeted success is misclassified too; keep it only where it is cheaper than what we have.
             won = res.success.cpu() & (cost < walk.broken_cost[idx])
@@ -455,7 +488,8 @@ def suite_from_config(cfg) -> Suite:
     ``cfg.attacks`` maps a label to an attack config (``_target_`` plus the constructor's keyword
     arguments), in run order; optional ``cfg.targets`` maps labels to their number of targeted runs
     (``Suite``'s ``targets``), optional ``cfg.starts`` maps labels to ``previous`` (``Suite``'s ``starts``),
-    ``cfg.order`` is the walk. Raises ``ValueError`` naming the failing field.
+    optional ``cfg.near_miss`` maps labels to thresholds (``Suite``'s ``near_miss``), ``cfg.order`` is the
+    walk. Raises ``ValueError`` naming the failing field.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -490,9 +524,14 @@ def suite_from_config(cfg) -> Suite:
     unknown = sorted(set(map(str, starts)) - set(labels))
     if unknown:
         raise ValueError(f"suite.starts names attacks that are not in suite.attacks: {unknown}")
+    near = dict(cfg.get("near_miss") or {})
+    unknown = sorted(set(map(str, near)) - set(labels))
+    if unknown:
+        raise ValueError(f"suite.near_miss names attacks that are not in suite.attacks: {unknown}")
     try:
         return Suite(str(cfg.name), int(cfg.version), attacks, labels=labels, order=order, targets=counts,
-                     starts=[str(starts.get(label, "identity")) for label in labels])
+                     starts=[str(starts.get(label, "identity")) for label in labels],
+                     near_miss=[near.get(label) for label in labels])
     except ValueError as exc:
         raise ValueError(f"suite: {exc}") from None
 
