@@ -320,3 +320,19 @@ def test_train_app_runs_at_tiny_size(tmp_path):
     # With p = 1 a one-pixel shift that loses no mass is at distance exactly 1.
     # 1 up to the referee's unmatched-mass allowance (mass_tol * N moved at most across the image).
     assert report["transformations"]["shift"]["distance"]["median"] == pytest.approx(1.0, rel=3e-4)
+
+
+def test_a_suite_with_near_miss_runs_is_described_and_the_description_validates():
+    import jsonschema
+
+    from omegaconf import open_dict
+
+    cfg = compose_cfg("suite=standard-v5")
+    with open_dict(cfg):
+        cfg.suite.attacks.again = cfg.suite.attacks.apgdb_margin_fastprice
+        cfg.suite.near_miss = {"again": -0.15}
+    suite, desc = spec.build_suite(cfg)
+    assert suite.near_miss == [None] * 4 + [-0.15]
+    assert [a.get("near_miss") for a in desc["attacks"]] == [None] * 4 + [-0.15]
+    schema = json.loads((Path(bench.__file__).parent / "results_schema.json").read_text())
+    jsonschema.validate(desc, schema["properties"]["suite"])

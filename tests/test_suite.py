@@ -405,3 +405,102 @@ def test_warm_starts_are_refused_where_they_cannot_work():
         suite_from_config(cfg)
     cfg.starts = {"b": "previous"}
     assert suite_from_config(cfg).starts == ["identity", "previous"]
+
+
+def test_closeness_is_positive_exactly_when_misclassified_and_ignores_the_logit_scale():
+    from wasserstein_attacks.attacks.base import closeness
+
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0], [1.0, 2.0, 0.0, 0.0], [0.5, 0.4, 0.0, -2.0]])
+    labels = torch.tensor([0, 0, 0])
+    near = closeness(logits, labels)
+    assert (near > 0).tolist() == [False, True, False]
+    torch.testing.assert_close(closeness(1000 * logits, labels), near)
+    # Best other minus true logit, over the spread z_(1) - z_(3): (1 - 3) / 3, (2 - 1) / 2, (0.4 - 0.5) / 0.5.
+    torch.testing.assert_close(near, torch.tensor([-2 / 3, 0.5, -0.2]))
+
+
+class _Recorded:
+    """Mixin: record the dataset indices each call attacks and its result."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls = []
+
+    def __call__(self, model, images, labels, **kw):
+        res = super().__call__(model, images, labels, **kw)
+        self.calls.append((kw.get("indices"), res))
+        return res
+
+
+def _recorded_pgd(**kw):
+    from wasserstein_attacks.attacks import PGDBox
+
+    return type("RecordedPGDBox", (_Recorded, PGDBox), {})(**kw)
+
+
+def test_plan_attacks_report_how_near_each_example_came():
+    data = synthetic_dataset(16, split="test", height=12, width=12, num_classes=4, seed=3)
+    model = CentreOfMass(12, 12, 4).eval()
+    res = _recorded_pgd(steps=5, loss="margin")(model, data.images, data.labels, threat=WassersteinBall(0.3))
+    assert res.closest is not None and res.closest.shape == (16,) and torch.isfinite(res.closest).all()
+    assert res.success.any() and (~res.success).any()
+    assert (res.closest[res.success] > 0).all()
+    # At least as near as the clean image and the returned example.
+    from wasserstein_attacks.attacks.base import closeness
+
+    with torch.no_grad():
+        floor = torch.maximum(closeness(model(data.images), data.labels), closeness(model(res.adversarial),
+                                                                                      data.labels))
+    assert (res.closest >= floor.double() - 1e-6).all()
+    assert not RandomShift.tracks_closest and RandomShift()(model, data.images, data.labels,
+                                                            threat=WassersteinBall(0.3)).closest is None
+
+
+def test_near_miss_runs_attack_only_what_an_earlier_run_came_near():
+    data = synthetic_dataset(40, split="test", height=12, width=12, num_classes=4, seed=3)
+    model = CentreOfMass(12, 12, 4).eval()
+
+    def run(tau):
+        first, second = _recorded_pgd(steps=3, loss="margin"), _recorded_pgd(steps=3, loss="ce", lr=1.0)
+        suite = Suite("toy", 1, [first, second], labels=["a", "b"], near_miss=[None, tau])
+        res = suite.run(model, data.images, data.labels, [0.15], threat=THREAT, seed=5, progress=False)
+        return first, second, res, suite
+
+    first, second, everyone, _ = run(-1e9)  # every example still robust is near enough
+    (idx, res1), = first.calls
+    left = idx[~res1.success & res1.clean_correct]
+    assert left.numel() >= 4, "the toy data must leave examples robust after the first attack"
+    assert second.calls[0][0].tolist() == left.tolist()
+    tau = float(res1.closest[~res1.success & res1.clean_correct].median())
+    first, second, res, suite = run(tau)
+    near = idx[~res1.success & res1.clean_correct & (res1.closest > tau)]
+    assert 0 < near.numel() < left.numel()
+    assert second.calls[0][0].tolist() == near.tolist()
+    assert f"near_miss=[None, {tau}]" in repr(suite)
+    # Fewer examples attacked, never a break the first attack found lost.
+    assert not (res.robust(0.15) & ~everyone.robust(0.15) & (everyone.broken_attack == 0)).any()
+    first, second, _, _ = run(1e9)  # nobody is near enough: the second attack never runs
+    assert second.calls == []
+
+
+def test_near_miss_thresholds_are_checked():
+    from omegaconf import OmegaConf
+
+    from wasserstein_attacks.attacks import PGDBox
+    from wasserstein_attacks.attacks.suite import suite_from_config
+
+    with pytest.raises(ValueError, match="near_miss: a cannot select near misses: it is the first attack$"):
+        Suite("s", 1, [PGDBox(), PGDBox()], labels=["a", "b"], near_miss=[-0.1, None])
+    with pytest.raises(ValueError, match="near_miss: b cannot select near misses: no attack before it reports"):
+        Suite("s", 1, [RandomShift(), PGDBox()], labels=["a", "b"], near_miss=[None, -0.1])
+    with pytest.raises(ValueError, match="near_miss: b needs None or a finite float threshold, got nan"):
+        Suite("s", 1, [PGDBox(), PGDBox()], labels=["a", "b"], near_miss=[None, float("nan")])
+    with pytest.raises(ValueError, match="near_miss must give None or a float threshold per attack"):
+        Suite("s", 1, [PGDBox(), PGDBox()], labels=["a", "b"], near_miss=[None])
+    cfg = OmegaConf.create({"name": "s", "version": 1, "attacks": {
+        "a": {"_target_": "wasserstein_attacks.attacks.PGDBox", "steps": 2},
+        "b": {"_target_": "wasserstein_attacks.attacks.PGDBox", "steps": 2}}, "near_miss": {"c": -0.1}})
+    with pytest.raises(ValueError, match="suite.near_miss names attacks"):
+        suite_from_config(cfg)
+    cfg.near_miss = {"b": -0.1}
+    assert suite_from_config(cfg).near_miss == [None, -0.1]

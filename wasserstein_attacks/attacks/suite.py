@@ -323,8 +323,9 @@ class Suite:
             if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not np.isfinite(tau):
                 raise ValueError(f"near_miss: {label} needs None or a finite float threshold, got {tau!r}")
             if not any(a.tracks_closest for a in attacks[:i]):
-                why = "it is the first attack" if i == 0 else "no attack before it reports how near it came"
-                raise ValueError(f"near_miss: {label} cannot select near misses: {why} (plan attacks do)")
+                why = "it is the first attack" if i == 0 else \
+                    "no attack before it reports how near it came (plan attacks do)"
+                raise ValueError(f"near_miss: {label} cannot select near misses: {why}")
 
     def __repr__(self) -> str:
         extra = f", targets={self.targets}" if any(self.targets) else ""
