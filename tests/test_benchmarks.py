@@ -184,11 +184,13 @@ def test_suite_ablation_merge_joins_parallel_runs_and_refuses_other_grids(tmp_pa
 def test_suite_ablation_candidates_are_made_of_configs():
     import suite_ablation
 
-    for label, (members, order, *starts) in suite_ablation.CANDIDATES.items():
+    for label, (members, order, *rest) in suite_ablation.CANDIDATES.items():
         assert set(members) <= {*suite_ablation.CONFIGS, *suite_ablation.CANDIDATE_MEMBERS}, label
         suite = suite_ablation._suite(label)
         assert suite.order == order and suite.labels == members
-        assert suite.starts == (starts[0] if starts else ["identity"] * len(members)), label
+        starts, near_miss = (rest + [None, None])[:2]
+        assert suite.starts == (starts or ["identity"] * len(members)), label
+        assert suite.near_miss == (near_miss or [None] * len(members)), label
 
 
 def test_suite_ablation_measures_the_default_suite_against_the_worst_case():
