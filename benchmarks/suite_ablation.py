@@ -437,6 +437,35 @@ def markdown(table: dict, n: int) -> str:
     return "\n".join(lines) + f"\n\n(first {n} MNIST test images)"
 
 
+def near_miss_table(report: dict, union_with: dict | None) -> str:
+    """README table of the near-miss candidates (``cand7*``): each suite run of ``report`` per model, its
+    largest gap to the worst case over every run of ``report`` and of ``union_with`` (another JSON of the
+    same images: its breaks are verified too, so the union bounds robust accuracy whatever machine ran
+    it), its time over v2's in ``report``, and the near-miss attacks' share of the rest of its time."""
+    radii = [repr(r) for r in report["radii"]]
+    lines = ["| model | suite | " + " | ".join(radii) + " | largest gap to the worst case (points) | seconds "
+             "| time / v2 time | near-miss runs' time / the other runs' |", "|" + "---|" * (len(radii) + 6)]
+    for model_name, runs in report["runs"].items():
+        others = (union_with or {}).get("runs", {}).get(model_name, {})
+        tol = next(iter(runs.values()))["cost_tol"]
+        every = {**{f"other:{k}": v for k, v in others.items()}, **runs}
+        worst = {r: 100 * robust_of(every, list(every), float(r), tol) for r in radii}
+        v2 = runs.get("standard-v2", {}).get("seconds")
+        for label, run in runs.items():
+            robust = {r: 100 * run["robust_accuracy"][r] for r in radii}
+            gap = max(robust[r] - worst[r] for r in radii)
+            near = {a for a in run["attack_seconds"] if a.startswith("apgdb-margin-mu3-")}
+            stage = sum(v for a, v in run["attack_seconds"].items() if a in near)
+            rest = sum(v for a, v in run["attack_seconds"].items() if a not in near)
+            share = f"{100 * stage / rest:.0f} %" if near else ""
+            ratio = f"{run['seconds'] / v2:.2f}" if v2 else ""
+            lines.append(f"| {model_name} | {label} | " + " | ".join(f"{robust[r]:.1f}" for r in radii)
+                         + f" | {gap:.1f} | {run['seconds']:.0f} | {ratio} | {share} |")
+        lines.append(f"| {model_name} | worst case of {len(every)} runs | "
+                     + " | ".join(f"{worst[r]:.1f}" for r in radii) + " | | | | |")
+    return "\n".join(lines) + f"\n\n(first {report['n']} MNIST test images)"
+
+
 def _checkpoint_arg(text: str) -> tuple[str, Path]:
     """``NAME=PATH`` of ``--checkpoint``: a new model name and an existing file."""
     name, sep, path = text.partition("=")
@@ -471,6 +500,10 @@ def main() -> None:
                              "so that their times are taken under the same load)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--markdown", action="store_true", help="print the README table (with --analyse)")
+    parser.add_argument("--near-miss-table", action="store_true",
+                        help="print the README table of the near-miss candidates (with --analyse)")
+    parser.add_argument("--union-with", type=Path, metavar="JSON",
+                        help="with --near-miss-table: count this JSON's runs (same images) in the worst case")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="copy the runs of these files (written with --out by parallel jobs) into --out")
     args = parser.parse_args()
@@ -484,6 +517,9 @@ def main() -> None:
         report = _load() if args.analyse else measure(args)
     if report is None:
         raise SystemExit(f"{OUT} does not exist yet: run without --analyse first")
+    if args.near_miss_table:
+        print(near_miss_table(report, _load(args.union_with) if args.union_with else None))
+        return
     table = analyse(report, args.candidate)
     if args.markdown:
         print(markdown(table, report["n"]))

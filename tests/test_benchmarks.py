@@ -219,6 +219,26 @@ def test_suite_ablation_measures_the_default_suite_against_the_worst_case():
     assert "| m | 25.0 | 0.0 | 2.50 | 4 | 3.2 | 0 / 1 / 0 | gap |" in suite_ablation.markdown(table, 4)
 
 
+def test_near_miss_table_counts_the_other_json_in_the_worst_case():
+    import suite_ablation
+
+    def run(costs, seconds, attack_seconds):
+        robust = {"0.1": sum(not float(c) <= 0.1 * (1 + 1e-4) for c in costs) / len(costs)}
+        return {"broken_cost": costs, "seconds": seconds, "cost_tol": 1e-4, "robust_accuracy": robust,
+                "attack_seconds": attack_seconds}
+
+    here = {"radii": [0.1], "n": 4, "runs": {"m": {
+        "standard-v2": run([0.05, "inf", "inf", "inf"], 10.0, {"a": 10.0}),
+        "cand7c-nearmiss": run([0.05, 0.09, "inf", "inf"], 24.0, {"a": 20.0, "apgdb-margin-mu3-lr3-r2": 4.0})}}}
+    other = {"radii": [0.1], "n": 4, "runs": {"m": {"x": run(["inf", "inf", 0.1, "inf"], 5.0, {})},
+                                               "unrelated": {"x": run([0.0] * 4, 1.0, {})}}}
+    lines = suite_ablation.near_miss_table(here, other).splitlines()
+    # example 2 falls only to the other JSON's run: the candidate's gap is one example of four
+    assert "| m | cand7c-nearmiss | 50.0 | 25.0 | 24 | 2.40 | 20 % |" in lines
+    assert "| m | worst case of 3 runs | 25.0 | | | | |" in lines
+    assert "| m | worst case of 2 runs | 50.0 | | | | |" in suite_ablation.near_miss_table(here, None)
+
+
 def test_suite_ablation_verdict_reads_the_three_bars():
     import suite_ablation
 
