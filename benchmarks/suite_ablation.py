@@ -161,8 +161,8 @@ CANDIDATES = {
                     ["identity", "previous", "previous", "previous"]),
     # v5, then three more fast-price margin runs (step 3.0, step 0.3, targeted at the two most likely wrong
     # classes) only on the examples v5's runs came near to fooling at that radius (closeness above -0.15).
-    # On the 58 examples v5 leaves robust on mnist_robust at 0.2, v5's nearest approach ranks the 22 that
-    # any of 17 further runs breaks with an AUC of 0.95 (suite_steps.py, README).
+    # On mnist_robust at 0.2 (first 200) they attack 16 of the 58 examples v5's runs leave robust and
+    # break 9, for 32 % more time (README, benchmarks/results/suite_ablation-nearmiss.json).
     "cand7-nearmiss": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3", "apgdb-margin-mu3-lr3",
                         "apgdb-margin-mu3-lr03", "apgdb-margin-mu3-t2"], "descending", None,
                        [None, None, None, None, NEAR_MISS, NEAR_MISS, NEAR_MISS]),
