@@ -515,3 +515,17 @@ def test_gap_rounding_takes_the_default_suites_misses_and_its_batch(monkeypatch)
     within = 0.5 * (1 + res.cost_tol)
     expected = [i for i, c in zip(idx, res.broken_cost.tolist(), strict=True) if c <= within]
     assert gap_rounding.broken("apgdb-ce", model, x, y, idx, 0.5) == expected
+
+
+def test_a_soup_is_the_reference_network_with_its_members_mean_weights():
+    import defense_soup
+
+    a, b = "WattackAdvPGDCE", "WattackAdvPGDCE-eps0.5-0.3"
+    for members in defense_soup.SOUPS.values():
+        assert all((setup.ENTRY_DIR / f"{m}.pt").is_file() for m in members), members
+    wa, wb = (torch.load(setup.ENTRY_DIR / f"{m}.pt", weights_only=True) for m in (a, b))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    one = defense_soup.soup([a]).state_dict()
+    assert all(torch.equal(one[k], wa[k]) for k in wa)
+    two = defense_soup.soup([a, b]).state_dict()
+    assert all(torch.allclose(two[k], (wa[k] + wb[k]) / 2) for k in wa)
