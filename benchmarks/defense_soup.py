@@ -103,18 +103,19 @@ def table(report: dict) -> str:
     ablation = RESULTS / "suite_ablation.json"
     member_runs = json.loads(ablation.read_text())["runs"] if ablation.is_file() else {}
     radii = None
-    lines = []
+    lines, members = [], []
     for name, entry in report["soups"].items():
         for label, run in entry["runs"].items():
             radii = radii or list(run["robust_accuracy"])
             cells = " | ".join(f"{100 * v:.1f}" for v in run["robust_accuracy"].values())
             lines.append(f"| soup {name} | {label} | {100 * entry['clean_accuracy']:.1f} | {cells} |")
-        for m in entry["members"]:
-            for label in entry["runs"]:
-                run = member_runs.get(m, {}).get(label)
-                if run is not None:
-                    cells = " | ".join(f"{100 * run['robust_accuracy'][r]:.1f}" for r in radii)
-                    lines.append(f"| member `{m}` | {label} | | {cells} |")
+        members += [m for m in entry["members"] if m not in members]
+    for m in members:  # each member once, after the soups
+        for label in SUITES:
+            run = member_runs.get(m, {}).get(label)
+            if run is not None and radii:
+                cells = " | ".join(f"{100 * run['robust_accuracy'][r]:.1f}" for r in radii)
+                lines.append(f"| `{m}` | {label} | | {cells} |")
     head = [f"| model | suite | clean (first {report['n_clean']}) | " + " | ".join(radii or []) + " |",
             "|" + "---|" * (3 + len(radii or []))]
     return "\n".join(head + lines) + f"\n\n(robust accuracy on the first {report['n']} MNIST test images)"
