@@ -163,12 +163,13 @@ CANDIDATES = {
     # classes) only on the examples v5's runs came near to fooling at that radius (closeness above -0.15).
     # On mnist_robust at 0.2 (first 200) they attack 16 of the 58 examples v5's runs leave robust and
     # break 9, for 32 % more time (README, benchmarks/results/suite_ablation-nearmiss.json).
-    "cand7-nearmiss": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3", "apgdb-margin-mu3-lr3",
-                        "apgdb-margin-mu3-lr03", "apgdb-margin-mu3-t2"], "descending", None,
-                       [None, None, None, None, NEAR_MISS, NEAR_MISS, NEAR_MISS]),
+    "cand7-nearmiss": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3",
+                        "apgdb-margin-mu3-lr3", "apgdb-margin-mu3-lr03", "apgdb-margin-mu3-t2"], "descending",
+                       None, [None, None, None, None, NEAR_MISS, NEAR_MISS, NEAR_MISS]),
     # The same with a stricter threshold (-0.1) and without the step-0.3 run: cheaper.
-    "cand7b-nearmiss": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3", "apgdb-margin-mu3-lr3",
-                         "apgdb-margin-mu3-t2"], "descending", None, [None, None, None, None, -0.1, -0.1]),
+    "cand7b-nearmiss": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3",
+                         "apgdb-margin-mu3-lr3", "apgdb-margin-mu3-t2"], "descending", None,
+                        [None, None, None, None, -0.1, -0.1]),
     # One near-miss attack: the step-3.0 run (the most productive of cand7's three on mnist_robust and the
     # binarized model), then from a random plan in the ball where it fails (restarts 2).
     "cand7c-nearmiss": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3",
@@ -176,8 +177,10 @@ CANDIDATES = {
 }
 #: Members of candidates that do not run alone (label -> as in CONFIGS).
 CANDIDATE_MEMBERS = {
-    "apgdb-margin-mu3-lr3": ("pgd_box", {"loss": "margin", "schedule": "apgd", "lr": 3.0, "dual_lr": 3.0}, 0),
-    "apgdb-margin-mu3-lr03": ("pgd_box", {"loss": "margin", "schedule": "apgd", "lr": 0.3, "dual_lr": 3.0}, 0),
+    "apgdb-margin-mu3-lr3": ("pgd_box", {"loss": "margin", "schedule": "apgd", "lr": 3.0, "dual_lr": 3.0},
+                             0),
+    "apgdb-margin-mu3-lr03": ("pgd_box", {"loss": "margin", "schedule": "apgd", "lr": 0.3, "dual_lr": 3.0},
+                              0),
     "apgdb-margin-mu3-lr3-r2": ("pgd_box", {"loss": "margin", "schedule": "apgd", "lr": 3.0, "dual_lr": 3.0,
                                             "restarts": 2}, 0),
     "apgdb-margin-mu3-t2": ("pgd_box", {"loss": "margin", "schedule": "apgd", "lr": 1.0, "dual_lr": 3.0}, 2),

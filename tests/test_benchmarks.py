@@ -229,7 +229,8 @@ def test_near_miss_table_counts_the_other_json_in_the_worst_case():
 
     here = {"radii": [0.1], "n": 4, "runs": {"m": {
         "standard-v2": run([0.05, "inf", "inf", "inf"], 10.0, {"a": 10.0}),
-        "cand7c-nearmiss": run([0.05, 0.09, "inf", "inf"], 24.0, {"a": 20.0, "apgdb-margin-mu3-lr3-r2": 4.0})}}}
+        "cand7c-nearmiss": run([0.05, 0.09, "inf", "inf"], 24.0,
+                               {"a": 20.0, "apgdb-margin-mu3-lr3-r2": 4.0})}}}
     other = {"radii": [0.1], "n": 4, "runs": {"m": {"x": run(["inf", "inf", 0.1, "inf"], 5.0, {})},
                                                "unrelated": {"x": run([0.0] * 4, 1.0, {})}}}
     lines = suite_ablation.near_miss_table(here, other).splitlines()

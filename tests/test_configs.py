@@ -324,7 +324,6 @@ def test_train_app_runs_at_tiny_size(tmp_path):
 
 def test_a_suite_with_near_miss_runs_is_described_and_the_description_validates():
     import jsonschema
-
     from omegaconf import open_dict
 
     cfg = compose_cfg("suite=standard-v5")

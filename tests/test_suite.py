@@ -491,7 +491,7 @@ def test_near_miss_thresholds_are_checked():
 
     with pytest.raises(ValueError, match="near_miss: a cannot select near misses: it is the first attack$"):
         Suite("s", 1, [PGDBox(), PGDBox()], labels=["a", "b"], near_miss=[-0.1, None])
-    with pytest.raises(ValueError, match="near_miss: b cannot select near misses: no attack before it reports"):
+    with pytest.raises(ValueError, match="near_miss: b cannot select near misses: no attack before it"):
         Suite("s", 1, [RandomShift(), PGDBox()], labels=["a", "b"], near_miss=[None, -0.1])
     with pytest.raises(ValueError, match="near_miss: b needs None or a finite float threshold, got nan"):
         Suite("s", 1, [PGDBox(), PGDBox()], labels=["a", "b"], near_miss=[None, float("nan")])

@@ -146,7 +146,8 @@ class _PlanAttack(Attack):
                     adv = T.column_sums(fixed, *x.shape[2:]).clamp(0, 1).to(x.dtype)
                     broken[todo] = fooled(predict(model, adv), todo)
         info = {"claimed_success": claimed.tolist(), "multiplier_evaluations": int(self._evaluations)}
-        return RunOutput(plan=rows.scatter(plan), adversarial=None, iterations=iters, info=info, closest=closest)
+        return RunOutput(plan=rows.scatter(plan), adversarial=None, iterations=iters, info=info,
+                         closest=closest)
 
 
 @register("pgd_wu")

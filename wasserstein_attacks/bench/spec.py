@@ -211,7 +211,8 @@ def build_suite(cfg: DictConfig, attack_label: str | None = None) -> tuple[Suite
         "order": suite.order,
         "attacks": [
             {"name": label, "attack": a.name, "config": configs[label], **({"targets": t} if t else {}),
-             **({"start": how} if how != "identity" else {}), **({"near_miss": tau} if tau is not None else {})}
+             **({"start": how} if how != "identity" else {}),
+             **({"near_miss": tau} if tau is not None else {})}
             for label, a, t, how, tau in zip(suite.labels, suite.attacks, suite.targets, suite.starts,
                                              suite.near_miss, strict=True)
         ],
