@@ -262,9 +262,9 @@ class Suite:
             threshold ``tau`` (a float, usually a little below 0): at each radius it attacks only the
             examples still robust that an attack before it there came near to fooling, those whose
             ``closest`` (the untargeted DLR value of the nearest iterate: best other logit minus the
-            true one over ``z_(1) - z_(3)``, > 0 when fooled) is above ``tau``. Restarts spent where they
-            pay: on examples no run came near, further runs rarely succeed. Not for the first attack;
-            an attack before it must report ``closest`` (``tracks_closest``: the plan attacks).
+            true one over ``z_(1) - z_(3)``, > 0 when fooled) is above ``tau``: further runs spent where
+            earlier ones came close (the README's ablation measures what that buys). Not for the first
+            attack; an attack before it must report ``closest`` (``tracks_closest``: the plan attacks).
 
     """
 
