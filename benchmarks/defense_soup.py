@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attack_setup import ENTRY_DIR, RESULTS, machine, provenance, write_json  # noqa: E402
-from suite_ablation import _run  # noqa: E402
+from suite_ablation import _load, _run  # noqa: E402
 
 from wasserstein_attacks._util import sha256_file  # noqa: E402
 from wasserstein_attacks.data import load_dataset  # noqa: E402
@@ -63,7 +63,7 @@ def measure(args) -> dict:
     origin = provenance()
     if origin["git_dirty"] is not False:
         raise SystemExit("the checkout has uncommitted changes: commit first")
-    report = _load() or {"n": args.n, "n_clean": args.n_clean, "soups": {}}
+    report = _load(OUT) or {"n": args.n, "n_clean": args.n_clean, "soups": {}}
     if (report["n"], report["n_clean"]) != (args.n, args.n_clean):
         raise SystemExit(f"--n {args.n} --n-clean {args.n_clean}: {OUT} holds n={report['n']} "
                          f"n_clean={report['n_clean']}; move it away to start over")
@@ -87,12 +87,6 @@ def measure(args) -> dict:
             report.update(machine=machine(), provenance=provenance())
             write_json(OUT, report)
     return report
-
-
-def _load() -> dict | None:
-    import json
-
-    return json.loads(OUT.read_text()) if OUT.is_file() else None
 
 
 def table(report: dict) -> str:
@@ -132,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.n < 1 or args.n_clean < 1:
         raise SystemExit("--n and --n-clean must be positive integers")
-    report = _load() if args.table else measure(args)
+    report = _load(OUT) if args.table else measure(args)
     if report is None:
         raise SystemExit(f"{OUT} does not exist yet: run without --table first")
     print(table(report))

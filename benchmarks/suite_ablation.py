@@ -440,6 +440,13 @@ def markdown(table: dict, n: int) -> str:
     return "\n".join(lines) + f"\n\n(first {n} MNIST test images)"
 
 
+def _near_miss_members(label: str) -> set[str]:
+    """The members of candidate ``label`` that run on near misses only (none for other runs)."""
+    members, _, *rest = CANDIDATES.get(label, ([], None))
+    thresholds = rest[1] if len(rest) > 1 and rest[1] else [None] * len(members)
+    return {m for m, tau in zip(members, thresholds, strict=True) if tau is not None}
+
+
 def near_miss_table(report: dict, union_with: dict | None) -> str:
     """README table of the near-miss candidates (``cand7*``): each suite run of ``report`` per model, its
     largest gap to the worst case over every run of ``report`` and of ``union_with`` (another JSON of the
@@ -457,7 +464,7 @@ def near_miss_table(report: dict, union_with: dict | None) -> str:
         for label, run in runs.items():
             robust = {r: 100 * run["robust_accuracy"][r] for r in radii}
             gap = max(robust[r] - worst[r] for r in radii)
-            near = {a for a in run["attack_seconds"] if a.startswith("apgdb-margin-mu3-")}
+            near = _near_miss_members(label)
             stage = sum(v for a, v in run["attack_seconds"].items() if a in near)
             rest = sum(v for a, v in run["attack_seconds"].items() if a not in near)
             share = f"{100 * stage / rest:.0f} %" if near else ""
