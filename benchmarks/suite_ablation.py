@@ -120,7 +120,7 @@ DEFAULT = "standard-v5"
 NEAR_MISS = -0.15
 #: Candidates, rejected or open, kept as configurations tried (their runs count in the worst case):
 #: label -> (members of CONFIGS, in run order; walk order[; each member's start, Suite's ``starts``[; each
-#: member's near-miss threshold, Suite's ``near_miss``]]).
+#: member's near-miss threshold, Suite's ``near_miss``[; Suite's ``near_miss_pass``]]]).
 CANDIDATES = {
     # The first candidate (standard-v3.yaml until 2026-12-05): no cross-entropy PGD, radii walked upward.
     "cand1-ascending": (["fwb-ce", "pgdb-margin", "pgdb-dlr", "fwb-margin-t3"], "ascending"),
@@ -174,6 +174,15 @@ CANDIDATES = {
     # binarized model), then from a random plan in the ball where it fails (restarts 2).
     "cand7c-nearmiss": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3",
                          "apgdb-margin-mu3-lr3-r2"], "descending", None, [None, None, None, None, NEAR_MISS]),
+    # cand7 and cand7c with their near-miss runs pooled (Suite's ``near_miss_pass="pooled"``): each runs
+    # once after the walk, on every (example, radius) pair near enough, instead of once per radius on a
+    # handful of examples (cand7's calls at 0.5-0.01 on mnist_robust: 1-18 examples each).
+    "cand8-pooled": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3",
+                      "apgdb-margin-mu3-lr3", "apgdb-margin-mu3-lr03", "apgdb-margin-mu3-t2"], "descending",
+                     None, [None, None, None, None, NEAR_MISS, NEAR_MISS, NEAR_MISS], "pooled"),
+    "cand8c-pooled": (["apgdb-margin", "apgdb-margin-mu3", "apgdb-ce", "apgdb-dlr-mu3",
+                       "apgdb-margin-mu3-lr3-r2"], "descending", None, [None, None, None, None, NEAR_MISS],
+                      "pooled"),
 }
 #: Members of candidates that do not run alone (label -> as in CONFIGS).
 CANDIDATE_MEMBERS = {
@@ -202,13 +211,13 @@ RERUN = f"{DEFAULT}@b{RERUN_BATCH}"
 
 
 def _of_configs(label: str, members: list[str], order: str = "ascending", starts: list[str] | None = None,
-                near_miss: list[float | None] | None = None) -> Suite:
+                near_miss: list[float | None] | None = None, near_miss_pass: str = "per_radius") -> Suite:
     """A suite whose attacks are the CONFIGS (or CANDIDATE_MEMBERS) ``members``, in that order."""
     specs = [{**CONFIGS, **CANDIDATE_MEMBERS}[m] for m in members]
     attacks = [get(name, **settings) for name, settings, _ in specs]
     targets = [t for _, _, t in specs]
     return Suite(label, 1, attacks, labels=list(members), order=order, targets=targets, starts=starts,
-                 near_miss=near_miss)
+                 near_miss=near_miss, near_miss_pass=near_miss_pass)
 
 
 def _suite(label: str) -> Suite:

@@ -188,9 +188,10 @@ def test_suite_ablation_candidates_are_made_of_configs():
         assert set(members) <= {*suite_ablation.CONFIGS, *suite_ablation.CANDIDATE_MEMBERS}, label
         suite = suite_ablation._suite(label)
         assert suite.order == order and suite.labels == members
-        starts, near_miss = (rest + [None, None])[:2]
+        starts, near_miss, how = (rest + [None, None, None])[:3]
         assert suite.starts == (starts or ["identity"] * len(members)), label
         assert suite.near_miss == (near_miss or [None] * len(members)), label
+        assert suite.near_miss_pass == (how or "per_radius"), label
 
 
 def test_suite_ablation_measures_the_default_suite_against_the_worst_case():

@@ -27,7 +27,7 @@ sys.path.insert(0, str(TESTS))
 
 from conftest import zoo_available  # noqa: E402
 
-from wasserstein_attacks import WassersteinBall, bench  # noqa: E402
+from wasserstein_attacks import WassersteinBall, bench, leaderboard  # noqa: E402
 from wasserstein_attacks.attacks.base import Attack  # noqa: E402
 from wasserstein_attacks.attacks.suite import Suite, load_suite, suite_from_config  # noqa: E402
 from wasserstein_attacks.bench import spec  # noqa: E402
@@ -335,3 +335,11 @@ def test_a_suite_with_near_miss_runs_is_described_and_the_description_validates(
     assert [a.get("near_miss") for a in desc["attacks"]] == [None] * 4 + [-0.15]
     schema = json.loads((Path(bench.__file__).parent / "results_schema.json").read_text())
     jsonschema.validate(desc, schema["properties"]["suite"])
+    assert "near_miss_pass" not in desc  # the default: v1-v5's descriptions do not change
+    with open_dict(cfg):
+        cfg.suite.near_miss_pass = "pooled"
+    suite, desc = spec.build_suite(cfg)
+    assert suite.near_miss_pass == desc["near_miss_pass"] == "pooled"
+    jsonschema.validate(desc, schema["properties"]["suite"])
+    entry_schema = json.loads((Path(leaderboard.__file__).parent / "entry_schema.json").read_text())
+    jsonschema.validate(desc, {"$defs": entry_schema["$defs"], **entry_schema["properties"]["suite"]})

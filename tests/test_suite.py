@@ -424,11 +424,12 @@ class _Recorded:
 
     def __init__(self, **kw):
         super().__init__(**kw)
-        self.calls = []
+        self.calls, self.radii = [], []
 
     def __call__(self, model, images, labels, **kw):
         res = super().__call__(model, images, labels, **kw)
         self.calls.append((kw.get("indices"), res))
+        self.radii.append(kw["threat"].eps_for(images.shape[0]))
         return res
 
 
@@ -504,3 +505,86 @@ def test_near_miss_thresholds_are_checked():
         suite_from_config(cfg)
     cfg.near_miss = {"b": -0.1}
     assert suite_from_config(cfg).near_miss == [None, -0.1]
+
+
+def test_a_pooled_near_miss_pass_attacks_every_near_pair_once_in_its_own_ball():
+    data = synthetic_dataset(40, split="test", height=12, width=12, num_classes=4, seed=3)
+    model = CentreOfMass(12, 12, 4).eval()
+    radii = (0.1, 0.3)
+
+    def run(tau, order="descending"):
+        first = _recorded_pgd(steps=2, loss="ce", lr=0.05)
+        second = _recorded_pgd(steps=10, loss="margin", lr=1.0)
+        suite = Suite("toy", 1, [first, second], labels=["a", "b"], order=order, near_miss=[None, tau],
+                      near_miss_pass="pooled")
+        res = suite.run(model, data.images, data.labels, radii, threat=THREAT, seed=5, progress=False)
+        return first, second, res, suite
+
+    first, second, res, suite = run(-1e9)
+    assert "near_miss_pass='pooled'" in repr(suite)
+    # The walk ran the first attack alone: at 0.3, then at 0.1 on what 0.3 broke.
+    assert [float(r.max()) for r in first.radii] == [0.3, 0.1]
+    (i03, r03), (i01, r01) = first.calls
+    robust_03 = i03[~r03.success & r03.clean_correct]
+    robust_01 = i01[~r01.success & r01.clean_correct]
+    assert robust_03.numel() >= 2 and robust_01.numel() >= 2, "the toy data must leave pairs to attack"
+    # One call, on every pair the first attack left robust, grouped by radius (ascending), each in its ball.
+    (idx, out), = second.calls
+    assert idx.tolist() == robust_01.tolist() + robust_03.tolist()
+    pair_radius = torch.tensor([0.1] * robust_01.numel() + [0.3] * robust_03.numel(), dtype=torch.float64)
+    torch.testing.assert_close(second.radii[0].double().cpu(), pair_radius)
+    hit = res.broken_attack == 1
+    assert set(res.broken_radius[hit].tolist()) == set(radii), "the toy data must give breaks at both radii"
+    assert (res.broken_cost[hit] <= res.broken_radius[hit] * (1 + THREAT.cost_tol)).all()
+    exact = THREAT.distance(data.images[hit], res.adversarial[hit])
+    assert (exact <= res.broken_radius[hit] * (1 + THREAT.cost_tol)).all()
+    calls = [t for t in res.timings if t["attack"] == "b"]
+    assert [t["radius"] for t in calls] == [0.1, 0.3] and all(t["pooled"] for t in calls)
+    assert [t["attacked"] for t in calls] == [robust_01.numel(), robust_03.numel()]
+    assert sum(t["broken"] for t in calls) == int(hit.sum())
+    _, second, _, _ = run(1e9)  # no pair is near enough: no call
+    assert second.calls == []
+    # Walked upward, an example robust at both radii is attacked at both in the one call, and keeps the
+    # cheapest of its breaks.
+    _, second, res, _ = run(-1e9, order="ascending")
+    (idx, out), = second.calls
+    assert idx.unique().numel() < idx.numel() and out.success.any()
+    for i in idx[out.success].unique().tolist():
+        costs = out.cost.double()[(idx == i) & out.success]
+        assert res.broken_attack[i] == 1 and res.broken_cost[i] == costs.min()
+
+
+def test_a_pooled_break_keeps_the_cheapest_of_an_examples_pairs():
+    from wasserstein_attacks.attacks.suite import _cheapest
+
+    idx = torch.tensor([3, 5, 3, 7, 5])
+    won = torch.tensor([True, True, True, False, True])
+    cost = torch.tensor([0.2, 0.1, 0.05, 0.0, 0.1], dtype=torch.float64)
+    assert _cheapest(idx, won, cost).tolist() == [False, True, True, False, False]
+    assert _cheapest(torch.tensor([1, 2]), torch.tensor([True, True]), cost[:2]).tolist() == [True, True]
+
+
+def test_a_pooled_near_miss_pass_is_checked():
+    from omegaconf import OmegaConf
+
+    from wasserstein_attacks.attacks import PGDBox
+    from wasserstein_attacks.attacks.suite import suite_from_config
+
+    three = [PGDBox(), PGDBox(), PGDBox()]
+    with pytest.raises(ValueError, match="near_miss_pass must be 'per_radius' or 'pooled', got 'end'$"):
+        Suite("s", 1, three, labels=["a", "b", "c"], near_miss=[None, -0.1, None], near_miss_pass="end")
+    with pytest.raises(ValueError, match="needs at least one near_miss attack"):
+        Suite("s", 1, three, labels=["a", "b", "c"], near_miss_pass="pooled")
+    with pytest.raises(ValueError, match="the near-miss attacks must come last, but c follows b$"):
+        Suite("s", 1, three, labels=["a", "b", "c"], near_miss=[None, -0.1, None], near_miss_pass="pooled")
+    with pytest.raises(ValueError, match="c cannot start from the previous attack's plan"):
+        Suite("s", 1, three, labels=["a", "b", "c"], near_miss=[None, None, -0.1], near_miss_pass="pooled",
+              starts=["identity", "identity", "previous"])
+    cfg = OmegaConf.create({"name": "s", "version": 1, "attacks": {
+        "a": {"_target_": "wasserstein_attacks.attacks.PGDBox", "steps": 2},
+        "b": {"_target_": "wasserstein_attacks.attacks.PGDBox", "steps": 2}}, "near_miss": {"b": -0.1},
+        "near_miss_pass": "pooled"})
+    assert suite_from_config(cfg).near_miss_pass == "pooled"
+    cfg.near_miss_pass = "later"
+    with pytest.raises(ValueError, match="^suite: near_miss_pass must be"):
+        suite_from_config(cfg)

@@ -213,14 +213,30 @@ class _Walk:
         self.has_plan[idx] = True
 
     def record(self, idx: torch.Tensor, won: torch.Tensor, cost: torch.Tensor, adv: torch.Tensor, j: int,
-               r: float) -> None:
-        """Keep the breaks ``won [n]`` among the examples ``idx [n]`` that attack ``j`` found at ``r``."""
+               radius: torch.Tensor) -> None:
+        """Keep the breaks ``won [n]`` that attack ``j`` found among the examples ``idx [n]``.
+
+        ``idx`` is distinct where ``won``; ``radius`` (float64 ``[n]``) is each entry's grid radius.
+        """
         hit = idx[won]
         self.broken_cost[hit] = cost[won]
         self.attack_cost[hit, j] = torch.minimum(self.attack_cost[hit, j], self.broken_cost[hit])
         self.broken_attack[hit] = j
-        self.broken_radius[hit] = r
+        self.broken_radius[hit] = radius[won]
         self.adversarial[hit.to(adv.device)] = adv[won.to(adv.device)].to(self.adversarial.dtype)
+
+
+def _cheapest(idx: torch.Tensor, won: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+    """Return ``won [n]`` with one break per example of ``idx [n]``: its cheapest (first of equal ones)."""
+    if idx.unique().numel() == idx.numel():
+        return won
+    keep = torch.zeros_like(won)
+    seen: set[int] = set()
+    for p in sorted(won.nonzero()[:, 0].tolist(), key=lambda q: (float(cost[q]), q)):
+        if int(idx[p]) not in seen:
+            seen.add(int(idx[p]))
+            keep[p] = True
+    return keep
 
 
 def _target_classes(logits: torch.Tensor, labels: torch.Tensor, rank: int) -> torch.Tensor:
@@ -265,6 +281,15 @@ class Suite:
             true one over ``z_(1) - z_(3)``, > 0 when fooled) is above ``tau``: further runs spent where
             earlier ones came close (the README's ablation measures what that buys). Not for the first
             attack; an attack before it must report ``closest`` (``tracks_closest``: the plan attacks).
+        near_miss_pass: when the near-miss attacks run.
+
+            - ``"per_radius"`` (the default): at each radius, in their place in the list.
+            - ``"pooled"``: once, after the whole walk, each in one call on every (example, radius) pair
+              still robust whose nearest approach at that radius is above its threshold; each pair is
+              attacked in its own ball (a per-example radius). Near misses are few at each radius, and a
+              call's fixed cost per step dominates small batches: one call instead of one per radius is
+              cheaper. A break found there does not re-open the smaller radii to the other attacks (in
+              a descending walk they were skipped as resisted). The near-miss attacks must come last.
 
     """
 
@@ -279,6 +304,7 @@ class Suite:
         targets: list[int] | None = None,
         starts: list[str] | None = None,
         near_miss: list[float | None] | None = None,
+        near_miss_pass: str = "per_radius",
     ):
         if not isinstance(name, str) or not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -308,9 +334,11 @@ class Suite:
                 raise ValueError(f"starts: {label} cannot start from the previous attack's plan: {why}")
         near_miss = [None] * len(attacks) if near_miss is None else list(near_miss)
         self._check_near_miss(near_miss, attacks, labels)
+        self._check_near_miss_pass(near_miss_pass, near_miss, starts, labels)
         self.name, self.version, self.attacks, self.labels, self.order = name, version, attacks, labels, order
         self.targets, self.starts = targets, starts
         self.near_miss = [None if t is None else float(t) for t in near_miss]
+        self.near_miss_pass = near_miss_pass
 
     @staticmethod
     def _check_near_miss(near_miss: list, attacks: list[Attack], labels: list[str]) -> None:
@@ -327,10 +355,30 @@ class Suite:
                     "no attack before it reports how near it came (plan attacks do)"
                 raise ValueError(f"near_miss: {label} cannot select near misses: {why}")
 
+    @staticmethod
+    def _check_near_miss_pass(how, near_miss: list, starts: list[str], labels: list[str]) -> None:
+        if how not in ("per_radius", "pooled"):
+            raise ValueError(f"near_miss_pass must be 'per_radius' or 'pooled', got {how!r}")
+        if how == "per_radius":
+            return
+        pooled = [tau is not None for tau in near_miss]
+        if not any(pooled):
+            raise ValueError("near_miss_pass 'pooled' needs at least one near_miss attack (a threshold)")
+        first = pooled.index(True)
+        if not all(pooled[first:]):
+            late = labels[first + pooled[first:].index(False)]
+            raise ValueError(f"near_miss_pass 'pooled': the near-miss attacks must come last, but {late} "
+                             f"follows {labels[first]}")
+        for label, how_start, tau in zip(labels, starts, near_miss, strict=True):
+            if tau is not None and how_start == "previous":
+                raise ValueError(f"near_miss_pass 'pooled': {label} cannot start from the previous attack's "
+                                 f"plan (a pooled call spans radii)")
+
     def __repr__(self) -> str:
         extra = f", targets={self.targets}" if any(self.targets) else ""
         extra += f", starts={self.starts}" if "previous" in self.starts else ""
         extra += f", near_miss={self.near_miss}" if any(t is not None for t in self.near_miss) else ""
+        extra += f", near_miss_pass={self.near_miss_pass!r}" if self.near_miss_pass != "per_radius" else ""
         return (f"Suite(name={self.name!r}, version={self.version}, attacks={self.labels}, "
                 f"order={self.order!r}{extra})")
 
@@ -400,12 +448,16 @@ class Suite:
         timings = []
         extra = {} if gradient_model is None else {"gradient_model": gradient_model}
         call = dict(model=model, seed=seed, extra=extra)
+        pooled = self.near_miss_pass == "pooled"
+        walked = [j for j in range(len(self.attacks)) if not (pooled and self.near_miss[j] is not None)]
+        near = {}  # radius -> float64 [B]: the nearest approach there, for the pooled near-miss pass
         start = time.perf_counter()
         for r in radii if self.order == "ascending" else radii[::-1]:
             attacked = torch.zeros(b, dtype=torch.bool)
             walk.has_plan[:] = False  # plans of another radius belong to another ball
             walk.closest[:] = -torch.inf  # so do near misses
-            for j, label in enumerate(self.labels):
+            for j in walked:
+                label = self.labels[j]
                 todo = walk.robust_at(r) & ~walk.resisted
                 if self.near_miss[j] is not None:
                     todo &= walk.closest > self.near_miss[j]
@@ -416,25 +468,69 @@ class Suite:
                 bar = tqdm(total=n, desc=f"r={r:g} {label}", unit="ex", leave=False, disable=not progress)
                 with bar:
                     idx = todo.nonzero()[:, 0]
-                    ball = threat.with_eps(r)
-                    won, seconds = self._attack(j, walk, idx, x, labels, logits, indices, ball, r, **call)
+                    radius = torch.full((n,), r, dtype=torch.float64)
+                    won, seconds, closest = self._attack(j, walk, idx, x, labels, logits, indices,
+                                                         threat.with_eps(r), radius, **call)
+                    if closest is not None:
+                        walk.closest[idx] = torch.maximum(walk.closest[idx], closest)
                     bar.update(n)
                     still = int(walk.robust_at(r).sum())
                     bar.set_postfix(robust=f"{still}/{b}", elapsed=f"{time.perf_counter() - start:.1f}s")
-                timings.append(dict(radius=r, attack=label, attacked=n, broken=won, seconds=seconds))
+                timings.append(dict(radius=r, attack=label, attacked=n, broken=int(won.sum()),
+                                    seconds=seconds))
             if self.order == "descending":
                 walk.resisted |= attacked & walk.robust_at(r)
+            near[r] = walk.closest.clone()
+        if pooled:
+            for j in range(len(walked), len(self.attacks)):
+                timings += self._pooled(j, walk, near, radii, x, labels, logits, indices, threat, progress,
+                                        call)
         return self._result(walk, radii, x, labels, indices, threat, exact_fraction, timings)
 
-    def _attack(self, j, walk: _Walk, idx, x, labels, logits, indices, ball, r, *, model, seed, extra):
-        """Run attack ``j`` (each of its targeted runs) on the examples ``idx``; record the breaks.
+    def _pooled(self, j, walk: _Walk, near: dict, radii, x, labels, logits, indices, threat, progress,
+                call) -> list[dict]:
+        """Run near-miss attack ``j`` once on every near (example, radius) pair; return its timings.
 
-        Returns ``(examples broken, seconds)``.
+        The pairs: still robust at ``r`` and nearest approach there (``near[r]``, float64 ``[B]``, raised
+        in place) above the attack's threshold. The call's seconds are shared among its radii in proportion
+        to the pairs at each.
+        """
+        at = {r: walk.robust_at(r) & (near[r] > self.near_miss[j]) for r in radii}
+        idx = torch.cat([m.nonzero()[:, 0] for m in at.values()])
+        radius = torch.cat([torch.full((int(m.sum()),), r, dtype=torch.float64) for r, m in at.items()])
+        n = idx.numel()
+        if n == 0:
+            return []
+        label = self.labels[j]
+        ball = threat.with_eps(radius.to(x.device))
+        bar = tqdm(total=n, desc=f"near misses {label}", unit="pair", leave=False, disable=not progress)
+        with bar:
+            won, seconds, closest = self._attack(j, walk, idx, x, labels, logits, indices, ball, radius,
+                                                 **call)
+            bar.update(n)
+        out = []
+        for r in radii:
+            mine = radius == r
+            if closest is not None:
+                near[r][idx[mine]] = torch.maximum(near[r][idx[mine]], closest[mine])
+            if bool(mine.any()):
+                out.append(dict(radius=r, attack=label, attacked=int(mine.sum()), broken=int(won[mine].sum()),
+                                seconds=seconds * float(mine.sum()) / n, pooled=True))
+        return out
+
+    def _attack(self, j, walk: _Walk, idx, x, labels, logits, indices, ball, radius, *, model, seed, extra):
+        """Run attack ``j`` (each of its targeted runs) on the examples ``idx [n]``; record the breaks.
+
+        ``ball``'s radius is a float or one per example; ``radius`` (float64 ``[n]``) is each entry's grid
+        radius, recorded with its break. An example may appear more than once (at several radii): it keeps
+        its cheapest break.
+        Returns ``(broken, seconds, closest)``: bool ``[n]``, the entries whose break was kept; float64
+        ``[n]``, the nearest approach over the runs (``None`` if the attack does not track it).
         """
         attack, dev_idx = self.attacks[j], idx.to(x.device)
         # An untargeted attack runs once; a targeted one once per target rank (1 = the runner-up class).
         runs = list(range(1, self.targets[j] + 1)) if self.targets[j] else [None]
-        broken, seconds = torch.zeros(idx.numel(), dtype=torch.bool), 0.0
+        broken, seconds, closest = torch.zeros(idx.numel(), dtype=torch.bool), 0.0, None
         start = {}
         if self.starts[j] == "previous" and bool(walk.has_plan[idx].all()):
             start = {"start": walk.last_plan[dev_idx]}
@@ -446,13 +542,14 @@ class Suite:
                 walk.keep_plan(idx, res.plan)
             seconds += res.seconds
             if res.closest is not None:
-                walk.closest[idx] = torch.maximum(walk.closest[idx], res.closest.cpu().double())
+                c = res.closest.cpu().double()
+                closest = c if closest is None else torch.maximum(closest, c)
             cost = res.cost.cpu().double()
             # A targeted success is misclassified too; keep it only where it is cheaper than what we have.
-            won = res.success.cpu() & (cost < walk.broken_cost[idx])
-            walk.record(idx, won, cost, res.adversarial, j, r)
+            won = _cheapest(idx, res.success.cpu() & (cost < walk.broken_cost[idx]), cost)
+            walk.record(idx, won, cost, res.adversarial, j, radius)
             broken |= won
-        return int(broken.sum()), seconds
+        return broken, seconds, closest
 
     def _result(self, walk: _Walk, radii, x, labels, indices, threat, exact_fraction, timings) -> SuiteResult:
         b = x.shape[0]
@@ -489,8 +586,8 @@ def suite_from_config(cfg) -> Suite:
     ``cfg.attacks`` maps a label to an attack config (``_target_`` plus the constructor's keyword
     arguments), in run order; optional ``cfg.targets`` maps labels to their number of targeted runs
     (``Suite``'s ``targets``), optional ``cfg.starts`` maps labels to ``previous`` (``Suite``'s ``starts``),
-    optional ``cfg.near_miss`` maps labels to thresholds (``Suite``'s ``near_miss``), ``cfg.order`` is the
-    walk. Raises ``ValueError`` naming the failing field.
+    optional ``cfg.near_miss`` maps labels to thresholds (``Suite``'s ``near_miss``, run as
+    ``cfg.near_miss_pass`` says), ``cfg.order`` is the walk. Raises ``ValueError`` naming the failing field.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -532,7 +629,8 @@ def suite_from_config(cfg) -> Suite:
     try:
         return Suite(str(cfg.name), int(cfg.version), attacks, labels=labels, order=order, targets=counts,
                      starts=[str(starts.get(label, "identity")) for label in labels],
-                     near_miss=[near.get(label) for label in labels])
+                     near_miss=[near.get(label) for label in labels],
+                     near_miss_pass=str(cfg.get("near_miss_pass", "per_radius")))
     except ValueError as exc:
         raise ValueError(f"suite: {exc}") from None
 

@@ -209,6 +209,7 @@ def build_suite(cfg: DictConfig, attack_label: str | None = None) -> tuple[Suite
         "name": suite.name,
         "version": suite.version,
         "order": suite.order,
+        **({"near_miss_pass": suite.near_miss_pass} if suite.near_miss_pass != "per_radius" else {}),
         "attacks": [
             {"name": label, "attack": a.name, "config": configs[label], **({"targets": t} if t else {}),
              **({"start": how} if how != "identity" else {}),
