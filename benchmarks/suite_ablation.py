@@ -456,16 +456,22 @@ def _near_miss_members(label: str) -> set[str]:
     return {m for m, tau in zip(members, thresholds, strict=True) if tau is not None}
 
 
-def near_miss_table(report: dict, union_with: dict | None) -> str:
+def near_miss_table(report: dict, union_with: list[dict] | None) -> str:
     """README table of the near-miss candidates (``cand7*``): each suite run of ``report`` per model, its
-    largest gap to the worst case over every run of ``report`` and of ``union_with`` (another JSON of the
-    same images: its breaks are verified too, so the union bounds robust accuracy whatever machine ran
-    it), its time over v2's in ``report``, and the near-miss attacks' share of the rest of its time."""
+    largest gap to the worst case over every run of ``report`` and of ``union_with`` (other JSONs of the
+    same images: their breaks are verified too, so the union bounds robust accuracy whatever machine ran
+    them), its time over v2's in ``report``, and the near-miss attacks' share of the rest of its time."""
     radii = [repr(r) for r in report["radii"]]
+    for other in union_with or []:
+        if (other["n"], other["radii"]) != (report["n"], report["radii"]):
+            raise SystemExit(f"--union-with: every JSON must hold the same images and radii (n "
+                             f"{report['n']}, radii {report['radii']}), got n {other['n']}, radii "
+                             f"{other['radii']}")
     lines = ["| model | suite | " + " | ".join(radii) + " | largest gap to the worst case (points) | seconds "
              "| time / v2 time | near-miss runs' time / the other runs' |", "|" + "---|" * (len(radii) + 6)]
     for model_name, runs in report["runs"].items():
-        others = (union_with or {}).get("runs", {}).get(model_name, {})
+        others = {f"{i}:{k}": v for i, other in enumerate(union_with or [])
+                  for k, v in other.get("runs", {}).get(model_name, {}).items()}
         tol = next(iter(runs.values()))["cost_tol"]
         every = {**{f"other:{k}": v for k, v in others.items()}, **runs}
         worst = {r: 100 * robust_of(every, list(every), float(r), tol) for r in radii}
@@ -521,8 +527,9 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the README table (with --analyse)")
     parser.add_argument("--near-miss-table", action="store_true",
                         help="print the README table of the near-miss candidates (with --analyse)")
-    parser.add_argument("--union-with", type=Path, metavar="JSON",
-                        help="with --near-miss-table: count this JSON's runs (same images) in the worst case")
+    parser.add_argument("--union-with", nargs="+", type=Path, metavar="JSON",
+                        help="with --near-miss-table: count these JSONs' runs (same images) in the "
+                             "worst case")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="copy the runs of these files (written with --out by parallel jobs) into --out")
     args = parser.parse_args()
@@ -537,7 +544,10 @@ def main() -> None:
     if report is None:
         raise SystemExit(f"{OUT} does not exist yet: run without --analyse first")
     if args.near_miss_table:
-        print(near_miss_table(report, _load(args.union_with) if args.union_with else None))
+        missing = [str(path) for path in args.union_with or [] if not path.is_file()]
+        if missing:
+            raise SystemExit(f"--union-with: no such file: {', '.join(missing)}")
+        print(near_miss_table(report, [_load(path) for path in args.union_with or []]))
         return
     table = analyse(report, args.candidate)
     if args.markdown:

@@ -234,11 +234,17 @@ def test_near_miss_table_counts_the_other_json_in_the_worst_case():
                                {"a": 20.0, "apgdb-margin-mu3-lr3-r2": 4.0})}}}
     other = {"radii": [0.1], "n": 4, "runs": {"m": {"x": run(["inf", "inf", 0.1, "inf"], 5.0, {})},
                                                "unrelated": {"x": run([0.0] * 4, 1.0, {})}}}
-    lines = suite_ablation.near_miss_table(here, other).splitlines()
+    lines = suite_ablation.near_miss_table(here, [other]).splitlines()
     # example 2 falls only to the other JSON's run: the candidate's gap is one example of four
     assert "| m | cand7c-nearmiss | 50.0 | 25.0 | 24 | 2.40 | 20 % |" in lines
     assert "| m | worst case of 3 runs | 25.0 | | | | |" in lines
     assert "| m | worst case of 2 runs | 50.0 | | | | |" in suite_ablation.near_miss_table(here, None)
+    # Several other JSONs: each one's runs count, even under the same label.
+    third = {"radii": [0.1], "n": 4, "runs": {"m": {"x": run(["inf", 0.08, "inf", 0.02], 5.0, {})}}}
+    lines = suite_ablation.near_miss_table(here, [other, third]).splitlines()
+    assert "| m | worst case of 4 runs | 0.0 | | | | |" in lines
+    with pytest.raises(SystemExit, match="same images and radii"):
+        suite_ablation.near_miss_table(here, [{**other, "n": 5}])
 
 
 def test_suite_ablation_verdict_reads_the_three_bars():
