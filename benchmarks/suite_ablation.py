@@ -24,6 +24,11 @@ do the rejected candidates (``CANDIDATES``); every run counts in the worst case.
     python benchmarks/suite_ablation.py --checkpoint mine=model.pt --n 1000 \
         --configs standard-v2 standard-v5 apgdb-ce apgdb-margin pgdb-ce fwb-ce --out /tmp/mine.json
                                                   # a held-out model (weights of the reference network)
+    python benchmarks/suite_ablation.py --models mnist_robust --configs standard-v2 standard-v5 \
+        cand8-pooled cand8c-pooled --out /tmp/p.json   # near-miss candidates; merged, then the table:
+    python benchmarks/suite_ablation.py --analyse --near-miss-table \
+        --out benchmarks/results/suite_ablation-pooled.json \
+        --union-with benchmarks/results/suite_ablation.json benchmarks/results/suite_ablation-nearmiss.json
 
 The plain output ends each model with the issue's three bars: the default suite within 0.5 points of the
 worst case at every radius, at most 3x v2's time, and the other runs at least 3x its time in all.
