@@ -483,7 +483,8 @@ class Suite:
                                     seconds=seconds))
             if self.order == "descending":
                 walk.resisted |= attacked & walk.robust_at(r)
-            near[r] = walk.closest.clone()
+            if pooled:
+                near[r] = walk.closest.clone()
         if pooled:
             for j in range(len(walked), len(self.attacks)):
                 timings += self._pooled(j, walk, near, radii, x, labels, logits, indices, threat, progress,
