@@ -117,7 +117,7 @@ def test_page_shows_entries_ranked_and_sorts(board, page):
     assert sorted(statuses) == ["text status-claimed", "text status-claimed", "text status-examples-verified",
                                 "text status-failed"]
     # The hostile name is shown as text, never run as markup.
-    names = page.eval_on_selector_all(f"#table-{tid} tbody tr td:nth-child(2) a",
+    names = page.eval_on_selector_all(f"#table-{tid} tbody tr td:nth-child(3) a",
                                       "links => links.map(a => a.textContent)")
     assert EVIL in names
     assert page.eval_on_selector_all("script", "s => s.length") == 1

@@ -38,9 +38,12 @@ accuracies, from the per-example counts, and checks the committed checkpoint's h
 CERTIFY with that checkpoint (``.certified_verify``). A certificate covers exactly mass-preserving
 changes within W1 radius ``r`` (units of eps) with any window, at confidence ``1 - alpha`` per example.
 
-Modules, each importing only those before it: ``.schema`` (limits, what a valid entry is),
-``.committed`` (the exact re-check), ``.io`` (files), ``.verify``, ``.add``, ``.certified``,
-``.certified_add``, ``.certified_verify``, ``.render``, ``.cli``
+Every rendered rank comes with a rank range: the places that paired exact tests on the per-example
+results (McNemar, Holm-corrected over the table's pairs) do not exclude (``.ranking``).
+
+Modules, each importing only those before it: ``.ranking`` (paired tests, no entry I/O), ``.schema``
+(limits, what a valid entry is), ``.committed`` (the exact re-check), ``.io`` (files), ``.verify``,
+``.add``, ``.certified``, ``.certified_add``, ``.certified_verify``, ``.render``, ``.cli``
 (``wattack-leaderboard {validate,add,add-certified,verify,render}``).
 """
 

@@ -21,15 +21,19 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from .._util import atomic_write, radius_key
 from .certified import (
     CERTIFIED_RADII,
     CertifiedEntry,
     certified_paths,
     load_certified,
+    recompute,
     validate_certified_all,
 )
 from .io import Entry, entry_paths, load_entry, validate_all
+from .ranking import ALPHA, Outcomes, range_text, rank_ranges
 from .schema import HEADLINE_RADIUS, EntryError
 
 __all__ = ["render", "write_rendered"]
@@ -83,12 +87,28 @@ def _tables(entries: list[Entry]) -> list[_Table]:
     return out
 
 
-def _ranks(t: _Table) -> list[tuple[Entry, str]]:
-    """Pair each entry of ``t`` (in ranked order) with its rank: 1, 2, ...; "–" for failed ones."""
+def _robust(e: Entry, radius: str) -> Outcomes:
+    """Dataset indices and robustness at ``radius`` of an entry's examples (the ball's certification rule)."""
+    a, tol = e.arrays, e.data["threat"]["tolerances"]["cost_rel"]
+    return a["index"].astype(np.int64), a["clean_correct"] & ~(a["broken_cost"] <= float(radius) * (1 + tol))
+
+
+def _with_ranges(entries: list, outcomes) -> list[tuple]:
+    """``(entry, rank, rank range)`` in the given (ranked) order; failed entries get "–" for both."""
+    ranked = [e for e in entries if e.status != "failed"]
+    ranges = iter(rank_ranges([outcomes(e) for e in ranked]))
     out, rank = [], 0
-    for e in t.entries:
-        out.append((e, "–" if e.status == "failed" else str(rank := rank + 1)))
+    for e in entries:
+        if e.status == "failed":
+            out.append((e, "–", "–"))
+        else:
+            out.append((e, str(rank := rank + 1), range_text(*next(ranges))))
     return out
+
+
+def _ranks(t: _Table) -> list[tuple[Entry, str, str]]:
+    """Each entry of ``t`` in ranked order with its rank (1, 2, ...) and rank range ("–" when failed)."""
+    return _with_ranges(t.entries, lambda e: _robust(e, t.headline))
 
 
 def _pct(a: float | None) -> str:
@@ -126,6 +146,9 @@ up to 100 of them so anyone can re-check them exactly. Rows are ranked by robust
 radius, then by clean accuracy; entries that failed verification are listed last, unranked.
 Each table holds the entries of one suite version, the newest first: a weaker suite leaves more
 examples robust, so numbers from different suites are never ranked together.
+"Rank range" says which places the evidence supports: entries are compared example by example on the
+test images both evaluated, at the ranking radius (exact McNemar test, Holm-corrected over all pairs of
+the table, 5 % family-wise), and an entry is placed behind another only where that test separates them.
 Accuracies are percentages of the evaluated examples; clean errors count as broken at radius 0.
 "verified" means `verify` re-ran the suite with the entry's checkpoint and its record binds to the
 entry as committed; a record that does not is shown as "verification does not match the entry".
@@ -145,12 +168,12 @@ def _render_markdown(tables: list[_Table], certified: list[CertifiedEntry]) -> s
         th = t.entries[0].data["threat"]
         out.append(f"\n## {_md(t.dataset)} · {_md(t.threat)} · {_md(_suite_text(t))}\n")
         out.append(f"\nThreat model: {_md(_threat_line(th))}. Ranked at radius {t.headline}.\n")
-        head = ["Rank", "Model", "Architecture", "Training", "Clean"] + [
+        head = ["Rank", "Rank range", "Model", "Architecture", "Training", "Clean"] + [
             f"**{r}**" if r == t.headline else r for r in t.radii] + ["Suite", "n", "Status"]
         out.append("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n")
-        for e, rank in _ranks(t):
+        for e, rank, span in _ranks(t):
             d, cl = e.data, e.data["claimed"]
-            cells = [rank, f"[{_md(d['name'])}]({_md_url(d['source'])})", _md(d["architecture"]),
+            cells = [rank, span, f"[{_md(d['name'])}]({_md_url(d['source'])})", _md(d["architecture"]),
                      _md(d["training"]), _pct(cl["clean_accuracy"])]
             cells += [_pct(cl["robust_accuracy"].get(r)) for r in t.radii]
             cells += [_md(f"{d['suite']['name']} v{d['suite']['version']}"), str(cl["n_examples"]),
@@ -163,13 +186,16 @@ def _render_markdown(tables: list[_Table], certified: list[CertifiedEntry]) -> s
 # --------------------------------------------------------------------------------------- certified table
 _CERTIFIED_TITLE = "Certified (randomized smoothing in flow space)"
 _CERTIFIED_KEYS = [radius_key(r) for r in CERTIFIED_RADII]
+_CERTIFIED_RANKING = "0.1"  # the radius of the rank ranges (ties there are ordered by 0.05)
 _CERTIFIED_INTRO = (
     "Certified accuracy of flow-space randomized smoothing (Levine & Feizi 2020), certified with Cohen "
     "et al.'s CERTIFY by wattack-certify: the fraction of examples whose smoothed prediction is correct "
     "with a certified radius strictly above r (units of eps, W1, p = 1). A certificate covers every change "
     "that preserves each channel's mass exactly, with any window size, at confidence 1 - alpha per "
     "example; n is the number of noise draws per example. Ranked by certified accuracy at 0.1, then 0.05; "
-    "never ranked with the empirical tables. \"verified\" means verify re-ran CERTIFY with the committed "
+    "never ranked with the empirical tables; the rank range compares entries at 0.1 as the empirical "
+    "tables do at their radius (exact McNemar test on the examples both certified, Holm-corrected, 5 % "
+    "family-wise). \"verified\" means verify re-ran CERTIFY with the committed "
     "checkpoint, reproduced the counts and the certified accuracy, and its record binds to the entry. "
     "Read every row against the mass-only classifier (architecture mnist_convnet-massprior with a zeroed "
     "network): the threat model never changes an image's total mass, so the class most frequent at that "
@@ -188,17 +214,24 @@ checks the checkpoint's hashes; `wattack-leaderboard verify --id ID [--examples 
 """
 
 
-def _certified_ranked(entries: list[CertifiedEntry]) -> list[tuple[CertifiedEntry, str]]:
-    """Sort by certified accuracy at 0.1, then 0.05 (failed verifications last, unranked); pair with ranks."""
+def _certified(e: CertifiedEntry, radius: str = _CERTIFIED_RANKING) -> Outcomes:
+    """Dataset indices and certification at ``radius`` (correct, radius strictly above) of its examples."""
+    ex, got = e.data["examples"], recompute(e.data)
+    ok = (got["prediction"] == np.asarray(ex["label"], dtype=np.int64)) & (got["radius"] > float(radius))
+    return np.asarray(ex["index"], dtype=np.int64), ok
+
+
+def _certified_ranked(entries: list[CertifiedEntry]) -> list[tuple[CertifiedEntry, str, str]]:
+    """Sort by certified accuracy at 0.1, then 0.05 (failed verifications last, unranked); add rank and range.
+
+    The rank range compares the entries at 0.1 only (entries tied there are ordered by 0.05).
+    """
     def key(e: CertifiedEntry):
         acc = e.data["claimed"]["certified_accuracy"]
         return (e.status == "failed", -acc.get("0.1", -1.0), -acc.get("0.05", -1.0),
                 e.data["name"].casefold(), e.data["id"])
 
-    out, rank = [], 0
-    for e in sorted(entries, key=key):
-        out.append((e, "–" if e.status == "failed" else str(rank := rank + 1)))
-    return out
+    return _with_ranges(sorted(entries, key=key), _certified)
 
 
 def _certified_status(e: CertifiedEntry) -> str:
@@ -230,13 +263,13 @@ def _certified_markdown(ranked: list[tuple[CertifiedEntry, str]]) -> str:
     if not ranked:
         out.append("\nNo certified entries yet.\n")
     else:
-        head = ["Rank", "Model", "Method", "Noise", "sigma", "n", "alpha", "Examples", *_CERTIFIED_KEYS,
-                "Status"]
+        head = ["Rank", "Rank range", "Model", "Method", "Noise", "sigma", "n", "alpha", "Examples",
+                *_CERTIFIED_KEYS, "Status"]
         out.append("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n")
-        for e, rank in ranked:
+        for e, rank, span in ranked:
             d = e.data
             model = f"[{_md(d['name'])}]({_md_url(d['source'])}) ({_md(d['id'])})"
-            out.append("| " + " | ".join([rank, model, *map(_md, _certified_cells(e))]) + " |\n")
+            out.append("| " + " | ".join([rank, span, model, *map(_md, _certified_cells(e))]) + " |\n")
     out.append(_MD_CERTIFIED_HOWTO)
     return "".join(out)
 
@@ -368,7 +401,11 @@ def _html_head() -> list[str]:
             f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>Wasserstein robustness leaderboard</h1>\n",
             "<p>Robust accuracy under one exactly defined Wasserstein threat model: every adversarial "
             "example counted was verified inside the ball. Ranked by robust accuracy at the headline radius, "
-            "then clean accuracy; entries that failed verification are listed last, unranked. One table per "
+            "then clean accuracy; entries that failed verification are listed last, unranked. The rank range "
+            "gives the places the evidence supports: entries are compared example by example on the test "
+            "images both evaluated, at the ranking radius (exact McNemar test, Holm-corrected over all pairs "
+            "of a table, 5 % family-wise), and an entry is placed behind another only where that test "
+            "separates them. One table per "
             "suite version, the newest first: numbers from different suites are never ranked together. "
             "Click a column "
             "header to sort. Status shows whether the claimed numbers were re-checked by "
@@ -380,9 +417,15 @@ def _html_header(t: _Table) -> str:
     return _header_cells(_empirical_columns(t), f"r{t.headline}")
 
 
+#: The rank-range column (sorted by the best rank the tests allow).
+_RANGE_COLUMN = ("Rank range", "number", "ascending", "range",
+                 f"ranks not excluded by paired exact McNemar tests (Holm, {100 * ALPHA:g} % family-wise)")
+
+
 def _empirical_columns(t: _Table) -> list[tuple[str, str, str, str, str]]:
     """Columns of an empirical table: ``(label, type, first sort direction, key, title)``."""
-    cols = [("Rank", "number", "ascending", "rank", "rank"), ("Model", "text", "", "model", "model"),
+    cols = [("Rank", "number", "ascending", "rank", "rank"), _RANGE_COLUMN,
+            ("Model", "text", "", "model", "model"),
             ("Architecture", "text", "", "architecture", "architecture"),
             ("Training", "text", "", "training", "training method"),
             ("Clean", "number", "", "clean", "clean accuracy")]
@@ -408,23 +451,25 @@ def _header_cells(cols: list[tuple[str, str, str, str, str]], highlight: str | N
     return "".join(out)
 
 
-def _row_head(e, order: int, rank: str, *, title: str = "", after_name: str = "") -> list[str]:
-    """Return the cells every table row starts with: row tag, rank, linked model name (escaped)."""
+def _row_head(e, order: int, rank: str, span: str, *, title: str = "", after_name: str = "") -> list[str]:
+    """Return the cells every table row starts with: row tag, rank, rank range, linked name (escaped)."""
     d = e.data
     tr_class = ' class="failed"' if e.status == "failed" else ""
     note = f'<br><small>{_e(d["note"])}</small>' if d.get("note") else ""
+    best = span.split("–")[0] if span != "–" else ""
     return [f'<tr data-id="{_e(d["id"])}" data-order="{order}"{tr_class}>',
             f'<td data-value="{order}">{rank}</td>',
+            f'<td data-value="{best}">{_e(span)}</td>',
             f'<td class="text" data-value="{_e(d["name"])}"><a href="{_e(d["source"])}" '
             f'rel="noopener noreferrer nofollow"{title}>{_e(d["name"])}</a>{after_name}'
             f'<br><small>{_e(d["authors"])}</small>{note}</td>']
 
 
-def _html_row(e: Entry, order: int, rank: str, radii: list[str]) -> str:
+def _html_row(e: Entry, order: int, rank: str, span: str, radii: list[str]) -> str:
     """Return one entry's table row; ``data-value`` holds the sortable number, ``data-order`` the rank."""
     d, cl = e.data, e.data["claimed"]
     title = f' title="{_e(d.get("paper") or d["source"])}"'
-    row = [*_row_head(e, order, rank, title=title),
+    row = [*_row_head(e, order, rank, span, title=title),
            f'<td class="text">{_e(d["architecture"])}</td>',
            f'<td class="text">{_e(d["training"])}</td>',
            f'<td data-value="{cl["clean_accuracy"]!r}">{_pct(cl["clean_accuracy"])}</td>']
@@ -437,7 +482,7 @@ def _html_row(e: Entry, order: int, rank: str, radii: list[str]) -> str:
     return "".join(row)
 
 
-_CERTIFIED_COLUMNS = [("Rank", "number", "ascending", "rank", "rank"),
+_CERTIFIED_COLUMNS = [("Rank", "number", "ascending", "rank", "rank"), _RANGE_COLUMN,
                       ("Model", "text", "", "model", "model"),
                       ("Method", "text", "", "method", "training of the base model"),
                       ("Noise", "text", "", "noise", "flow noise and its units"),
@@ -450,10 +495,10 @@ _CERTIFIED_COLUMNS += [(k, "number", "", f"r{k}", f"certified accuracy at radius
 _CERTIFIED_COLUMNS += [("Status", "text", "", "status", "verification status")]
 
 
-def _certified_html_row(e: CertifiedEntry, order: int, rank: str) -> str:
+def _certified_html_row(e: CertifiedEntry, order: int, rank: str, span: str) -> str:
     """Return one certified entry's row; numbers carry ``data-value`` for the sorter."""
     d, c, acc = e.data, e.data["certification"], e.data["claimed"]["certified_accuracy"]
-    row = [*_row_head(e, order, rank, after_name=f' <small>({_e(d["id"])})</small>'),
+    row = [*_row_head(e, order, rank, span, after_name=f' <small>({_e(d["id"])})</small>'),
            f'<td class="text">{_e(d["method"])}</td>', f'<td class="text">{_e(_noise_text(d))}</td>',
            f'<td data-value="{d["noise"]["sigma"]!r}">{d["noise"]["sigma"]:g}</td>',
            f'<td data-value="{c["n"]}">{c["n"]}</td>', f'<td data-value="{c["alpha"]!r}">{c["alpha"]:g}</td>',
@@ -474,7 +519,8 @@ def _certified_html(ranked: list[tuple[CertifiedEntry, str]]) -> str:
     else:
         out += ['<table class="certified" id="table-certified">\n', _header_cells(_CERTIFIED_COLUMNS, "r0.1"),
                 "<tbody>\n"]
-        out += [_certified_html_row(e, order, rank) for order, (e, rank) in enumerate(ranked, start=1)]
+        out += [_certified_html_row(e, order, rank, span)
+                for order, (e, rank, span) in enumerate(ranked, start=1)]
         out.append("</tbody>\n</table>\n")
     out.append("</section>\n")
     return "".join(out)
@@ -497,7 +543,8 @@ def _html_section(t: _Table) -> str:
            f'<p class="threat">Threat model: {_e(_threat_line(th))}. '
            f'Ranked at radius {_e(t.headline)}.</p>\n',
            f'<table class="leaderboard" id="table-{sid}">\n', _html_header(t), "<tbody>\n"]
-    out += [_html_row(e, order, rank, t.radii) for order, (e, rank) in enumerate(_ranks(t), start=1)]
+    out += [_html_row(e, order, rank, span, t.radii)
+            for order, (e, rank, span) in enumerate(_ranks(t), start=1)]
     out.append("</tbody>\n</table>\n")
     svg = _svg(t)
     if svg:

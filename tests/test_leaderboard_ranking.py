@@ -1,0 +1,99 @@
+"""Rank ranges: paired exact tests decide which places of a leaderboard table the data supports."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import _leaderboard_fixtures as F
+import numpy as np
+import pytest
+
+from wasserstein_attacks import leaderboard as lb
+from wasserstein_attacks.leaderboard.ranking import holm, mcnemar_p, range_text, rank_ranges
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (1, 0), (5, 0), (3, 7), (10, 10), (29, 15), (34, 11), (400, 350)])
+def test_mcnemar_is_twice_the_smaller_binomial_tail(b, c):
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n  # integers: exact
+    assert mcnemar_p(b, c) == pytest.approx(min(1.0, 2 * tail), rel=1e-9, abs=1e-300)
+    assert mcnemar_p(b, c) == mcnemar_p(c, b)
+
+
+def test_mcnemar_small_cases_by_hand():
+    assert mcnemar_p(5, 0) == 2 / 32  # all five discordant examples on one side
+    assert mcnemar_p(2, 2) == 1.0
+    with pytest.raises(ValueError, match="discordant counts"):
+        mcnemar_p(-1, 3)
+
+
+def test_holm_by_hand():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> kept monotone at 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    assert holm([]) == []
+
+
+def _outcomes(robust, index=None):
+    robust = np.asarray(robust, dtype=bool)
+    return (np.arange(robust.size) if index is None else np.asarray(index)), robust
+
+
+def test_rank_ranges_separate_only_what_the_test_separates():
+    n = 200
+    top = np.ones(n, dtype=bool)
+    near = top.copy()
+    near[:3] = False  # 3 discordant examples: p = 0.25, no evidence
+    low = top.copy()
+    low[:60] = False  # 60 discordant examples against both: separated
+    ranges = rank_ranges([_outcomes(top), _outcomes(near), _outcomes(low)])
+    assert ranges == [(1, 2), (1, 2), (3, 3)]
+    assert [range_text(*r) for r in ranges] == ["1–2", "1–2", "3"]
+    # The order given does not matter: ranges follow the entries.
+    assert rank_ranges([_outcomes(low), _outcomes(top), _outcomes(near)]) == [(3, 3), (1, 2), (1, 2)]
+
+
+def test_rank_ranges_correct_for_many_pairs():
+    # p = 2 / 2**6 = 0.031 alone separates two entries; among six entries (15 pairs) Holm does not.
+    n = 100
+    base = np.ones(n, dtype=bool)
+    worse = base.copy()
+    worse[:6] = False
+    assert rank_ranges([_outcomes(base), _outcomes(worse)]) == [(1, 1), (2, 2)]
+    others = [_outcomes(base) for _ in range(4)]
+    ranges = rank_ranges([_outcomes(base), *others, _outcomes(worse)])
+    assert ranges == [(1, 6)] * 6
+
+
+def test_rank_ranges_compare_on_shared_examples_only():
+    # Robust on different images: nothing shared, nothing separated, whatever the counts.
+    a = _outcomes(np.ones(50), index=np.arange(50))
+    b = _outcomes(np.zeros(50), index=np.arange(50, 100))
+    assert rank_ranges([a, b]) == [(1, 2), (1, 2)]
+    # Shared images in another order are matched by dataset index, not by position.
+    idx = np.arange(100)
+    robust = idx % 2 == 0
+    shuffled = np.random.default_rng(0).permutation(100)
+    assert rank_ranges([_outcomes(robust, idx), _outcomes(robust[shuffled], idx[shuffled])]) == [(1, 2)] * 2
+    with pytest.raises(ValueError, match="alpha"):
+        rank_ranges([a, b], alpha=1.5)
+
+
+def _ranges_in(md: str) -> dict[str, str]:
+    rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| ") and "Rank" not in line]
+    return {re.match(r"\[([^\]]+)\]", r[2]).group(1): r[1] for r in rows if r[2].startswith("[")}
+
+
+def test_render_shows_rank_ranges(tmp_path):
+    root = tmp_path / "root"
+    # Two entries with the same outcomes (same seed) and one far weaker: the twins share places 1-2.
+    specs = [("TwinA", 0, 0.1), ("TwinB", 0, 0.1), ("Weak", 1, 0.95)]
+    for i, (entry_id, seed, fraction) in enumerate(specs):
+        results = F.synthetic_run(tmp_path / f"run{i}", n=40, seed=seed, broken_fraction=fraction)
+        lb.add_entry(results, root=root, entry_id=entry_id, authors="A", source="https://example.org",
+                     training="none", architecture="tiny-linear", added="2001-02-03T04:05:06Z")
+    md, page = lb.render(root)
+    assert "| Rank | Rank range | Model |" in md
+    assert _ranges_in(md) == {"TwinA": "1–2", "TwinB": "1–2", "Weak": "3"}
+    assert 'data-key="range"' in page and ">1–2</td>" in page
