@@ -97,3 +97,62 @@ def test_render_shows_rank_ranges(tmp_path):
     assert "| Rank | Rank range | Model |" in md
     assert _ranges_in(md) == {"TwinA": "1–2", "TwinB": "1–2", "Weak": "3"}
     assert 'data-key="range"' in page and ">1–2</td>" in page
+
+
+# ------------------------------------------------------------------------------------------- compare
+def _entry(root, tmp, entry_id, seed, fraction):
+    results = F.synthetic_run(tmp / entry_id, n=40, seed=seed, broken_fraction=fraction)
+    lb.add_entry(results, root=root, entry_id=entry_id, authors="A", source="https://example.org",
+                 training="none", architecture="tiny-linear", added="2001-02-03T04:05:06Z")
+    return results
+
+
+def test_compare_counts_the_discordant_examples(tmp_path, capsys):
+    from wasserstein_attacks.leaderboard.compare import compare, load_side
+
+    root = tmp_path / "root"
+    _entry(root, tmp_path, "Strong", 0, 0.1)
+    weak_run = _entry(root, tmp_path, "Weak", 1, 0.9)
+    a, b = load_side("Strong", root), load_side("Weak", root)
+    got = compare(a, b)
+    assert got["shared"] == 40 and got["same_suite"]
+    assert [r["radius"] for r in got["rows"]] == ["clean", *sorted(a.radii, key=float)]
+    tol = a.threat["tolerances"]["cost_rel"]
+    for row in got["rows"]:
+        if row["radius"] == "clean":
+            ha, hb = a.arrays["clean_correct"], b.arrays["clean_correct"]
+        else:
+            r = float(row["radius"]) * (1 + tol)
+            ha = a.arrays["clean_correct"] & (a.arrays["broken_cost"] > r)
+            hb = b.arrays["clean_correct"] & (b.arrays["broken_cost"] > r)
+        assert (row["only_a"], row["only_b"]) == (int((ha & ~hb).sum()), int((hb & ~ha).sum()))
+        assert row["p"] == mcnemar_p(row["only_a"], row["only_b"])
+        assert row["a"] == ha.mean() and row["b"] == hb.mean()
+    assert got["rows"][-2]["p"] < 0.05  # 10 % against 90 % broken: clearly apart
+    # A run against the entry made from it: the same examples, nothing discordant.
+    same = compare(load_side(str(weak_run), root), b)
+    assert all(r["only_a"] == r["only_b"] == 0 and r["p"] == 1.0 for r in same["rows"])
+    # The command line prints the same table.
+    assert lb.main(["compare", "Strong", str(weak_run), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "A: Strong (entry" in out and "(run," in out and "40 examples evaluated by both" in out
+
+
+def test_compare_refuses_what_is_not_comparable(tmp_path, capsys):
+    import json
+
+    root = tmp_path / "root"
+    run = _entry(root, tmp_path, "One", 0, 0.5)
+    assert lb.main(["compare", "One", "Missing", "--root", str(root)]) == 1
+    assert "Missing: not a file, and 0 entries with that id" in capsys.readouterr().err
+    data = json.loads(run.read_text())
+    other = tmp_path / "other" / "results.json"
+    other.parent.mkdir()
+    data["examples"]["index"] = [i + 1000 for i in data["examples"]["index"]]
+    other.write_text(json.dumps(data))
+    assert lb.main(["compare", "One", str(other), "--root", str(root)]) == 1
+    assert "share no evaluated example" in capsys.readouterr().err
+    data["threat"]["kernel_size"] = 5
+    other.write_text(json.dumps(data))
+    assert lb.main(["compare", "One", str(other), "--root", str(root)]) == 1
+    assert "threat models differ (W1-k3-box01 against W1-k5-box01" in capsys.readouterr().err

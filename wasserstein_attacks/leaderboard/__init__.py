@@ -43,8 +43,9 @@ results (McNemar, Holm-corrected over the table's pairs) do not exclude (``.rank
 
 Modules, each importing only those before it: ``.ranking`` (paired tests, no entry I/O), ``.schema``
 (limits, what a valid entry is), ``.committed`` (the exact re-check), ``.io`` (files), ``.verify``,
-``.add``, ``.certified``, ``.certified_add``, ``.certified_verify``, ``.render``, ``.cli``
-(``wattack-leaderboard {validate,add,add-certified,verify,render}``).
+``.add``, ``.compare`` (two models example by example), ``.certified``, ``.certified_add``,
+``.certified_verify``, ``.render``, ``.cli`` (``wattack-leaderboard
+{validate,add,add-certified,verify,render,compare}``).
 """
 
 from .._util import radius_key

@@ -1,4 +1,4 @@
-"""``wattack-leaderboard {validate,add,add-certified,verify,render}``: the leaderboard's command line.
+"""``wattack-leaderboard {validate,add,add-certified,verify,render,compare}``: the leaderboard's command line.
 
 Argparse rather than Hydra: the commands act on files named on the command line, not on a config.
 Every expected failure (invalid entry, bad argument, missing file) is one ``error: ...`` line on
@@ -17,6 +17,7 @@ from .add import add_entry
 from .certified import CERTIFIED_DIR, METHODS, THREAT_FOLDER, certified_paths, validate_certified_all
 from .certified_add import add_certified
 from .certified_verify import verify_certified
+from .compare import compare, load_side
 from .io import entry_paths, validate_all
 from .render import write_rendered
 from .schema import TOOL, EntryError
@@ -68,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="cpu")
     v.add_argument("--dry-run", action="store_true", help="print the block, do not write it")
     sub.add_parser("render", parents=[common], help="write README.md and index.html from the entries")
+    c = sub.add_parser("compare", parents=[common],
+                       help="two models example by example: robust on the images only one holds, exact "
+                            "McNemar test per radius")
+    for side in ("a", "b"):
+        c.add_argument(side, help="an entry id under --root, an entry JSON, or a run's results.json")
     return parser
 
 
@@ -170,6 +176,24 @@ def _verify(args) -> int:
     return 0 if block["status"] != "failed" else 1
 
 
+def _compare(args) -> int:
+    a, b = load_side(args.a, args.root), load_side(args.b, args.root)
+    got = compare(a, b)
+    for tag, s in (("A", a), ("B", b)):
+        n = s.arrays["index"].size
+        print(f"{tag}: {s.label} ({s.kind}, suite {s.suite[0]} v{s.suite[1]}, {n} examples)")
+    print(f"{got['shared']} examples evaluated by both; at each radius, the images only one holds and the "
+          f"exact McNemar p-value (two-sided, this pair alone)")
+    if not got["same_suite"]:
+        print("note: the suites differ, so a difference mixes the models' robustness with the suites' "
+              "strength")
+    print(f"{'radius':>8} {'A':>7} {'B':>7} {'only A':>7} {'only B':>7} {'p':>9}")
+    for r in got["rows"]:
+        print(f"{r['radius']:>8} {100 * r['a']:6.1f}% {100 * r['b']:6.1f}% {r['only_a']:7d} {r['only_b']:7d} "
+              f"{r['p']:9.2g}")
+    return 0
+
+
 def _render(args) -> int:
     md, page = write_rendered(args.root)
     print(f"wrote {md} and {page}")
@@ -177,11 +201,11 @@ def _render(args) -> int:
 
 
 _COMMANDS = {"validate": _validate, "add": _add, "add-certified": _add_certified, "verify": _verify,
-             "render": _render}
+             "render": _render, "compare": _compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``wattack-leaderboard`` (validate, add, add-certified, verify, render); returns the exit code."""
+    """Run ``wattack-leaderboard`` with ``argv`` (default: the command line); returns the exit code."""
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
