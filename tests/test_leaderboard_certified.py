@@ -442,3 +442,24 @@ def test_the_method_follows_the_run_s_training():
     assert _method("smoothadv", {"method": "noise", "epochs": 0}) == "smoothadv"  # said explicitly
     with pytest.raises(ValueError, match=r"^method must be given \('noise', 'consistency', 'smoothadv'"):
         _method(None, None)
+
+
+def test_compare_certified_entries(honest, capsys):
+    from wasserstein_attacks.leaderboard.compare import compare, load_side
+
+    entry = honest["entry"]
+    root = entry.parents[3]
+    side = load_side("Smooth", root)
+    assert side.kind == "certified" and load_side(str(entry), root).kind == "certified"
+    got = compare(side, side)
+    claimed = lb.load_certified(entry).data["claimed"]
+    # Each row's accuracy is the claimed certified accuracy (correct, radius strictly above r).
+    assert {r["radius"]: r["a"] for r in got["rows"][1:]} == claimed["certified_accuracy"]
+    assert got["rows"][0]["a"] == claimed["smoothed_accuracy"]
+    assert all(r["only_a"] == r["only_b"] == 0 and r["p"] == 1.0 for r in got["rows"])
+    # A certificate and an attack answer different questions: refused, one line.
+    import _leaderboard_fixtures as LF
+
+    run = LF.synthetic_run(honest["tmp"] / "empirical", n=N)
+    assert lb.main(["compare", "Smooth", str(run), "--root", str(root)]) == 1
+    assert "threat models differ (W1, certified against W1-k3-box01" in capsys.readouterr().err

@@ -117,14 +117,17 @@ def test_compare_counts_the_discordant_examples(tmp_path, capsys):
     got = compare(a, b)
     assert got["shared"] == 40 and got["same_suite"]
     assert [r["radius"] for r in got["rows"]] == ["clean", *sorted(a.radii, key=float)]
-    tol = a.threat["tolerances"]["cost_rel"]
-    for row in got["rows"]:
+    ea, eb = (lb.load_entry(root / "entries" / "synthetic" / "W1-k3-box01" / f"{i}.json").arrays
+              for i in ("Strong", "Weak"))
+    tol = lb.load_entry(root / "entries" / "synthetic" / "W1-k3-box01" / "Strong.json").data["threat"][
+        "tolerances"]["cost_rel"]
+    for row in got["rows"]:  # both evaluated dataset indices 0..39 in order
         if row["radius"] == "clean":
-            ha, hb = a.arrays["clean_correct"], b.arrays["clean_correct"]
+            ha, hb = ea["clean_correct"], eb["clean_correct"]
         else:
             r = float(row["radius"]) * (1 + tol)
-            ha = a.arrays["clean_correct"] & (a.arrays["broken_cost"] > r)
-            hb = b.arrays["clean_correct"] & (b.arrays["broken_cost"] > r)
+            ha = ea["clean_correct"] & (ea["broken_cost"] > r)
+            hb = eb["clean_correct"] & (eb["broken_cost"] > r)
         assert (row["only_a"], row["only_b"]) == (int((ha & ~hb).sum()), int((hb & ~ha).sum()))
         assert row["p"] == mcnemar_p(row["only_a"], row["only_b"])
         assert row["a"] == ha.mean() and row["b"] == hb.mean()
@@ -155,4 +158,5 @@ def test_compare_refuses_what_is_not_comparable(tmp_path, capsys):
     data["threat"]["kernel_size"] = 5
     other.write_text(json.dumps(data))
     assert lb.main(["compare", "One", str(other), "--root", str(root)]) == 1
-    assert "threat models differ (W1-k3-box01 against W1-k5-box01" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "threat models differ (W1-k3-box01 (tolerances" in err and "against W1-k5-box01" in err

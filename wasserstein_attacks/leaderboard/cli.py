@@ -180,13 +180,13 @@ def _compare(args) -> int:
     a, b = load_side(args.a, args.root), load_side(args.b, args.root)
     got = compare(a, b)
     for tag, s in (("A", a), ("B", b)):
-        n = s.arrays["index"].size
-        print(f"{tag}: {s.label} ({s.kind}, suite {s.suite[0]} v{s.suite[1]}, {n} examples)")
+        what = "suite " + s.suite if s.kind != "certified" else s.suite
+        print(f"{tag}: {s.label} ({s.kind}, {what}, {s.index.size} examples)")
     print(f"{got['shared']} examples evaluated by both; at each radius, the images only one holds and the "
           f"exact McNemar p-value (two-sided, this pair alone)")
     if not got["same_suite"]:
-        print("note: the suites differ, so a difference mixes the models' robustness with the suites' "
-              "strength")
+        print("note: the suites (or the certifications' draws) differ, so a difference mixes the models' "
+              "robustness with the suites' strength (or the sampling)")
     print(f"{'radius':>8} {'A':>7} {'B':>7} {'only A':>7} {'only B':>7} {'p':>9}")
     for r in got["rows"]:
         print(f"{r['radius']:>8} {100 * r['a']:6.1f}% {100 * r['b']:6.1f}% {r['only_a']:7d} {r['only_b']:7d} "

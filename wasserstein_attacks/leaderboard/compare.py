@@ -1,19 +1,23 @@
 """Two models compared example by example: is one more robust than the other, or is it chance.
 
-Each side is a leaderboard entry (its id under a root, or its JSON path) or a ``wattack-bench`` run (its
-``results.json``), so a new model can be held against any entry before it is submitted. Both must be
-measured under the same threat model; they are compared on the dataset examples both evaluated, at
-every radius both report, with the exact McNemar test of ``.ranking`` (one pair: no correction).
+Each side is a leaderboard entry (its id under a root, or its JSON path), a ``wattack-bench`` run (its
+``results.json``, so a new model can be held against any entry before it is submitted), or a certified
+entry (against another certified entry only: a certificate and an attack answer different questions).
+Both must be measured under the same threat model on the same dataset split; they are compared on the
+examples both evaluated, at clean accuracy and every radius both report, with the exact McNemar test of
+``.ranking`` (one pair: no correction).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .add import _per_example_arrays, _read_results, _robust_table, _threat
+from .certified import CERTIFIED_DIR, THREAT_FOLDER, certified_paths, load_certified, recompute
 from .io import entry_paths, load_entry
 from .ranking import mcnemar_p
 
@@ -22,26 +26,72 @@ __all__ = ["Side", "load_side", "compare"]
 
 @dataclasses.dataclass(frozen=True)
 class Side:
-    """One side of a comparison: a label, what it is, its threat, suite and per-example arrays."""
+    """One side of a comparison.
+
+    Attributes:
+        label: what the user named (id or path).
+        kind: ``"entry"``, ``"run"`` or ``"certified"``.
+        threat: a threat key: the threat id and tolerances (empirical), or ``"W1, certified"``.
+        suite: the suite's ``"name vN"``, or the certification's draws and ``alpha``.
+        dataset: ``(name, split)``.
+        radii: canonical radius keys it reports.
+        index: dataset indices int ``[n]`` of its examples.
+        held: ``held(radius_key or None, rows) -> bool [len(rows)]``: correct (``None``) or robust /
+            certified at that radius, for the examples at ``rows``.
+
+    """
 
     label: str
-    kind: str  # "entry" or "run"
-    threat: dict
-    suite: tuple[str, int]
-    dataset: tuple[str, str]  # (name, split)
-    radii: list[str]  # canonical radius keys it reports
-    arrays: dict  # index, clean_correct, broken_cost (see the package docstring)
+    kind: str
+    threat: str
+    suite: str
+    dataset: tuple[str, str]
+    radii: list[str]
+    index: np.ndarray
+    held: Callable[[str | None, np.ndarray], np.ndarray]
+
+
+def _empirical(label: str, kind: str, threat: dict, suite: dict, dataset: dict, radii, arrays: dict) -> Side:
+    """Build a side from per-example arrays: broken at ``r`` when ``broken_cost <= r (1 + cost_rel)``."""
+    tol = threat["tolerances"]["cost_rel"]
+
+    def held(radius, rows):
+        ok = arrays["clean_correct"][rows]
+        return ok if radius is None else ok & ~(arrays["broken_cost"][rows] <= float(radius) * (1 + tol))
+
+    tols = ", ".join(f"{k} {v:g}" for k, v in sorted(threat["tolerances"].items()))
+    key = f"{threat['id']} (tolerances {tols})"
+    return Side(label, kind, key, f"{suite['name']} v{suite['version']}", (dataset["name"], dataset["split"]),
+                sorted(radii, key=float), arrays["index"].astype(np.int64), held)
+
+
+def _certified_side(label: str, path: Path) -> Side:
+    """Build a side from a certified entry: certified at ``r`` when correct, radius strictly above ``r``."""
+    d = load_certified(path).data
+    got, ex = recompute(d), d["examples"]
+    correct = got["prediction"] == np.asarray(ex["label"], dtype=np.int64)
+
+    def held(radius, rows):
+        return correct[rows] if radius is None else correct[rows] & (got["radius"][rows] > float(radius))
+
+    c = d["certification"]
+    how = f"n {c['n']}, alpha {c['alpha']:g}"  # the noise is part of the model, not of the protocol
+    radii = sorted(d["claimed"]["certified_accuracy"], key=float)
+    dataset = (c["dataset"]["name"], c["dataset"]["split"])
+    index = np.asarray(ex["index"], dtype=np.int64)
+    return Side(label, "certified", "W1, certified", how, dataset, radii, index, held)
 
 
 def load_side(spec: str | Path, root: Path) -> Side:
     """Load ``spec``: an entry id under ``root``, an entry JSON path, or a run's ``results.json``.
 
-    Entries are validated in full (``load_entry``), runs against the results schema. Raises
-    ``FileNotFoundError`` naming the argument when ``spec`` is none of these.
+    Entries are validated in full, runs against the results schema. Raises ``FileNotFoundError``
+    naming the argument when ``spec`` is none of these.
     """
     path = Path(spec)
     if not path.is_file():
-        found = [p for p in entry_paths(root) if p.stem == str(spec)] if Path(root).is_dir() else []
+        known = entry_paths(root) + certified_paths(root) if Path(root).is_dir() else []
+        found = [p for p in known if p.stem == str(spec)]
         if len(found) != 1:
             raise FileNotFoundError(f"{spec}: not a file, and {len(found)} entries with that id under --root "
                                     f"{root} (expected an entry id, an entry JSON or a results.json)")
@@ -49,25 +99,14 @@ def load_side(spec: str | Path, root: Path) -> Side:
     if path.name == "results.json":
         results, _ = _read_results(path)
         _, robust = _robust_table(results)
-        return Side(str(spec), "run", _threat(results),
-                    (str(results["suite"]["name"]), int(results["suite"]["version"])),
-                    (str(results["dataset"]["name"]), str(results["dataset"]["split"])),
-                    sorted(robust, key=float), _per_example_arrays(results))
+        return _empirical(str(spec), "run", _threat(results), results["suite"], results["dataset"], robust,
+                          _per_example_arrays(results))
+    if path.parent.name == THREAT_FOLDER and path.parent.parent.parent.name == CERTIFIED_DIR:
+        return _certified_side(str(spec), path)
     e = load_entry(path)
     d = e.data
-    return Side(d["id"], "entry", d["threat"], (d["suite"]["name"], int(d["suite"]["version"])),
-                (d["dataset"]["name"], d["dataset"]["split"]),
-                sorted(d["claimed"]["robust_accuracy"], key=float), e.arrays)
-
-
-def _held(s: Side, radius: str | None, rows: np.ndarray) -> np.ndarray:
-    """Bool per shared row: correct (``radius`` None) or robust at ``radius`` (the certification rule)."""
-    a = s.arrays
-    ok = a["clean_correct"][rows]
-    if radius is None:
-        return ok
-    tol = s.threat["tolerances"]["cost_rel"]
-    return ok & ~(a["broken_cost"][rows] <= float(radius) * (1 + tol))
+    robust = d["claimed"]["robust_accuracy"]
+    return _empirical(d["id"], "entry", d["threat"], d["suite"], d["dataset"], robust, e.arrays)
 
 
 def compare(a: Side, b: Side) -> dict:
@@ -77,17 +116,17 @@ def compare(a: Side, b: Side) -> dict:
     "b": fraction, "only_a": count, "only_b": count, "p": exact McNemar p-value}]}``. Raises
     ``ValueError`` when the threat models or datasets differ, or no example is shared.
     """
-    if a.threat["id"] != b.threat["id"] or a.threat["tolerances"] != b.threat["tolerances"]:
-        raise ValueError(f"threat models differ ({a.threat['id']} against {b.threat['id']}, or their "
-                         "tolerances): robust accuracies under different balls are not comparable")
+    if a.threat != b.threat:
+        raise ValueError(f"threat models differ ({a.threat} against {b.threat}): their numbers answer "
+                         "different questions")
     if a.dataset != b.dataset:
         raise ValueError(f"datasets differ ({'/'.join(a.dataset)} against {'/'.join(b.dataset)})")
-    _, ra, rb = np.intersect1d(a.arrays["index"], b.arrays["index"], assume_unique=True, return_indices=True)
+    _, ra, rb = np.intersect1d(a.index, b.index, assume_unique=True, return_indices=True)
     if ra.size == 0:
         raise ValueError("the two share no evaluated example (compare runs on the same images)")
     rows = []
     for key in [None, *sorted(set(a.radii) & set(b.radii), key=float)]:
-        ha, hb = _held(a, key, ra), _held(b, key, rb)
+        ha, hb = a.held(key, ra), b.held(key, rb)
         only_a, only_b = int(np.count_nonzero(ha & ~hb)), int(np.count_nonzero(hb & ~ha))
         rows.append({"radius": "clean" if key is None else key, "a": float(ha.mean()), "b": float(hb.mean()),
                      "only_a": only_a, "only_b": only_b, "p": mcnemar_p(only_a, only_b)})
