@@ -86,6 +86,10 @@ def test_shards_cover_the_batch_once():
         ({"beta": float("nan")}, "beta"),
         ({"ema": 1.0}, "ema"),
         ({"ema": -0.5}, "ema"),
+        ({"eps_fractions": []}, "eps_fractions"),
+        ({"eps_fractions": [0.5, 1.5]}, "eps_fractions"),
+        ({"eps_fractions": [0.0]}, "eps_fractions"),
+        ({"eps_fractions": "0.5"}, "eps_fractions"),
     ],
 )
 def test_bad_values_give_one_line_errors(kwargs, named):
@@ -158,6 +162,36 @@ def test_weight_average_is_the_model_delivered(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(plain) == strip(log["epochs"])
     assert any(not torch.equal(v, plain_net.state_dict()[k]) for k, v in exported.items())
+
+
+class _Recorder:
+    """Wraps an attack: records the radius of every example it is asked to attack."""
+
+    def __init__(self, attack):
+        self.attack, self.radii, self.name = attack, [], attack.name
+
+    def __call__(self, model, x, y, *, threat, **kw):
+        self.radii.append(threat.eps_for(x.shape[0]).clone())
+        return self.attack(model, x, y, threat=threat, **kw)
+
+
+def test_a_mix_of_training_radii(tmp_path):
+    t = trainer(epochs=2, eps_fractions=[0.5, 1.0], ramp="none")
+    rec = _Recorder(t.attack)
+    t.attack = rec  # the check on the attack's type is done: record what each call is given
+    log = t(model(), data(), tmp_path / "mix")
+    seen = torch.cat(rec.radii)
+    assert sorted(set(seen.tolist())) == pytest.approx([0.05, 0.1])  # eps 0.1 times each fraction
+    assert 0.25 < float((seen < 0.075).double().mean()) < 0.75  # both drawn, about evenly
+    assert log["config"]["eps_fractions"] == [0.5, 1.0] and t.describe()["eps_fractions"] == [0.5, 1.0]
+    # Per example and epoch, from the seed and the dataset index: the same whatever the batch holds.
+    idx = torch.tensor([3, 17, 5, 30])
+    assert torch.equal(t._radii(idx, 0.1, 7), t._radii(idx.flip(0), 0.1, 7).flip(0))
+    assert not torch.equal(t._radii(torch.arange(40), 0.1, 7), t._radii(torch.arange(40), 0.1, 8))
+    # Without fractions every example is attacked at the ramp's radius, and the config does not name them.
+    assert trainer()._radii(idx, 0.1, 7) == 0.1 and "eps_fractions" not in trainer().describe()
+    with pytest.raises(ValueError, match="eps_fractions needs an attack"):
+        AdversarialTraining(attack=load_suite("debug-v1"), threat=THREAT, eps=0.1, eps_fractions=[0.5])
 
 
 def test_a_suite_as_inner_maximisation(tmp_path):

@@ -8,7 +8,9 @@ ball by the attack's common ending, so the model is trained on members of the th
 Per global batch of ``batch_size`` examples (positions ``0..b-1`` after the epoch's shuffle):
 
 1. the first ``round(clean_fraction * b)`` positions stay clean, the others are attacked at the radius
-   ``eps_t`` of the ramp (``RadiusRamp``) with the model in eval mode;
+   ``eps_t`` of the ramp (``RadiusRamp``) with the model in eval mode; with ``eps_fractions`` each
+   attacked example gets its own radius, ``eps_t`` times one of those fractions, drawn from the seed,
+   the epoch and its dataset index (a mix of training radii in every batch, the same in any sharding);
 2. loss ``"ce"``: cross-entropy at the training input (adversarial or clean) of each example;
    loss ``"trades"`` (Zhang et al. 2019): cross-entropy at the clean image plus ``beta`` times
    ``KL(p(x) || p(x_adv))`` for the attacked examples. The inner attack keeps maximising its own
@@ -96,6 +98,10 @@ class AdversarialTraining:
         schedule: ``"cosine"`` (per step, to 0 at the end) or ``"constant"``.
         seed: seeds the shuffles, the attacks (per example and epoch) and the global RNG of the run.
         checkpoint_every: also save the resumable state every this many steps (0: after epochs only).
+        eps_fractions: ``None`` (every attacked example at ``eps_t``) or fractions in ``(0, 1]``: each
+            attacked example at ``eps_t`` times one of them, drawn uniformly per example and epoch
+            (e.g. ``[0.6, 1.0]`` with ``eps`` 0.5 trains at 0.3 and 0.5 at once). Attacks only (a suite
+            runs at one radius).
         ema: decay of an exponential moving average of the weights, in ``[0, 1)``; 0 (default) keeps
             none. With ``ema`` > 0 the checkpoints, the exported state dict and the model left in place
             hold the average (the attacks and the logged training accuracies use the live weights).
@@ -126,6 +132,7 @@ class AdversarialTraining:
         schedule: str = "cosine",
         seed: int = 0,
         checkpoint_every: int = 0,
+        eps_fractions: list[float] | None = None,
         ema: float = 0.0,
         num_threads: int | None = 1,
         progress: bool = True,
@@ -150,6 +157,10 @@ class AdversarialTraining:
         self.schedule = check_choice(schedule, "schedule", ("cosine", "constant"))
         self.seed = check_int(seed, "seed", low=0)
         self.checkpoint_every = check_int(checkpoint_every, "checkpoint_every", low=0)
+        self.eps_fractions = _fractions(eps_fractions)
+        if self.eps_fractions is not None and isinstance(attack, Suite):
+            raise ValueError("eps_fractions needs an attack as the inner maximisation (a suite runs at one "
+                             "radius); use attack=<name>")
         self.ema = check_float(ema, "ema", allow_zero=True)
         if self.ema >= 1:
             raise ValueError(f"ema must be in [0, 1) (the weight average's decay per step), got {ema!r}")
@@ -195,13 +206,25 @@ class AdversarialTraining:
             **{n: getattr(self, n) for n in names},
             # only when used: states and logs written before the option existed keep their config
             **({"ema": self.ema} if self.ema > 0 else {}),
+            **({"eps_fractions": list(self.eps_fractions)} if self.eps_fractions is not None else {}),
         }
 
     # ------------------------------------------------------------------------------ one step
 
+    def _radii(self, idx: torch.Tensor, eps: float, seed: int) -> float | torch.Tensor:
+        """Radius of the examples at dataset indices ``idx [n]``: ``eps``, or float64 ``[n]`` (fractions)."""
+        f = self.eps_fractions
+        if f is None:
+            return eps
+        return torch.tensor([eps * f[_derive_seed(seed, "radius", int(i)) % len(f)] for i in idx.tolist()],
+                            dtype=torch.float64)
+
     def _adversarial(self, net: nn.Module, x, y, idx, eps: float, seed: int) -> torch.Tensor:
-        """Return certified adversarial images ``[n, C, H, W]`` of ``x`` at radius ``eps`` (eval mode)."""
-        ball = self.threat.with_eps(eps)
+        """Return certified adversarial images ``[n, C, H, W]`` of ``x`` at radius ``eps`` (eval mode).
+
+        With ``eps_fractions`` each example is attacked in its own ball (``_radii``).
+        """
+        ball = self.threat.with_eps(self._radii(idx, eps, seed))
         was = net.training
         net.eval()
         try:
@@ -390,6 +413,18 @@ def _delivered(run: TrainRun) -> nn.Module:
     net = copy.deepcopy(run.net)
     net.load_state_dict(run.ema)
     return net
+
+
+def _fractions(value) -> tuple[float, ...] | None:
+    """``eps_fractions`` checked: ``None``, or a non-empty list of numbers in ``(0, 1]``."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"eps_fractions must be null or a list of fractions in (0, 1], got {value!r}")
+    out = tuple(check_float(v, "eps_fractions") for v in value)
+    if not out or any(v > 1 for v in out):
+        raise ValueError(f"eps_fractions must be a non-empty list of fractions in (0, 1], got {value!r}")
+    return out
 
 
 def _row(epoch: int, eps: float, stats: torch.Tensor, run: TrainRun, seconds: float, steps: int) -> dict:
