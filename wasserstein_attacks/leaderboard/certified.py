@@ -42,6 +42,7 @@ __all__ = [
     "certified_paths",
     "recompute",
     "certified_numbers",
+    "correct_and_radius",
     "certified_problems",
     "certified_binding_problems",
     "certified_checkpoint_problems",
@@ -118,6 +119,15 @@ def recompute(data: dict) -> dict[str, np.ndarray]:
     selected = np.asarray(ex["selected"], dtype=np.int64)
     return {"p_lower": p_lower, "radius": np.where(certified, eps, 0.0),
             "prediction": np.where(certified, selected, ABSTAIN)}
+
+
+def correct_and_radius(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per example of a valid entry: prediction correct (bool ``[N]``) and certified radius (float64 ``[N]``).
+
+    An abstention is not correct; radii are in units of eps; certified at ``r``: correct, radius ``> r``.
+    """
+    got = recompute(data)
+    return got["prediction"] == np.asarray(data["examples"]["label"], dtype=np.int64), got["radius"]
 
 
 def certified_numbers(label, prediction, radius, keys) -> dict:

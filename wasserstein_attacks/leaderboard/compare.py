@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from .add import _per_example_arrays, _read_results, _robust_table, _threat
-from .certified import CERTIFIED_DIR, THREAT_FOLDER, certified_paths, load_certified, recompute
+from .certified import CERTIFIED_DIR, THREAT_FOLDER, certified_paths, correct_and_radius, load_certified
 from .io import entry_paths, load_entry
 from .ranking import mcnemar_p
+from .schema import robust_mask
 
 __all__ = ["Side", "load_side", "compare"]
 
@@ -56,8 +57,9 @@ def _empirical(label: str, kind: str, threat: dict, suite: dict, dataset: dict, 
     tol = threat["tolerances"]["cost_rel"]
 
     def held(radius, rows):
-        ok = arrays["clean_correct"][rows]
-        return ok if radius is None else ok & ~(arrays["broken_cost"][rows] <= float(radius) * (1 + tol))
+        if radius is None:
+            return arrays["clean_correct"][rows]
+        return robust_mask(arrays, float(radius), tol)[rows]
 
     tols = ", ".join(f"{k} {v:g}" for k, v in sorted(threat["tolerances"].items()))
     key = f"{threat['id']} (tolerances {tols})"
@@ -68,11 +70,11 @@ def _empirical(label: str, kind: str, threat: dict, suite: dict, dataset: dict, 
 def _certified_side(label: str, path: Path) -> Side:
     """Build a side from a certified entry: certified at ``r`` when correct, radius strictly above ``r``."""
     d = load_certified(path).data
-    got, ex = recompute(d), d["examples"]
-    correct = got["prediction"] == np.asarray(ex["label"], dtype=np.int64)
+    ex = d["examples"]
+    correct, certified = correct_and_radius(d)
 
     def held(radius, rows):
-        return correct[rows] if radius is None else correct[rows] & (got["radius"][rows] > float(radius))
+        return correct[rows] if radius is None else correct[rows] & (certified[rows] > float(radius))
 
     c = d["certification"]
     how = f"n {c['n']}, alpha {c['alpha']:g}"  # the noise is part of the model, not of the protocol

@@ -28,13 +28,13 @@ from .certified import (
     CERTIFIED_RADII,
     CertifiedEntry,
     certified_paths,
+    correct_and_radius,
     load_certified,
-    recompute,
     validate_certified_all,
 )
 from .io import Entry, entry_paths, load_entry, validate_all
 from .ranking import ALPHA, Outcomes, range_text, rank_ranges
-from .schema import HEADLINE_RADIUS, EntryError
+from .schema import HEADLINE_RADIUS, EntryError, robust_mask
 
 __all__ = ["render", "write_rendered"]
 
@@ -89,8 +89,8 @@ def _tables(entries: list[Entry]) -> list[_Table]:
 
 def _robust(e: Entry, radius: str) -> Outcomes:
     """Dataset indices and robustness at ``radius`` of an entry's examples (the ball's certification rule)."""
-    a, tol = e.arrays, e.data["threat"]["tolerances"]["cost_rel"]
-    return a["index"].astype(np.int64), a["clean_correct"] & ~(a["broken_cost"] <= float(radius) * (1 + tol))
+    tol = e.data["threat"]["tolerances"]["cost_rel"]
+    return e.arrays["index"].astype(np.int64), robust_mask(e.arrays, float(radius), tol)
 
 
 def _with_ranges(entries: list, outcomes) -> list[tuple]:
@@ -216,9 +216,8 @@ checks the checkpoint's hashes; `wattack-leaderboard verify --id ID [--examples 
 
 def _certified(e: CertifiedEntry, radius: str = _CERTIFIED_RANKING) -> Outcomes:
     """Dataset indices and certification at ``radius`` (correct, radius strictly above) of its examples."""
-    ex, got = e.data["examples"], recompute(e.data)
-    ok = (got["prediction"] == np.asarray(ex["label"], dtype=np.int64)) & (got["radius"] > float(radius))
-    return np.asarray(ex["index"], dtype=np.int64), ok
+    correct, certified = correct_and_radius(e.data)
+    return np.asarray(e.data["examples"]["index"], dtype=np.int64), correct & (certified > float(radius))
 
 
 def _certified_ranked(entries: list[CertifiedEntry]) -> list[tuple[CertifiedEntry, str, str]]:

@@ -42,6 +42,7 @@ __all__ = [
     "entry_sha256",
     "binding_problems",
     "robust_bounds",
+    "robust_mask",
     "eligible",
     "grid_radius",
     "clean_text",
@@ -296,11 +297,15 @@ def _example_list_problems(data: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ JSON vs arrays
+def robust_mask(arrays: dict, radius: float, cost_tol: float) -> np.ndarray:
+    """Bool ``[n]``: correct, not broken at ``radius`` by the ball's rule (``cost <= r (1 + cost_tol)``)."""
+    return arrays["clean_correct"] & ~(arrays["broken_cost"] <= radius * (1 + cost_tol))
+
+
 def robust_bounds(arrays: dict, radius: float, cost_tol: float) -> tuple[float, float]:
     """Robust accuracy at ``radius`` from per-example arrays: (tolerant rule, strict rule), fractions."""
-    ok, cost = arrays["clean_correct"], arrays["broken_cost"]
-    lo = float(np.mean(ok & ~(cost <= radius * (1 + cost_tol))))
-    hi = float(np.mean(ok & ~(cost <= radius)))
+    lo = float(np.mean(robust_mask(arrays, radius, cost_tol)))
+    hi = float(np.mean(robust_mask(arrays, radius, 0.0)))
     return lo, hi
 
 
