@@ -68,6 +68,9 @@ EOF
 step "wattack-leaderboard validate --root $REPO/leaderboard"
 "$VENV/wattack-leaderboard" validate --root "$REPO/leaderboard"
 
+step "wattack-leaderboard compare (two committed entries, paired test per radius)"
+"$VENV/wattack-leaderboard" compare WattackAdvFWB WattackStandard --root "$REPO/leaderboard"
+
 step "load_suite('standard-v5')"
 "$VENV/python" -c "from wasserstein_attacks.attacks.suite import load_suite; print(load_suite('standard-v5'))"
 
