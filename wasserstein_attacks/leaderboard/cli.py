@@ -17,7 +17,7 @@ from .add import add_entry
 from .certified import CERTIFIED_DIR, METHODS, THREAT_FOLDER, certified_paths, validate_certified_all
 from .certified_add import add_certified
 from .certified_verify import verify_certified
-from .compare import compare, load_side
+from .compare import compare, entries_with_id, is_certified, load_side
 from .io import entry_paths, validate_all
 from .render import write_rendered
 from .schema import TOOL, EntryError
@@ -134,15 +134,11 @@ def _entry_path(args) -> Path:
         raise ValueError("verify needs exactly one of ENTRY (a path) and --id")
     if args.entry is not None:
         return args.entry
-    found = [p for p in entry_paths(args.root) + certified_paths(args.root) if p.stem == args.entry_id]
+    found = entries_with_id(args.root, args.entry_id)
     if len(found) != 1:
         raise FileNotFoundError(f"--id {args.entry_id}: {len(found)} entries with that id under --root "
                                 f"{args.root} (expected exactly one)")
     return found[0]
-
-
-def _is_certified(path: Path) -> bool:
-    return path.parent.name == THREAT_FOLDER and path.parent.parent.parent.name == CERTIFIED_DIR
 
 
 def _verify_certified(args, path: Path) -> int:
@@ -160,7 +156,7 @@ def _verify_certified(args, path: Path) -> int:
 
 def _verify(args) -> int:
     path = _entry_path(args)
-    if _is_certified(path):
+    if is_certified(path):
         return _verify_certified(args, path)
     if args.examples is not None:
         raise ValueError("--examples is for certified entries (use --n for the suite's re-run)")

@@ -22,7 +22,7 @@ from .io import entry_paths, load_entry
 from .ranking import mcnemar_p
 from .schema import robust_mask
 
-__all__ = ["Side", "load_side", "compare"]
+__all__ = ["Side", "entries_with_id", "is_certified", "load_side", "compare"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +84,17 @@ def _certified_side(label: str, path: Path) -> Side:
     return Side(label, "certified", "W1, certified", how, dataset, radii, index, held)
 
 
+def entries_with_id(root: Path, entry_id: str) -> list[Path]:
+    """Entry files (empirical and certified) under ``root`` whose id is ``entry_id`` ([] without ``root``)."""
+    known = entry_paths(root) + certified_paths(root) if Path(root).is_dir() else []
+    return [p for p in known if p.stem == str(entry_id)]
+
+
+def is_certified(path: Path) -> bool:
+    """Return whether ``path`` is a certified entry's file (``certified/<dataset>/W1/<id>.json``)."""
+    return path.parent.name == THREAT_FOLDER and path.parent.parent.parent.name == CERTIFIED_DIR
+
+
 def load_side(spec: str | Path, root: Path) -> Side:
     """Load ``spec``: an entry id under ``root``, an entry JSON path, or a run's ``results.json``.
 
@@ -92,8 +103,7 @@ def load_side(spec: str | Path, root: Path) -> Side:
     """
     path = Path(spec)
     if not path.is_file():
-        known = entry_paths(root) + certified_paths(root) if Path(root).is_dir() else []
-        found = [p for p in known if p.stem == str(spec)]
+        found = entries_with_id(root, str(spec))
         if len(found) != 1:
             raise FileNotFoundError(f"{spec}: not a file, and {len(found)} entries with that id under --root "
                                     f"{root} (expected an entry id, an entry JSON or a results.json)")
@@ -103,7 +113,7 @@ def load_side(spec: str | Path, root: Path) -> Side:
         _, robust = _robust_table(results)
         return _empirical(str(spec), "run", _threat(results), results["suite"], results["dataset"], robust,
                           _per_example_arrays(results))
-    if path.parent.name == THREAT_FOLDER and path.parent.parent.parent.name == CERTIFIED_DIR:
+    if is_certified(path):
         return _certified_side(str(spec), path)
     e = load_entry(path)
     d = e.data
