@@ -90,6 +90,11 @@ def test_shards_cover_the_batch_once():
         ({"eps_fractions": [0.5, 1.5]}, "eps_fractions"),
         ({"eps_fractions": [0.0]}, "eps_fractions"),
         ({"eps_fractions": "0.5"}, "eps_fractions"),
+        ({"eps_adapt": 1.0}, "eps_adapt"),
+        ({"eps_adapt": "fast"}, "eps_adapt"),
+        ({"eps_adapt": 2.0, "eps_adapt_min": 1.5}, "eps_adapt_min"),
+        ({"eps_adapt": 2.0, "eps_adapt_min": 0.0}, "eps_adapt_min"),
+        ({"eps_adapt": 2.0, "eps_fractions": [0.5, 1.0]}, "eps_adapt and eps_fractions"),
     ],
 )
 def test_bad_values_give_one_line_errors(kwargs, named):
@@ -194,6 +199,36 @@ def test_a_mix_of_training_radii(tmp_path):
         AdversarialTraining(attack=load_suite("debug-v1"), threat=THREAT, eps=0.1, eps_fractions=[0.5])
 
 
+class _Outcomes(_Recorder):
+    """Records each call's dataset indices, radii and which examples the attack broke."""
+
+    def __call__(self, model, x, y, *, threat, indices, **kw):
+        res = self.attack(model, x, y, threat=threat, indices=indices, **kw)
+        self.radii.append((indices.clone(), threat.eps_for(x.shape[0]).clone(), res.success.clone()))
+        return res
+
+
+def test_instance_adaptive_radii_follow_each_attack_outcome(tmp_path):
+    t = trainer(epochs=3, eps_adapt=2.0, eps_adapt_min=0.3, ramp="none", clean_fraction=0.25)
+    rec = _Outcomes(t.attack)
+    t.attack = rec
+    log = t(model(), data(), tmp_path / "adapt")
+    steps = 3  # 40 examples in batches of 16
+    assert len(rec.radii) == 3 * steps
+    fraction = torch.ones(40, dtype=torch.float64)
+    for idx, radius, broken in rec.radii:
+        torch.testing.assert_close(radius, 0.1 * fraction[idx])  # the radius this example has earned
+        fraction[idx] = (fraction[idx] * torch.where(broken, 0.5, 2.0).double()).clamp(0.3, 1.0)
+    seen = torch.cat([r for _, r, _ in rec.radii])
+    assert {round(v, 6) for v in seen.tolist()} >= {0.1, 0.05}  # examples moved both ways
+    assert float(seen.min()) >= 0.03 - 1e-12
+    assert log["epochs"][-1]["eps_adapt_mean"] == pytest.approx(0.1 * float(fraction.mean()))
+    assert log["config"]["eps_adapt"] == 2.0 and log["config"]["eps_adapt_min"] == 0.3
+    assert "eps_adapt" not in trainer().describe()
+    with pytest.raises(ValueError, match="eps_adapt needs an attack"):
+        AdversarialTraining(attack=load_suite("debug-v1"), threat=THREAT, eps=0.1, eps_adapt=2.0)
+
+
 def test_a_suite_as_inner_maximisation(tmp_path):
     suite = load_suite("debug-v1")
     suite.attacks[0].steps = 2
@@ -214,16 +249,16 @@ sys.path.insert(0, {tests!r})
 import test_adversarial_training as t
 net = t.model()
 net.register_forward_pre_hook(lambda m, i: time.sleep(0.05))  # slow enough to be killed mid-run
-t.trainer(epochs=3, checkpoint_every=1, ema={ema!r})(net, t.data(), {out!r})
+t.trainer(epochs=3, checkpoint_every=1, **{kw!r})(net, t.data(), {out!r})
 """
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_kill_9_then_rerun_gives_the_same_weights(tmp_path, ema):
-    ref = trainer(epochs=3, checkpoint_every=1, ema=ema)
+@pytest.mark.parametrize("kw", [{}, {"ema": 0.9}, {"eps_adapt": 2.0}])
+def test_kill_9_then_rerun_gives_the_same_weights(tmp_path, kw):
+    ref = trainer(epochs=3, checkpoint_every=1, **kw)
     ref(model(), data(), tmp_path / "ref")
     out = tmp_path / "killed"
-    code = _KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out), ema=ema)
+    code = _KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out), kw=kw)
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -234,7 +269,7 @@ def test_kill_9_then_rerun_gives_the_same_weights(tmp_path, ema):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert (state["epoch"], state["step"]) < (3, 0) and not (out / "model_state_dict.pt").exists()
-    trainer(epochs=3, checkpoint_every=1, ema=ema)(model(), data(), out)
+    trainer(epochs=3, checkpoint_every=1, **kw)(model(), data(), out)
     a, b = weights(tmp_path / "ref" / "model_state_dict.pt"), weights(out / "model_state_dict.pt")
     assert a.keys() == b.keys()
     for k in a:
@@ -245,20 +280,21 @@ def test_kill_9_then_rerun_gives_the_same_weights(tmp_path, ema):
     assert strip(log_a) == strip(log_b)
 
 
-def _ddp_worker(rank: int, store: str, out: str) -> None:
+def _ddp_worker(rank: int, store: str, out: str, kw: dict) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         net = model()
-        trainer(epochs=2)(net, data(), out, device="cpu")
+        trainer(epochs=2, **kw)(net, data(), out, device="cpu")
         torch.save(net.state_dict(), Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
-    trainer(epochs=2)(model(), data(), tmp_path / "one", device="cpu")
+@pytest.mark.parametrize("kw", [{}, {"eps_adapt": 2.0}])
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path, kw):
+    trainer(epochs=2, **kw)(model(), data(), tmp_path / "one", device="cpu")
     (tmp_path / "two").mkdir()
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "store"), str(tmp_path / "two")), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "store"), str(tmp_path / "two"), kw), nprocs=2, join=True)
     one = weights(tmp_path / "one" / "model_state_dict.pt")
     two, other = weights(tmp_path / "two" / "model_state_dict.pt"), weights(tmp_path / "two" / "rank1.pt")
     for k in one:
@@ -267,6 +303,8 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     rows = [json.loads((tmp_path / d / "train_log.json").read_text())["epochs"] for d in ("one", "two")]
     assert [r["attacked"] for r in rows[0]] == [r["attacked"] for r in rows[1]]
     assert [r["adversarial_accuracy"] for r in rows[0]] == [r["adversarial_accuracy"] for r in rows[1]]
+    if kw:  # each rank updated every example's radius, its own slice's and the other's
+        assert [r["eps_adapt_mean"] for r in rows[0]] == [r["eps_adapt_mean"] for r in rows[1]]
 
 
 def test_fine_tuning_starts_from_a_checkpoint(tmp_path):

@@ -11,6 +11,9 @@ Per global batch of ``batch_size`` examples (positions ``0..b-1`` after the epoc
    ``eps_t`` of the ramp (``RadiusRamp``) with the model in eval mode; with ``eps_fractions`` each
    attacked example gets its own radius, ``eps_t`` times one of those fractions, drawn from the seed,
    the epoch and its dataset index (a mix of training radii in every batch, the same in any sharding);
+   with ``eps_adapt`` each example keeps its own fraction across epochs (instance-adaptive radii, as
+   Balaji et al. 2019): multiplied by ``eps_adapt`` after an attack it resisted, divided by it after one
+   that broke it, within ``[eps_adapt_min, 1]``, so each example trains near the edge of its robustness;
 2. loss ``"ce"``: cross-entropy at the training input (adversarial or clean) of each example;
    loss ``"trades"`` (Zhang et al. 2019): cross-entropy at the clean image plus ``beta`` times
    ``KL(p(x) || p(x_adv))`` for the attacked examples. The inner attack keeps maximising its own
@@ -102,6 +105,10 @@ class AdversarialTraining:
             attacked example at ``eps_t`` times one of them, drawn uniformly per example and epoch
             (e.g. ``[0.6, 1.0]`` with ``eps`` 0.5 trains at 0.3 and 0.5 at once). Attacks only (a suite
             runs at one radius).
+        eps_adapt: ``None`` or a factor > 1: instance-adaptive radii (see the module docstring). Every
+            example starts at fraction 1 (the ramp's ``eps_t``); its fraction is part of the resumable
+            state and is updated identically on every rank. Attacks only; not with ``eps_fractions``.
+        eps_adapt_min: the smallest fraction with ``eps_adapt``, in ``(0, 1]``.
         ema: decay of an exponential moving average of the weights, in ``[0, 1)``; 0 (default) keeps
             none. With ``ema`` > 0 the checkpoints, the exported state dict and the model left in place
             hold the average (the attacks and the logged training accuracies use the live weights).
@@ -133,6 +140,8 @@ class AdversarialTraining:
         seed: int = 0,
         checkpoint_every: int = 0,
         eps_fractions: list[float] | None = None,
+        eps_adapt: float | None = None,
+        eps_adapt_min: float = 0.2,
         ema: float = 0.0,
         num_threads: int | None = 1,
         progress: bool = True,
@@ -161,6 +170,17 @@ class AdversarialTraining:
         if self.eps_fractions is not None and isinstance(attack, Suite):
             raise ValueError("eps_fractions needs an attack as the inner maximisation (a suite runs at one "
                              "radius); use attack=<name>")
+        self.eps_adapt = None if eps_adapt is None else check_float(eps_adapt, "eps_adapt")
+        if self.eps_adapt is not None and self.eps_adapt <= 1:
+            raise ValueError(f"eps_adapt must be null or a factor > 1, got {eps_adapt!r}")
+        self.eps_adapt_min = check_float(eps_adapt_min, "eps_adapt_min")
+        if self.eps_adapt_min > 1:
+            raise ValueError(f"eps_adapt_min must be in (0, 1], got {eps_adapt_min!r}")
+        if self.eps_adapt is not None and isinstance(attack, Suite):
+            raise ValueError("eps_adapt needs an attack as the inner maximisation (a suite runs at one "
+                             "radius); use attack=<name>")
+        if self.eps_adapt is not None and self.eps_fractions is not None:
+            raise ValueError("eps_adapt and eps_fractions both set the training radii: give one of them")
         self.ema = check_float(ema, "ema", allow_zero=True)
         if self.ema >= 1:
             raise ValueError(f"ema must be in [0, 1) (the weight average's decay per step), got {ema!r}")
@@ -207,31 +227,47 @@ class AdversarialTraining:
             # only when used: states and logs written before the option existed keep their config
             **({"ema": self.ema} if self.ema > 0 else {}),
             **({"eps_fractions": list(self.eps_fractions)} if self.eps_fractions is not None else {}),
+            **(
+                {"eps_adapt": self.eps_adapt, "eps_adapt_min": self.eps_adapt_min}
+                if self.eps_adapt is not None
+                else {}
+            ),
         }
 
     # ------------------------------------------------------------------------------ one step
 
-    def _radii(self, idx: torch.Tensor, eps: float, seed: int) -> float | torch.Tensor:
-        """Radius of the examples at dataset indices ``idx [n]``: ``eps``, or float64 ``[n]`` (fractions)."""
+    def _radii(
+        self, idx: torch.Tensor, eps: float, seed: int, adapt: torch.Tensor | None = None
+    ) -> float | torch.Tensor:
+        """Radius of the examples at dataset indices ``idx [n]``: ``eps``, or float64 ``[n]``.
+
+        ``adapt``: the run's per-example fractions ``[N]`` (with ``eps_adapt``).
+        """
+        if adapt is not None:
+            return eps * adapt[idx]
         f = self.eps_fractions
         if f is None:
             return eps
         return torch.tensor([eps * f[_derive_seed(seed, "radius", int(i)) % len(f)] for i in idx.tolist()],
                             dtype=torch.float64)
 
-    def _adversarial(self, net: nn.Module, x, y, idx, eps: float, seed: int) -> torch.Tensor:
-        """Return certified adversarial images ``[n, C, H, W]`` of ``x`` at radius ``eps`` (eval mode).
+    def _adversarial(
+        self, net: nn.Module, x, y, idx, eps: float, seed: int, adapt: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return certified adversarial images ``[n, C, H, W]`` of ``x`` and bool ``[n]``: broken.
 
-        With ``eps_fractions`` each example is attacked in its own ball (``_radii``).
+        The model runs in eval mode. With ``eps_fractions`` or ``adapt`` each example is attacked in its
+        own ball (``_radii``).
         """
-        ball = self.threat.with_eps(self._radii(idx, eps, seed))
+        ball = self.threat.with_eps(self._radii(idx, eps, seed, adapt))
         was = net.training
         net.eval()
         try:
             if isinstance(self.attack, Suite):
                 res = self.attack.run(net, x, y, [eps], threat=ball, seed=seed, indices=idx, progress=False)
-                return res.adversarial.to(x.device, x.dtype)
-            return self.attack(net, x, y, threat=ball, seed=seed, indices=idx).adversarial.detach()
+                return res.adversarial.to(x.device, x.dtype), ~res.robust(eps).to(x.device)
+            out = self.attack(net, x, y, threat=ball, seed=seed, indices=idx)
+            return out.adversarial.detach(), out.success
         finally:
             net.train(was)
 
@@ -263,8 +299,15 @@ class AdversarialTraining:
         with torch.no_grad():
             clean_ok = (net(x).argmax(1) == y).sum() if x.shape[0] else torch.zeros((), device=dev)
         x_adv = x.clone()
+        # +1: resisted, -1: broken, 0: not attacked; per global-batch position, summed over ranks
+        outcome = torch.zeros(b, dtype=torch.float64, device=dev)
         if bool(adv.any()):
-            x_adv[adv] = self._adversarial(net, x[adv], y[adv], idx[adv.cpu()], eps, attack_seed)
+            x_adv[adv], broken = self._adversarial(
+                net, x[adv], y[adv], idx[adv.cpu()], eps, attack_seed, run.adapt
+            )
+            outcome[lo:hi][adv] = 1.0 - 2.0 * broken.to(dev, torch.float64)
+        if run.adapt is not None:
+            self._adapt(run.adapt, indices, all_sum(outcome).cpu())
         net.train()
         total, adv_logits = self._objective(run.model, x, x_adv, y, adv)
         run.opt.zero_grad(set_to_none=True)
@@ -285,6 +328,15 @@ class AdversarialTraining:
             ]
         ).double()
         return all_sum(stats).cpu()
+
+    def _adapt(self, fractions: torch.Tensor, indices: torch.Tensor, outcome: torch.Tensor) -> None:
+        """Update the per-example ``fractions [N]`` in place from one global batch's ``outcome [b]``.
+
+        ``indices [b]``: the batch's dataset indices; ``outcome``: +1 resisted, -1 broken, 0 clean.
+        """
+        moved = outcome != 0
+        idx = indices[moved]
+        fractions[idx] = (fractions[idx] * self.eps_adapt ** outcome[moved]).clamp(self.eps_adapt_min, 1.0)
 
     # ------------------------------------------------------------------------------ the loop
 
@@ -334,6 +386,8 @@ class AdversarialTraining:
             **(meta or {}),
         }
         run = TrainRun.start(self, model, info, self.epochs * math.ceil(len(dataset) / self.batch_size))
+        if self.eps_adapt is not None:
+            run.adapt = torch.ones(len(dataset), dtype=torch.float64)
         log = TrainingLog(
             out,
             {**config, "world_size": info.world, "package_version": __version__},
@@ -386,6 +440,8 @@ class AdversarialTraining:
                         pos.epoch, pos.step, pos.seconds = epoch, k + 1, time.perf_counter() - started
                         run.save(out / STATE_FILE, config, pos)
                 pos.rows.append(_row(epoch, eps, pos.stats, run, time.perf_counter() - started, steps))
+                if run.adapt is not None:  # where the per-example radii stand after the epoch
+                    pos.rows[-1]["eps_adapt_mean"] = eps * float(run.adapt.mean())
                 pos = Position(epoch + 1, 0, 0.0, torch.zeros(N_STATS, dtype=torch.float64), pos.rows)
                 run.save(out / STATE_FILE, config, pos)
                 if run.info.main:

@@ -41,7 +41,8 @@ class TrainRun:
     """What a step updates: ``net``, ``model`` (its DDP wrapper, or ``net``), ``opt``, ``sched``.
 
     With ``ema_decay`` > 0 also an exponential moving average of ``net``'s state (``ema``, after
-    ``ema_updates`` optimiser steps).
+    ``ema_updates`` optimiser steps). With instance-adaptive radii, ``adapt``: float64 ``[N]``, each
+    training example's fraction of the ramp's radius (the same on every rank).
     """
 
     net: nn.Module
@@ -52,6 +53,7 @@ class TrainRun:
     ema_decay: float = 0.0
     ema: dict[str, torch.Tensor] | None = None
     ema_updates: int = 0
+    adapt: torch.Tensor | None = None
 
     def update_ema(self) -> None:
         """Fold ``net``'s state into the average after an optimiser step.
@@ -118,6 +120,7 @@ class TrainRun:
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict() if self.sched is not None else None,
             **({"ema": self.final_state(), "ema_updates": self.ema_updates} if self.ema is not None else {}),
+            **({"adapt": self.adapt.clone()} if self.adapt is not None else {}),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(self.info.device)
             if self.info.device.type == "cuda"
@@ -141,6 +144,11 @@ class TrainRun:
             for k, v in state["ema"].items():
                 self.ema[k].copy_(v)
             self.ema_updates = int(state["ema_updates"])
+        if self.adapt is not None:
+            adapt = state.get("adapt")
+            if not isinstance(adapt, torch.Tensor) or adapt.shape != self.adapt.shape:
+                raise ValueError(f"{path} holds no per-example radii: use a new run folder or resume=False")
+            self.adapt.copy_(adapt)
         self.opt.load_state_dict(state["optimizer"])
         if self.sched is not None:
             self.sched.load_state_dict(state["scheduler"])
