@@ -96,14 +96,15 @@ if want "${ALL[@]}"; then
     --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" --architecture mnist_convnet \
     --training "adversarial fine-tuning of the standard model, frank_wolfe_box inner attack, eps to 0.3"
 fi
-adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss [eps [init eps-start [fractions]]]]]:
+adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss [eps [init eps-start [fractions [adapt]]]]]]:
   # pgd_box adversarial fine-tuning of the standard model; outer-loss "trades" trains with TRADES (beta 1, no
   # clean share), default cross-entropy; eps: the training radius (default 0.5); init: an entry whose
   # committed weights training continues from (its radius eps-start growing linearly to eps over half an
   # epoch, lr 0.02; default: the standard model, eps from 0.01 over one epoch, lr 0.05); fractions: a mix of
-  # training radii, eps times each of them (defense.training.eps_fractions, e.g. [0.6,1.0])
+  # training radii, eps times each of them (defense.training.eps_fractions, e.g. [0.6,1.0]); adapt: a radius per
+  # example, its fraction of eps grown or shrunk by this factor after each attack (defense.training.eps_adapt)
   local id=$1 epochs=$2 attack_lr=$3 loss=${5:-margin} steps=${6:-10} outer=${7:-ce} eps=${8:-0.5} init=${9:-}
-  local fractions=${11:-null}
+  local fractions=${11:-null} adapt=${12:-null}
   local train=runs/leaderboard/$id-train outer_args=(defense.training.clean_fraction=0.2) outer_text=""
   local start_args=(defense.init=standard defense.training.eps_start=0.01 defense.training.ramp_epochs=1.0
     defense.training.lr=0.05) start_text="the standard model"
@@ -121,14 +122,15 @@ adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss [eps [init eps
   if [ -z "${REUSE_WEIGHTS:-}" ] || [ ! -f "$ENTRIES/$id.pt" ]; then
     WANDB_MODE=disabled "$BIN/wattack-train" defense=adversarial attack=pgd_box attack.loss="$loss" \
       attack.lr="$attack_lr" defense.attack_steps="$steps" defense.training.eps="$eps" "${start_args[@]}" \
-      defense.training.epochs="$epochs" defense.training.eps_fractions="$fractions" \
+      defense.training.epochs="$epochs" defense.training.eps_fractions="$fractions" defense.training.eps_adapt="$adapt" \
       "${outer_args[@]}" defense.training.progress=false logger=none hydra.run.dir="$train"
     cp "$train/model_state_dict.pt" "$ENTRIES/$id.pt"
   fi
   BENCH_ARGS="${BENCH_ARGS:-} model.checkpoint=$ENTRIES/$id.pt" evaluate "$id" mnist_convnet "$ENTRIES/$id.pt" \
     --name "$4" --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" \
     --architecture mnist_convnet --training "adversarial fine-tuning of $start_text, pgd_box ($loss, \
-lr $attack_lr, $steps steps) inner attack, eps to $eps$( [ "$fractions" = null ] || echo " times $fractions"), \
+lr $attack_lr, $steps steps) inner attack, eps to $eps$( [ "$fractions" = null ] || echo " times $fractions")\
+$( [ "$adapt" = null ] || echo " times a fraction per example (grown or shrunk by $adapt after each attack, from 1, at least 0.2)"), \
 $epochs epochs$outer_text"
 }
 ID=WattackAdvPGD
