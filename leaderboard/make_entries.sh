@@ -187,6 +187,11 @@ EXTRA_NOTE="; WattackAdvPGDCE trained 4 more epochs on a mix of radii 0.3 and 0.
 if want "${ALL[@]}"; then
   adv_entry "$ID" 4 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, eps 0.5 then 0.3+0.5 mixed (this project)" ce 20 ce 0.5 WattackAdvPGDCE 0.5 "[0.6,1.0]"
 fi
+ID=WattackAdvPGDCE-eps0.5-adapt
+EXTRA_NOTE="; WattackAdvPGDCE trained 4 more epochs with a radius per example (defense.init=<its weights> defense.training.eps=0.5 defense.training.eps_start=0.5 defense.training.ramp=linear defense.training.ramp_epochs=0.5 defense.training.lr=0.02 defense.training.eps_adapt=1.5)"
+if want "${ALL[@]}"; then
+  adv_entry "$ID" 4 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, eps 0.5 then a radius per example (this project)" ce 20 ce 0.5 WattackAdvPGDCE 0.5 null 1.5
+fi
 
 # Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each) train
 # the base models and certify the first 100 test images (the published models' protocol); the entries
