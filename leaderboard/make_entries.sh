@@ -130,7 +130,7 @@ adv_entry() {  # id epochs attack-lr name [loss steps [outer-loss [eps [init eps
     --name "$4" --authors "wasserstein_attacks" --source "https://arxiv.org/abs/1902.07906" \
     --architecture mnist_convnet --training "adversarial fine-tuning of $start_text, pgd_box ($loss, \
 lr $attack_lr, $steps steps) inner attack, eps to $eps$( [ "$fractions" = null ] || echo " times $fractions")\
-$( [ "$adapt" = null ] || echo " times a fraction per example (grown or shrunk by $adapt after each attack, from 1, at least 0.2)"), \
+$( [ "$adapt" = null ] || echo " times a per-example fraction (x$adapt if resisted, /$adapt if broken)"), \
 $epochs epochs$outer_text"
 }
 ID=WattackAdvPGD
