@@ -167,18 +167,16 @@ class AdversarialTraining:
         self.seed = check_int(seed, "seed", low=0)
         self.checkpoint_every = check_int(checkpoint_every, "checkpoint_every", low=0)
         self.eps_fractions = _fractions(eps_fractions)
-        if self.eps_fractions is not None and isinstance(attack, Suite):
-            raise ValueError("eps_fractions needs an attack as the inner maximisation (a suite runs at one "
-                             "radius); use attack=<name>")
         self.eps_adapt = None if eps_adapt is None else check_float(eps_adapt, "eps_adapt")
         if self.eps_adapt is not None and self.eps_adapt <= 1:
             raise ValueError(f"eps_adapt must be null or a factor > 1, got {eps_adapt!r}")
         self.eps_adapt_min = check_float(eps_adapt_min, "eps_adapt_min")
         if self.eps_adapt_min > 1:
             raise ValueError(f"eps_adapt_min must be in (0, 1], got {eps_adapt_min!r}")
-        if self.eps_adapt is not None and isinstance(attack, Suite):
-            raise ValueError("eps_adapt needs an attack as the inner maximisation (a suite runs at one "
-                             "radius); use attack=<name>")
+        for name in ("eps_fractions", "eps_adapt"):  # per-example radii: a suite runs at one radius
+            if getattr(self, name) is not None and isinstance(attack, Suite):
+                raise ValueError(f"{name} needs an attack as the inner maximisation (a suite runs at one "
+                                 "radius); use attack=<name>")
         if self.eps_adapt is not None and self.eps_fractions is not None:
             raise ValueError("eps_adapt and eps_fractions both set the training radii: give one of them")
         self.ema = check_float(ema, "ema", allow_zero=True)
