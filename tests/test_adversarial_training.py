@@ -95,6 +95,8 @@ def test_shards_cover_the_batch_once():
         ({"eps_adapt": 2.0, "eps_adapt_min": 1.5}, "eps_adapt_min"),
         ({"eps_adapt": 2.0, "eps_adapt_min": 0.0}, "eps_adapt_min"),
         ({"eps_adapt": 2.0, "eps_fractions": [0.5, 1.0]}, "eps_adapt and eps_fractions"),
+        ({"awp": 1.0}, "awp"),
+        ({"awp": -0.01}, "awp"),
     ],
 )
 def test_bad_values_give_one_line_errors(kwargs, named):
@@ -229,6 +231,35 @@ def test_instance_adaptive_radii_follow_each_attack_outcome(tmp_path):
         AdversarialTraining(attack=load_suite("debug-v1"), threat=THREAT, eps=0.1, eps_adapt=2.0)
 
 
+def test_weight_perturbation_follows_its_definition(tmp_path):
+    # One step over the whole set, clean images only (no attack), plain SGD: w' = w - lr * grad L(w + v),
+    # v = awp * ||w|| * grad L(w) / ||grad L(w)|| for the kernels and matrices, 0 for the biases.
+    kw = dict(epochs=1, batch_size=40, clean_fraction=1.0, momentum=0.0, weight_decay=0.0)
+    kw["schedule"] = "constant"
+    x, y = data().images, data().labels
+    net, ref = model(), model()
+    log = trainer(awp=0.05, **kw)(net, data(), tmp_path / "awp")
+    loss = lambda m: torch.nn.functional.cross_entropy(m(x), y)  # noqa: E731
+    grads = torch.autograd.grad(loss(ref), list(ref.parameters()))
+    with torch.no_grad():
+        moves = [0.05 * p.norm() * g / g.norm() if p.dim() > 1 else torch.zeros_like(p)
+                 for p, g in zip(ref.parameters(), grads, strict=True)]
+        assert any(m.abs().sum() > 0 for m in moves)
+        for p, m in zip(ref.parameters(), moves, strict=True):
+            p.add_(m)
+        assert float(loss(ref)) > float(log["epochs"][0]["loss"])  # uphill
+    grads = torch.autograd.grad(loss(ref), list(ref.parameters()))
+    with torch.no_grad():
+        for p, m, g in zip(ref.parameters(), moves, grads, strict=True):
+            p.sub_(m).sub_(0.05 * g)
+    for (k, a), b in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    # The log reports the loss at the weights themselves, as without the perturbation.
+    plain = trainer(**kw)(model(), data(), tmp_path / "plain")
+    assert log["epochs"][0]["loss"] == plain["epochs"][0]["loss"]
+    assert log["config"]["awp"] == 0.05 and "awp" not in plain["config"]
+
+
 def test_a_suite_as_inner_maximisation(tmp_path):
     suite = load_suite("debug-v1")
     suite.attacks[0].steps = 2
@@ -290,7 +321,7 @@ def _ddp_worker(rank: int, store: str, out: str, kw: dict) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kw", [{}, {"eps_adapt": 2.0}])
+@pytest.mark.parametrize("kw", [{}, {"eps_adapt": 2.0}, {"awp": 0.01}])
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path, kw):
     trainer(epochs=2, **kw)(model(), data(), tmp_path / "one", device="cpu")
     (tmp_path / "two").mkdir()
@@ -303,7 +334,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, kw):
     rows = [json.loads((tmp_path / d / "train_log.json").read_text())["epochs"] for d in ("one", "two")]
     assert [r["attacked"] for r in rows[0]] == [r["attacked"] for r in rows[1]]
     assert [r["adversarial_accuracy"] for r in rows[0]] == [r["adversarial_accuracy"] for r in rows[1]]
-    if kw:  # each rank updated every example's radius, its own slice's and the other's
+    if "eps_adapt" in kw:  # each rank updated every example's radius, its own slice's and the other's
         assert [r["eps_adapt_mean"] for r in rows[0]] == [r["eps_adapt_mean"] for r in rows[1]]
 
 

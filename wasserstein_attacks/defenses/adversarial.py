@@ -22,7 +22,10 @@ Per global batch of ``batch_size`` examples (positions ``0..b-1`` after the epoc
    Wong et al. trained with the attack unchanged too. This is the documented choice, not TRADES' exact
    inner problem;
 3. the summed loss divided by ``b`` is minimised (so a data-parallel run, each rank holding a slice,
-   gives the one-process gradient).
+   gives the one-process gradient); with ``awp`` (adversarial weight perturbation, Wu, Xia & Wang 2020)
+   its gradient is taken at weights moved uphill first: each weight matrix or kernel ``w`` by
+   ``awp * ||w|| * g / ||g||``, ``g`` the same loss's gradient at ``w`` (biases stay), the move undone
+   before the optimiser's step. It flattens the loss around the weights, against robust overfitting.
 
 Resumable: ``train_state.pt`` (model, optimiser, scheduler, RNG state, epoch and step, the log so far)
 is written atomically every ``checkpoint_every`` steps and after every epoch; data order and attack
@@ -109,6 +112,8 @@ class AdversarialTraining:
             example starts at fraction 1 (the ramp's ``eps_t``); its fraction is part of the resumable
             state and is updated identically on every rank. Attacks only; not with ``eps_fractions``.
         eps_adapt_min: the smallest fraction with ``eps_adapt``, in ``(0, 1]``.
+        awp: relative size of the adversarial weight perturbation, in ``[0, 1)`` (gamma of
+            Wu, Xia & Wang 2020, e.g. 0.005); 0 (default): none. One extra forward and backward pass per step.
         ema: decay of an exponential moving average of the weights, in ``[0, 1)``; 0 (default) keeps
             none. With ``ema`` > 0 the checkpoints, the exported state dict and the model left in place
             hold the average (the attacks and the logged training accuracies use the live weights).
@@ -142,6 +147,7 @@ class AdversarialTraining:
         eps_fractions: list[float] | None = None,
         eps_adapt: float | None = None,
         eps_adapt_min: float = 0.2,
+        awp: float = 0.0,
         ema: float = 0.0,
         num_threads: int | None = 1,
         progress: bool = True,
@@ -179,6 +185,10 @@ class AdversarialTraining:
                                  "radius); use attack=<name>")
         if self.eps_adapt is not None and self.eps_fractions is not None:
             raise ValueError("eps_adapt and eps_fractions both set the training radii: give one of them")
+        self.awp = check_float(awp, "awp", allow_zero=True)
+        if self.awp >= 1:
+            raise ValueError(f"awp must be in [0, 1) (the weight perturbation's size relative to the "
+                             f"weights), got {awp!r}")
         self.ema = check_float(ema, "ema", allow_zero=True)
         if self.ema >= 1:
             raise ValueError(f"ema must be in [0, 1) (the weight average's decay per step), got {ema!r}")
@@ -224,6 +234,7 @@ class AdversarialTraining:
             **{n: getattr(self, n) for n in names},
             # only when used: states and logs written before the option existed keep their config
             **({"ema": self.ema} if self.ema > 0 else {}),
+            **({"awp": self.awp} if self.awp > 0 else {}),
             **({"eps_fractions": list(self.eps_fractions)} if self.eps_fractions is not None else {}),
             **(
                 {"eps_adapt": self.eps_adapt, "eps_adapt_min": self.eps_adapt_min}
@@ -311,6 +322,13 @@ class AdversarialTraining:
         run.opt.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks: scaling by world / b makes the result sum(loss) / b overall.
         (total * (run.info.world / b)).backward()
+        if self.awp > 0:  # the log keeps the loss and accuracy at the weights themselves
+            moves = self._perturb_weights(net)
+            run.opt.zero_grad(set_to_none=True)
+            (self._objective(run.model, x, x_adv, y, adv)[0] * (run.info.world / b)).backward()
+            with torch.no_grad():
+                for p, v in moves:
+                    p.sub_(v)
         run.opt.step()
         if run.sched is not None:
             run.sched.step()
@@ -326,6 +344,25 @@ class AdversarialTraining:
             ]
         ).double()
         return all_sum(stats).cpu()
+
+    def _perturb_weights(self, net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Move ``net``'s weights uphill along their gradients (AWP); return ``(parameter, move)`` pairs.
+
+        Each parameter of 2 or more dimensions (weight matrices, kernels) moves by
+        ``awp * ||w|| * g / ||g||`` with ``g`` its current ``.grad`` (the step's loss, summed over ranks
+        by DDP, so every rank moves alike); 1-d parameters (biases, norms) and ones without a gradient
+        stay. The caller subtracts the moves again.
+        """
+        moves = []
+        with torch.no_grad():
+            for p in net.parameters():
+                if p.grad is None or p.dim() <= 1:
+                    continue
+                # g = 0 gives v = 0: the clamp only avoids 0 / 0 without a host sync
+                v = p.grad * (self.awp * p.norm() / p.grad.norm().clamp_min(torch.finfo(p.dtype).tiny))
+                p.add_(v)
+                moves.append((p, v))
+        return moves
 
     def _adapt(self, fractions: torch.Tensor, indices: torch.Tensor, outcome: torch.Tensor) -> None:
         """Update the per-example ``fractions [N]`` in place from one global batch's ``outcome [b]``.
