@@ -321,11 +321,12 @@ class AdversarialTraining:
         total, adv_logits = self._objective(run.model, x, x_adv, y, adv)
         run.opt.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks: scaling by world / b makes the result sum(loss) / b overall.
-        (total * (run.info.world / b)).backward()
+        scale = run.info.world / b
+        (total * scale).backward()
         if self.awp > 0:  # the log keeps the loss and accuracy at the weights themselves
             moves = self._perturb_weights(net)
             run.opt.zero_grad(set_to_none=True)
-            (self._objective(run.model, x, x_adv, y, adv)[0] * (run.info.world / b)).backward()
+            (self._objective(run.model, x, x_adv, y, adv)[0] * scale).backward()
             with torch.no_grad():
                 for p, v in moves:
                     p.sub_(v)
