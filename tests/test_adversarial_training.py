@@ -115,8 +115,39 @@ def test_bad_attack_and_threat():
 # ---------------------------------------------------------------------------------------- training
 
 
-def test_trades_with_clean_mixing_writes_every_output(tmp_path):
-    log = trainer(loss="trades", beta=2.0, clean_fraction=0.25)(model(), data(), tmp_path, meta={"m": "tiny"})
+def test_mart_objective_follows_its_definition():
+    # Wang et al. 2020: BCE(p(x'), y) + beta * KL(p(x) || p(x')) * (1 - p_y(x)), KL on attacked rows only.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4)).double()
+    x, y = torch.rand(6, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 1, 0])
+    x_adv = (x + 0.3 * torch.rand_like(x)).clamp(0, 1)
+    adv = torch.tensor([True, False, True, True, False, True])
+    total, adv_logits = trainer(loss="mart", beta=3.0)._objective(net, x, x_adv, y, adv)
+    with torch.no_grad():
+        p_in = torch.softmax(net(torch.where(adv[:, None, None, None], x_adv, x)), 1)
+        p_clean = torch.softmax(net(x), 1)
+    expected = 0.0
+    for i in range(6):
+        top_wrong = max(float(p_in[i, k]) for k in range(4) if k != int(y[i]))
+        expected += -torch.log(p_in[i, y[i]]) - torch.log(torch.tensor(1 - top_wrong, dtype=torch.float64))
+        if adv[i]:
+            kl = (p_clean[i] * (p_clean[i].log() - p_in[i].log())).sum()
+            expected += 3.0 * kl * (1 - p_clean[i, y[i]])
+    torch.testing.assert_close(total, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(adv_logits, net(x_adv[adv]))
+    # Confidently wrong in float32 (1 - max p rounds to 0): the boosted term stays finite and large.
+    confident = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    with torch.no_grad():
+        confident[1].weight.zero_()
+        confident[1].bias.copy_(torch.tensor([0.0, 100.0, 0.0, 0.0]))
+    z = torch.zeros(1, 1, 8, 8)
+    total, _ = trainer(loss="mart")._objective(confident, z, z, torch.tensor([0]), torch.tensor([False]))
+    assert torch.isfinite(total) and float(total.detach()) > 190
+
+
+@pytest.mark.parametrize("loss", ["trades", "mart"])
+def test_kl_losses_with_clean_mixing_write_every_output(tmp_path, loss):
+    log = trainer(loss=loss, beta=2.0, clean_fraction=0.25)(model(), data(), tmp_path, meta={"m": "tiny"})
     rows = log["epochs"]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["eps"] == pytest.approx(0.1)
     assert rows[0]["eps"] < rows[1]["eps"]  # the ramp
@@ -125,7 +156,7 @@ def test_trades_with_clean_mixing_writes_every_output(tmp_path):
     for r in rows:
         assert 0 <= r["clean_accuracy"] <= 1 and 0 <= r["adversarial_accuracy"] <= 1 and r["loss"] > 0
     saved = json.loads((tmp_path / "train_log.json").read_text())
-    assert saved["epochs"] == json.loads(json.dumps(rows)) and saved["config"]["loss"] == "trades"
+    assert saved["epochs"] == json.loads(json.dumps(rows)) and saved["config"]["loss"] == loss
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     plain, net = weights(tmp_path / "model_state_dict.pt"), model()
     net.load_state_dict(plain)

@@ -20,7 +20,10 @@ Per global batch of ``batch_size`` examples (positions ``0..b-1`` after the epoc
    loss (``ce``, ``margin`` or ``dlr`` of the true label) rather than the KL: the attacks' contract
    (per-example stopping at the first certified misclassification) is defined by a label, and
    Wong et al. trained with the attack unchanged too. This is the documented choice, not TRADES' exact
-   inner problem;
+   inner problem; loss ``"mart"`` (Wang et al. 2020, misclassification-aware): the boosted
+   cross-entropy ``-log p_y(x') - log(1 - max_{k != y} p_k(x'))`` at the training input ``x'``
+   (adversarial or clean) plus ``beta`` times ``KL(p(x) || p(x_adv)) * (1 - p_y(x))`` for the attacked
+   examples, so the examples the model misclassifies clean weigh most in the consistency term;
 3. the summed loss divided by ``b`` is minimised (so a data-parallel run, each rank holding a slice,
    gives the one-process gradient); with ``awp`` (adversarial weight perturbation, Wu, Xia & Wang 2020)
    its gradient is taken at weights moved uphill first: each weight matrix or kernel ``w`` by
@@ -61,8 +64,8 @@ from .training import deterministic
 
 __all__ = ["AdversarialTraining", "LOSSES", "STATE_FILE", "CHECKPOINT_FILE", "EXPORT_FILE"]
 
-#: Outer losses: ``ce`` (Madry et al.) and ``trades`` (Zhang et al. 2019).
-LOSSES = ("ce", "trades")
+#: Outer losses: ``ce`` (Madry et al.), ``trades`` (Zhang et al. 2019), ``mart`` (Wang et al. 2020).
+LOSSES = ("ce", "trades", "mart")
 STATE_FILE = "train_state.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 EXPORT_FILE = "model_state_dict.pt"
@@ -92,8 +95,8 @@ class AdversarialTraining:
         eps_start: radius at the first step, in ``(0, eps]``.
         ramp: ``"geometric"``, ``"linear"`` or ``"none"`` (see ``RadiusRamp``).
         ramp_epochs: epochs over which the radius grows to ``eps`` (fractional allowed; per step).
-        loss: ``"ce"`` or ``"trades"`` (see the module docstring).
-        beta: TRADES weight of the KL term (Zhang et al.'s default 6), used with ``loss="trades"``.
+        loss: ``"ce"``, ``"trades"`` or ``"mart"`` (see the module docstring).
+        beta: weight of the KL term of ``"trades"`` and ``"mart"`` (Zhang et al.'s default 6).
         clean_fraction: share of each batch trained on clean images, in ``[0, 1]``.
         epochs: passes over the training set (each shuffled from ``seed`` and the epoch).
         batch_size: global batch (all ranks together).
@@ -289,12 +292,19 @@ class AdversarialTraining:
             logits = model(torch.where(adv[:, None, None, None], x_adv, x))
             return F.cross_entropy(logits, y, reduction="sum"), logits[adv].detach()
         n = x.shape[0]
-        logits = model(torch.cat([x, x_adv[adv]]))
-        clean, adv_logits = logits[:n], logits[n:]
-        kl = F.kl_div(
-            F.log_softmax(adv_logits, 1), F.log_softmax(clean[adv], 1), reduction="sum", log_target=True
-        )
-        return F.cross_entropy(clean, y, reduction="sum") + self.beta * kl, adv_logits.detach()
+        if self.loss == "trades":
+            logits = model(torch.cat([x, x_adv[adv]]))
+            clean, adv_logits = logits[:n], logits[n:]
+            kl = F.kl_div(
+                F.log_softmax(adv_logits, 1), F.log_softmax(clean[adv], 1), reduction="sum", log_target=True
+            )
+            return F.cross_entropy(clean, y, reduction="sum") + self.beta * kl, adv_logits.detach()
+        logits = model(torch.cat([torch.where(adv[:, None, None, None], x_adv, x), x[adv]]))
+        inputs, clean = logits[:n], logits[n:]
+        log_p = F.log_softmax(inputs, 1)
+        kl = F.kl_div(log_p[adv], F.log_softmax(clean, 1), reduction="none", log_target=True).sum(1)
+        weight = 1 - F.softmax(clean, 1).gather(1, y[adv, None]).squeeze(1)
+        return _boosted_ce(inputs, y).sum() + self.beta * (kl * weight).sum(), inputs[adv].detach()
 
     def _step(self, run: TrainRun, images, labels, indices, eps: float, attack_seed: int) -> torch.Tensor:
         """One optimiser step on this rank's slice of a global batch; returns the step's summed stats."""
@@ -505,6 +515,17 @@ def _delivered(run: TrainRun) -> nn.Module:
     net = copy.deepcopy(run.net)
     net.load_state_dict(run.ema)
     return net
+
+
+def _boosted_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """MART's boosted cross-entropy ``[n]`` of logits ``[n, classes]`` and labels ``[n]``.
+
+    ``-log p_y - log(1 - max_{k != y} p_k)``; the second term is the log of the other classes' mass,
+    ``logsumexp`` over every class but the strongest wrong one, so it stays finite where ``p_k -> 1``.
+    """
+    wrong = logits.scatter(1, y[:, None], float("-inf")).argmax(1, keepdim=True)
+    rest = logits.scatter(1, wrong, float("-inf")).logsumexp(1)
+    return F.cross_entropy(logits, y, reduction="none") - (rest - logits.logsumexp(1))
 
 
 def _fractions(value) -> tuple[float, ...] | None:
