@@ -24,7 +24,7 @@ from wasserstein_attacks.attacks import get, load_suite
 from wasserstein_attacks.cli import CONF_DIR
 from wasserstein_attacks.data import load_dataset
 from wasserstein_attacks.defenses import AdversarialTraining, RadiusRamp
-from wasserstein_attacks.defenses.distributed import shard_bounds
+from wasserstein_attacks.defenses.distributed import shard_positions
 from wasserstein_attacks.defenses.from_config import initial_model
 from wasserstein_attacks.models import build_model, load_checkpoint, save_checkpoint
 from wasserstein_attacks.threat import WassersteinBall
@@ -64,11 +64,14 @@ def test_radius_ramp_grows_to_the_target_then_stays():
     assert RadiusRamp(0.1, 0.1, 0.0, "none")(0) == 0.1
 
 
-def test_shards_cover_the_batch_once():
-    for b in (1, 7, 16):
-        parts = [shard_bounds(b, r, 3) for r in range(3)]
-        assert parts[0][0] == 0 and parts[-1][1] == b
-        assert all(parts[i][1] == parts[i + 1][0] for i in range(2))
+def test_shards_cover_the_batch_once_and_share_its_clean_head():
+    for b in (1, 7, 16, 128):
+        parts = [shard_positions(b, r, 3) for r in range(3)]
+        assert sorted(torch.cat(parts).tolist()) == list(range(b))
+        assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+        # The first round(0.2 b) positions (the clean ones) are spread over the ranks: equal attack work.
+        clean = [int((p < round(0.2 * b)).sum()) for p in parts]
+        assert max(clean) - min(clean) <= 1
 
 
 @pytest.mark.parametrize(
@@ -352,7 +355,7 @@ def _ddp_worker(rank: int, store: str, out: str, kw: dict) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kw", [{}, {"eps_adapt": 2.0}, {"awp": 0.01}])
+@pytest.mark.parametrize("kw", [{}, {"eps_adapt": 2.0, "clean_fraction": 0.25}, {"awp": 0.01}])
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path, kw):
     trainer(epochs=2, **kw)(model(), data(), tmp_path / "one", device="cpu")
     (tmp_path / "two").mkdir()

@@ -24,11 +24,12 @@ Per global batch of ``batch_size`` examples (positions ``0..b-1`` after the epoc
    cross-entropy ``-log p_y(x') - log(1 - max_{k != y} p_k(x'))`` at the training input ``x'``
    (adversarial or clean) plus ``beta`` times ``KL(p(x) || p(x_adv)) * (1 - p_y(x))`` for the attacked
    examples, so the examples the model misclassifies clean weigh most in the consistency term;
-3. the summed loss divided by ``b`` is minimised (so a data-parallel run, each rank holding a slice,
-   gives the one-process gradient); with ``awp`` (adversarial weight perturbation, Wu, Xia & Wang 2020)
-   its gradient is taken at weights moved uphill first: each weight matrix or kernel ``w`` by
-   ``awp * ||w|| * g / ||g||``, ``g`` the same loss's gradient at ``w`` (biases stay), the move undone
-   before the optimiser's step. It flattens the loss around the weights, against robust overfitting.
+3. the summed loss divided by ``b`` is minimised (so a data-parallel run, each rank holding every
+   ``world``-th position, gives the one-process gradient); with ``awp`` (adversarial weight
+   perturbation, Wu, Xia & Wang 2020) its gradient is taken at weights moved uphill first: each weight
+   matrix or kernel ``w`` by ``awp * ||w|| * g / ||g||``, ``g`` the same loss's gradient at ``w`` (biases
+   stay), the move undone before the optimiser's step. It flattens the loss around the weights, against
+   robust overfitting.
 
 Resumable: ``train_state.pt`` (model, optimiser, scheduler, RNG state, epoch and step, the log so far)
 is written atomically every ``checkpoint_every`` steps and after every epoch; data order and attack
@@ -56,7 +57,7 @@ from ..attacks import Attack, Suite
 from ..data import ImageDataset
 from ..models import save_checkpoint
 from ..threat import WassersteinBall
-from .distributed import all_sum, dist_info, shard_bounds
+from .distributed import all_sum, dist_info, shard_positions
 from .runlog import TrainingLog
 from .schedules import RadiusRamp
 from .train_state import N_STATS, Position, TrainRun
@@ -307,12 +308,13 @@ class AdversarialTraining:
         return _boosted_ce(inputs, y).sum() + self.beta * (kl * weight).sum(), inputs[adv].detach()
 
     def _step(self, run: TrainRun, images, labels, indices, eps: float, attack_seed: int) -> torch.Tensor:
-        """One optimiser step on this rank's slice of a global batch; returns the step's summed stats."""
+        """One optimiser step on this rank's share of a global batch; returns the step's summed stats."""
         b = labels.shape[0]
-        lo, hi = shard_bounds(b, run.info.rank, run.info.world)
+        pos = shard_positions(b, run.info.rank, run.info.world)
         dev = run.info.device
-        x, y, idx = images[lo:hi].to(dev), labels[lo:hi].to(dev), indices[lo:hi]
-        adv = torch.arange(lo, hi, device=dev) >= round(self.clean_fraction * b)
+        x, y, idx = images[pos].to(dev), labels[pos].to(dev), indices[pos]
+        pos = pos.to(dev)
+        adv = pos >= round(self.clean_fraction * b)
         net = run.net
         net.eval()
         with torch.no_grad():
@@ -324,7 +326,7 @@ class AdversarialTraining:
             x_adv[adv], broken = self._adversarial(
                 net, x[adv], y[adv], idx[adv.cpu()], eps, attack_seed, run.adapt
             )
-            outcome[lo:hi][adv] = 1.0 - 2.0 * broken.to(dev, torch.float64)
+            outcome[pos[adv]] = 1.0 - 2.0 * broken.to(dev, torch.float64)
         if run.adapt is not None:
             self._adapt(run.adapt, indices, all_sum(outcome).cpu())
         net.train()
@@ -348,7 +350,7 @@ class AdversarialTraining:
         stats = torch.stack(
             [
                 total.detach(),
-                torch.tensor(float(hi - lo), device=dev),
+                torch.tensor(float(pos.numel()), device=dev),
                 clean_ok.to(total.dtype),
                 adv.sum().to(total.dtype),
                 adv_ok.to(total.dtype),

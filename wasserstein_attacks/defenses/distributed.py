@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "dist_info", "init_from_env", "shard_bounds", "all_sum"]
+__all__ = ["DistInfo", "dist_info", "init_from_env", "shard_positions", "all_sum"]
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,15 @@ def init_from_env(backend: str | None = None) -> bool:
     return True
 
 
-def shard_bounds(batch: int, rank: int, world: int) -> tuple[int, int]:
-    """``(lo, hi)``: the contiguous slice of a global batch of ``batch`` examples that ``rank`` trains on.
+def shard_positions(batch: int, rank: int, world: int) -> torch.Tensor:
+    """Positions ``[n]`` (int64) of a global batch of ``batch`` examples that ``rank`` trains on.
 
-    Slices differ in size by one at most; with ``batch < world`` some ranks get an empty slice.
+    Every ``world``-th position from ``rank`` on: the shards partition the batch, differ in size by one at
+    most, and each takes an equal share of any leading run of positions (the clean share of a batch
+    falls on every rank alike, so the ranks' attack work stays balanced). With ``batch < world`` some
+    ranks get none.
     """
-    base, extra = divmod(batch, world)
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (1 if rank < extra else 0)
+    return torch.arange(batch)[rank::world]
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
