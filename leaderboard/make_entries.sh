@@ -192,6 +192,11 @@ EXTRA_NOTE="; WattackAdvPGDCE trained 4 more epochs with a radius per example (d
 if want "${ALL[@]}"; then
   adv_entry "$ID" 4 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, eps 0.5 then a radius per example (this project)" ce 20 ce 0.5 WattackAdvPGDCE 0.5 null 1.5
 fi
+ID=WattackAdvPGDCE-adapt10
+EXTRA_NOTE="; one schedule of 10 epochs from the standard model with a radius per example (defense.init=standard defense.training.eps=0.5 defense.training.lr=0.05 defense.training.epochs=10 defense.training.eps_adapt=1.5); the committed weights were trained with torchrun --nproc_per_node 2 (2 CPU processes) at commit 956b8e6, from the WattackStandard weights; this script trains the same recipe in one process"
+if want "${ALL[@]}"; then
+  adv_entry "$ID" 10 1.0 "Wasserstein adversarial training, cross-entropy pgd_box inner attack, a radius per example, 10 epochs (this project)" ce 20 ce 0.5 "" "" null 1.5
+fi
 
 # Certified entries: the smoothing runs of benchmarks/smoothing.py (one wattack-certify command each) train
 # the base models and certify the first 100 test images (the published models' protocol); the entries
