@@ -56,7 +56,9 @@ def plot(data: dict, path: Path) -> None:
     ax.plot(minutes, [100 * p["clean_accuracy"] for p in pts], "k--", marker="o", label="clean")
     for r in pts[0]["robust_accuracy"]:
         ax.plot(minutes, [100 * p["robust_accuracy"][r] for p in pts], marker="o", label=f"eps {r}")
-    ax.set_xlabel("training time (minutes, 1 CPU thread)")
+    world = data["config"].get("world_size", 1)
+    ax.set_xlabel("training time (wall minutes, " + ("1 process" if world == 1 else f"{world} processes")
+                  + " of 1 CPU thread)")
     ax.set_ylabel(f"accuracy (%), {pts[0]['suite']}, {pts[0]['n_examples']} images")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
