@@ -93,7 +93,8 @@ MODELS = ("standard", "mnist_vanilla", "mnist_adv_training", "mnist_robust", "mn
 #: The project's own trained models: leaderboard entries whose weights are committed beside them.
 ENTRIES = ("WattackAdvFWB", "WattackAdvPGD", "WattackAdvPGDLong", "WattackAdvPGDLr1", "WattackAdvPGDCE",
            "WattackAdvPGDCE40", "WattackAdvTRADES", "WattackAdvPGDCE-eps0.3", "WattackAdvPGDCE-eps0.3-0.4",
-           "WattackAdvPGDCE-eps0.5-0.3", "WattackAdvPGDCE-eps0.5-mix", "WattackAdvPGDCE-eps0.5-adapt")
+           "WattackAdvPGDCE-eps0.5-0.3", "WattackAdvPGDCE-eps0.5-mix", "WattackAdvPGDCE-eps0.5-adapt",
+           "WattackAdvPGDCE-adapt10")
 
 
 def _model(name: str, checkpoints: dict[str, Path] | None = None, architecture: str = "mnist_convnet"
