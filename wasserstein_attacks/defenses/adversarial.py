@@ -287,7 +287,8 @@ class AdversarialTraining:
     def _objective(self, model: nn.Module, x, x_adv, y, adv) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the summed local loss and the adversarial logits ``[n_adv, classes]`` (for accuracy).
 
-        One forward pass per step (clean and adversarial images concatenated for TRADES), as DDP wants.
+        One forward pass per step (clean and adversarial images concatenated for TRADES and MART), as DDP
+        wants.
         """
         if self.loss == "ce":
             logits = model(torch.where(adv[:, None, None, None], x_adv, x))
