@@ -290,9 +290,6 @@ class AdversarialTraining:
         One forward pass per step (clean and adversarial images concatenated for TRADES and MART), as DDP
         wants.
         """
-        if self.loss == "ce":
-            logits = model(torch.where(adv[:, None, None, None], x_adv, x))
-            return F.cross_entropy(logits, y, reduction="sum"), logits[adv].detach()
         n = x.shape[0]
         if self.loss == "trades":
             logits = model(torch.cat([x, x_adv[adv]]))
@@ -301,7 +298,11 @@ class AdversarialTraining:
                 F.log_softmax(adv_logits, 1), F.log_softmax(clean[adv], 1), reduction="sum", log_target=True
             )
             return F.cross_entropy(clean, y, reduction="sum") + self.beta * kl, adv_logits.detach()
-        logits = model(torch.cat([torch.where(adv[:, None, None, None], x_adv, x), x[adv]]))
+        inputs_img = torch.where(adv[:, None, None, None], x_adv, x)  # what each example trains on
+        if self.loss == "ce":
+            logits = model(inputs_img)
+            return F.cross_entropy(logits, y, reduction="sum"), logits[adv].detach()
+        logits = model(torch.cat([inputs_img, x[adv]]))
         inputs, clean = logits[:n], logits[n:]
         log_p = F.log_softmax(inputs, 1)
         kl = F.kl_div(log_p[adv], F.log_softmax(clean, 1), reduction="none", log_target=True).sum(1)
