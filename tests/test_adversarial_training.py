@@ -401,6 +401,9 @@ def test_config_composes_and_binds():
     kwargs = OmegaConf.to_container(cfg.defense.training)
     inspect.signature(AdversarialTraining).bind(attack=None, threat=None, **kwargs)
     AdversarialTraining(attack=get("pgd_box"), threat=THREAT, **kwargs)
+    mart = compose_train("defense=adversarial", "defense.training.loss=mart", "defense.training.beta=6")
+    assert AdversarialTraining(attack=get("pgd_box"), threat=THREAT,
+                               **OmegaConf.to_container(mart.defense.training)).loss == "mart"
     suite = compose_train("defense=adversarial", "~attack", "suite=debug-v1")
     assert suite.get("attack") is None and suite.suite.name == "debug"
     standard = compose_train()
